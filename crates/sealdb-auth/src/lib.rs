@@ -1,0 +1,22 @@
+//! Users, roles, privileges and password verifiers for sealdb.
+//!
+//! - [`ScramVerifier`]: SCRAM-SHA-256 verifiers in PostgreSQL's format;
+//!   passwords are never stored.
+//! - [`AccessControl`]: users and roles with their `REQUIRE` policy, and
+//!   grants of SELECT / INSERT / UPDATE / DELETE on tables or ALL TABLES.
+//! - [`decide`]: how a connecting client must authenticate, given what the
+//!   connection offers (TLS, a verified client certificate).
+//!
+//! It knows nothing of SQL parsing, TLS or the wire protocol, and builds in
+//! seconds.
+#![forbid(unsafe_code)]
+
+mod access;
+mod dn;
+mod policy;
+mod scram;
+
+pub use access::{AccessControl, AccessError, Grant, GrantObject, Privilege, Requirement, User, UserOptions};
+pub use dn::subject_matches;
+pub use policy::{AuthPlan, CertFacts, ConnectionFacts, decide};
+pub use scram::{ScramVerifier, SCRAM_ITERATIONS};

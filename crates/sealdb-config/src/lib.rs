@@ -1,0 +1,344 @@
+//! sealdb configuration.
+//!
+//! One struct, [`Settings`], is both the TOML file's schema and the
+//! `sealdb start` flags, so every key has the same name as its flag by
+//! construction: `--ssl-cert X` and `ssl-cert = "X"` mean the same, and the
+//! flag wins ([`Settings::merged_over`]). Unknown keys and bad values are
+//! refused with the key and the line.
+//!
+//! This crate only parses; what a value means (loading files, checking
+//! certificates) is up to the crates that use it.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error: which file, which key, what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for sealdb (unknown key, bad value).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the line, the key and what was expected.
+        message: String,
+    },
+    /// A value is inconsistent with another one.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How TLS is required of clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Only TLS connections (the default).
+    #[default]
+    Required,
+    /// TLS and plaintext, for migrating clients; reported by sys.security_status.
+    Allowed,
+    /// No TLS at all; refused unless `insecure = true` as well.
+    Disabled,
+}
+
+/// Encryption of new tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableEncryption {
+    /// AES-256-GCM (the default).
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No encryption; reported by sys.security_status.
+    None,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnOff {
+    /// Enabled.
+    #[default]
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// One `[kmip_hosts.GROUP]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KmipGroup {
+    /// `host:port` entries, tried in order.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// CA bundle of the KMIP servers.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub client_key: Option<PathBuf>,
+    /// Client PKCS#12 keystore.
+    pub keystore: Option<PathBuf>,
+    /// Its password.
+    pub keystore_password: Option<String>,
+    /// Its password, from a file.
+    pub keystore_password_file: Option<PathBuf>,
+    /// PKCS#12 trust store.
+    pub truststore: Option<PathBuf>,
+    /// Its password.
+    pub truststore_password: Option<String>,
+    /// Its password, from a file.
+    pub truststore_password_file: Option<PathBuf>,
+    /// `1.4` (the default), `1.2` or `2.0`.
+    pub kmip_version: Option<String>,
+    /// Timeout of one request.
+    pub timeout_ms: Option<u64>,
+    /// How long unwrapped keys stay cached.
+    pub key_cache_ms: Option<u64>,
+    /// How long past expiry a cached key may serve while the server is down.
+    pub key_cache_grace_ms: Option<u64>,
+    /// `wrap` (keys never leave the KMIP server) or `get`.
+    pub mode: Option<String>,
+}
+
+/// Every setting of `sealdb start`, as flags and as TOML keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Data directory [default: ./sealdb-data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port to listen on [default: 5433].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+
+    /// Server certificate chain, PEM, leaf first [default: DATA/certs/node.crt].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_cert: Option<PathBuf>,
+    /// Server private key, PEM, mode 0600 [default: DATA/certs/node.key].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_private_key: Option<PathBuf>,
+    /// Server certificate and key as one PKCS#12 file (instead of ssl-cert and ssl-private-key).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_keystore: Option<PathBuf>,
+    /// Password of ssl-keystore (prefer ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_keystore_password: Option<String>,
+    /// File holding the password of ssl-keystore.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_keystore_password_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to [default: DATA/certs/ca.crt].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_trust_ca: Option<PathBuf>,
+    /// The same as a PKCS#12 trust store.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_trust_store: Option<PathBuf>,
+    /// Password of ssl-trust-store (prefer ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_trust_password: Option<String>,
+    /// File holding the password of ssl-trust-store.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_trust_password_file: Option<PathBuf>,
+    /// CA bundle this node trusts when it is the client (KMIP servers, other nodes).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_trust_ca_server: Option<PathBuf>,
+    /// CRL files (PEM); revoked client certificates are refused. Repeatable.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssl_crl: Vec<PathBuf>,
+    /// required (default), allowed (TLS optional) or disabled (needs --insecure).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<SslMode>,
+    /// Lowest TLS version: 1.2 (default) or 1.3.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_min_version: Option<String>,
+    /// Allowed cipher suites, comma-separated (IANA names).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssl_cipher_suites: Vec<String>,
+    /// true: every client must present a verified certificate, which names the user.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pki_db_client_auth: Option<bool>,
+    /// Certificate-to-user rules "FIELD REGEX USER" (FIELD: cn, subject, san, email, dns). Repeatable.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cert_user_map: Vec<String>,
+
+    /// aes-256-gcm (default) or none.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_table_encryption: Option<TableEncryption>,
+    /// local (default) or kmip:GROUP.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_provider: Option<String>,
+    /// Passphrase file sealing the local master key (or SEALDB_KEYSTORE_PASSWORD).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keystore_password_file: Option<PathBuf>,
+    /// KMIP server groups (config file only).
+    #[arg(skip)]
+    #[serde(default, rename = "kmip_hosts", skip_serializing_if = "BTreeMap::is_empty")]
+    pub kmip_hosts: BTreeMap<String, KmipGroup>,
+    /// Rotate table keys this often, e.g. "90d".
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_rotation_period: Option<String>,
+    /// Throttle of background re-encryption.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rekey_max_bytes_per_sec: Option<u64>,
+    /// How many old key versions to keep.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_old_keys: Option<u32>,
+    /// Query memory before spilling, e.g. "2GB".
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// on (default) or off.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<OnOff>,
+    /// Most concurrent connections [default: 200].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Time a client has to finish TLS and authentication [default: 10000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Allow ssl-mode = disabled. Plaintext exposes passwords and data.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+}
+
+impl Settings {
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// These settings (flags) over `file`: every key set here wins.
+    pub fn merged_over(&self, file: &Settings) -> Result<Settings, ConfigError> {
+        let to_table = |s: &Settings| {
+            toml::Table::try_from(s).map_err(|e| ConfigError::Invalid(format!("cannot merge settings: {e}")))
+        };
+        let mut merged = to_table(file)?;
+        for (key, value) in to_table(self)? {
+            merged.insert(key, value);
+        }
+        merged.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(format!("cannot merge settings: {e}")))
+    }
+
+    /// Renders as TOML (for `kms set` and for showing the effective config).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(format!("cannot render settings: {e}")))
+    }
+}
+
+/// Reads a secret: the direct value, else the `*-file` key, else the
+/// environment variable. The file's trailing newline is dropped.
+pub fn read_secret(
+    direct: Option<&str>,
+    file: Option<&Path>,
+    env_var: &str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(v) = direct {
+        return Ok(Some(v.to_owned()));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+    }
+    Ok(std::env::var(env_var).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("sealdb.conf"))
+    }
+
+    #[test]
+    fn keys_use_the_flag_names() {
+        let s = parse("port = 6000\nssl-cert = \"a.crt\"\nssl-mode = \"allowed\"\npki-db-client-auth = true\ncert-user-map = [\"cn (.*) $1\"]\n").unwrap();
+        assert_eq!(s.port, Some(6000));
+        assert_eq!(s.ssl_cert.as_deref(), Some(Path::new("a.crt")));
+        assert_eq!(s.ssl_mode, Some(SslMode::Allowed));
+        assert_eq!(s.pki_db_client_auth, Some(true));
+        assert_eq!(s.cert_user_map.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name_and_line() {
+        let err = parse("port = 6000\n\nssl-certificate = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("ssl-certificate"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_refused_with_the_allowed_values_and_line() {
+        let err = parse("ssl-mode = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("required"), "{err}");
+        let err = parse("\nport = \"high\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = parse("port = 6000\nhost = \"0.0.0.0\"\n").unwrap();
+        let flags = Settings { port: Some(7000), ..Default::default() };
+        let merged = flags.merged_over(&file).unwrap();
+        assert_eq!(merged.port, Some(7000));
+        assert_eq!(merged.host.as_deref(), Some("0.0.0.0"));
+    }
+
+    #[test]
+    fn kmip_groups_parse_and_reject_unknown_keys() {
+        let s = parse("[kmip_hosts.hsm]\nhosts = [\"k1:5696\"]\ntimeout-ms = 500\n").unwrap();
+        assert_eq!(s.kmip_hosts["hsm"].timeout_ms, Some(500));
+        assert!(parse("[kmip_hosts.hsm]\nhostz = []\n").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! Certificates for sealdb.
+//!
+//! This crate makes, loads and inspects the X.509 material a sealdb node
+//! needs, and turns it into rustls configurations:
+//!
+//! - [`generate`]: a CA, node (server) certificates and client certificates,
+//!   written with the file naming scheme of `sealdb cert` (`ca.crt`,
+//!   `node.key`, `client.USER.p12`, ...), private keys mode 0600.
+//! - [`TlsFiles`] / [`TlsMaterial`]: load PEM or PKCS#12 identities, CA
+//!   bundles, trust stores and CRLs, and build the rustls `ServerConfig`.
+//!   [`TlsReloader`] swaps in new material atomically, keeping the old on error.
+//! - [`ClientCertificate`] and [`CertUserMap`]: what a verified client
+//!   certificate says, and which database user it names.
+//!
+//! It does not know about SQL, users or the wire protocol. Client
+//! certificates are verified in two steps: the TLS handshake checks only
+//! that the client holds the private key of the certificate it sent, and
+//! [`TlsMaterial::verify_client`] then checks the chain, validity dates and
+//! CRLs, so that a refusal can reach the client as a PostgreSQL error that
+//! names the cause instead of a bare TLS alert.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod generate;
+mod identity;
+mod inspect;
+mod load;
+mod tls;
+
+pub use error::PkiError;
+pub use generate::{CertsDir, KeyType};
+pub use identity::{CertUserMap, ClientCertificate, UserMapRule};
+pub use inspect::{CertInfo, cert_info, cert_info_pem_file};
+pub use load::check_private_key_permissions;
+pub use tls::{
+    MinTlsVersion, TlsFiles, TlsMaterial, TlsReloader, ServerIdentitySource, TrustSource,
+    LoadedCertificate, install_crypto_provider, supported_cipher_suite_names,
+};

@@ -1,0 +1,413 @@
+//! rustls server configuration from files, client certificate checks, and
+//! atomic reload.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::inspect::format_time;
+use crate::load::{check_private_key_permissions, pem_certs, pem_crls, pem_key, pkcs12_identity, pkcs12_trust};
+use crate::{CertInfo, ClientCertificate, PkiError, cert_info};
+
+/// Installs aws-lc-rs as the process-wide rustls crypto provider. Both
+/// `ring` and `aws-lc-rs` may be linked into the binary, and rustls refuses
+/// to guess; call this once at start. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Where the server's own certificate and key come from.
+#[derive(Clone)]
+pub enum ServerIdentitySource {
+    /// `ssl-cert` (chain, leaf first) and `ssl-private-key`, PEM.
+    Pem {
+        /// Certificate chain file.
+        cert: PathBuf,
+        /// Private key file; refused if group or others can read it.
+        key: PathBuf,
+    },
+    /// `ssl-keystore` with `ssl-keystore-password`.
+    Pkcs12 {
+        /// The PKCS#12 file.
+        path: PathBuf,
+        /// Its password.
+        password: Zeroizing<String>,
+    },
+}
+
+impl std::fmt::Debug for ServerIdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pem { cert, key } => f.debug_struct("Pem").field("cert", cert).field("key", key).finish(),
+            Self::Pkcs12 { path, .. } => f.debug_struct("Pkcs12").field("path", path).field("password", &"<redacted>").finish(),
+        }
+    }
+}
+
+/// Where the CAs that client certificates must chain to come from.
+#[derive(Clone)]
+pub enum TrustSource {
+    /// `ssl-trust-ca`: a PEM bundle.
+    Pem(PathBuf),
+    /// `ssl-trust-store` with `ssl-trust-password`.
+    Pkcs12 {
+        /// The PKCS#12 file.
+        path: PathBuf,
+        /// Its password.
+        password: Zeroizing<String>,
+    },
+}
+
+impl std::fmt::Debug for TrustSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pem(p) => f.debug_tuple("Pem").field(p).finish(),
+            Self::Pkcs12 { path, .. } => f.debug_struct("Pkcs12").field("path", path).field("password", &"<redacted>").finish(),
+        }
+    }
+}
+
+/// The lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl std::str::FromStr for MinTlsVersion {
+    type Err = PkiError;
+    fn from_str(s: &str) -> Result<Self, PkiError> {
+        match s.trim().trim_start_matches("TLSv").trim_start_matches("tls") {
+            "1.2" => Ok(Self::Tls12),
+            "1.3" => Ok(Self::Tls13),
+            _ => Err(PkiError::Config(format!("ssl-min-version {s:?} is not supported; use \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are broken and never offered)"))),
+        }
+    }
+}
+
+/// Every file and setting the TLS listener is built from.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate and key.
+    pub identity: ServerIdentitySource,
+    /// CAs for client certificates; without it clients cannot present one.
+    pub trust: Option<TrustSource>,
+    /// CRL files.
+    pub crls: Vec<PathBuf>,
+    /// Lowest TLS version.
+    pub min_version: MinTlsVersion,
+    /// Allowed cipher suites by name; empty means the safe defaults.
+    pub cipher_suites: Vec<String>,
+}
+
+/// One certificate the server has loaded, for `sys.certificates`.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    /// `server`, `server-chain`, `trusted-ca`.
+    pub role: &'static str,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// What it says.
+    pub info: CertInfo,
+}
+
+/// TLS material loaded from [`TlsFiles`]: immutable; reloading builds a new one.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    server_config: Arc<ServerConfig>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    certificates: Vec<LoadedCertificate>,
+    crl_count: usize,
+    loaded_at: OffsetDateTime,
+}
+
+impl TlsMaterial {
+    /// Loads and checks everything; any bad file is an error naming it.
+    pub fn load(files: &TlsFiles) -> Result<Self, PkiError> {
+        let provider = Arc::new(provider_with_suites(&files.cipher_suites)?);
+        let mut certificates = Vec::new();
+
+        let (chain, key, chain_path) = match &files.identity {
+            ServerIdentitySource::Pem { cert, key } => {
+                check_private_key_permissions(key)?;
+                (pem_certs(cert)?, pem_key(key)?, cert.clone())
+            }
+            ServerIdentitySource::Pkcs12 { path, password } => {
+                if let Err(e) = check_private_key_permissions(path) {
+                    tracing::warn!("{e}");
+                }
+                let (chain, key) = pkcs12_identity(path, password)?;
+                (chain, key, path.clone())
+            }
+        };
+        for (i, der) in chain.iter().enumerate() {
+            let info = cert_info(der).map_err(|e| PkiError::bad(&chain_path, e))?;
+            certificates.push(LoadedCertificate { role: if i == 0 { "server" } else { "server-chain" }, path: chain_path.clone(), info });
+        }
+
+        let (client_verifier, crl_count) = match &files.trust {
+            None => (None, 0),
+            Some(trust) => {
+                let (roots, path) = match trust {
+                    TrustSource::Pem(path) => (pem_certs(path)?, path.clone()),
+                    TrustSource::Pkcs12 { path, password } => (pkcs12_trust(path, password)?, path.clone()),
+                };
+                let mut store = RootCertStore::empty();
+                for der in &roots {
+                    store.add(der.clone()).map_err(|e| PkiError::bad(&path, format!("not a usable CA certificate: {e}")))?;
+                    let info = cert_info(der).map_err(|e| PkiError::bad(&path, e))?;
+                    certificates.push(LoadedCertificate { role: "trusted-ca", path: path.clone(), info });
+                }
+                let mut crls = Vec::new();
+                for crl_path in &files.crls {
+                    crls.extend(pem_crls(crl_path)?);
+                }
+                let crl_count = crls.len();
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                    .with_crls(crls)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status()
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| PkiError::Tls(format!("client verifier from {}: {e}", path.display())))?;
+                (Some(verifier), crl_count)
+            }
+        };
+        if client_verifier.is_none() && !files.crls.is_empty() {
+            return Err(PkiError::Config("ssl-crl is set but no ssl-trust-ca or ssl-trust-store: CRLs only apply to client certificates, which need a trusted CA".into()));
+        }
+
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match files.min_version {
+            MinTlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            MinTlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let tls_verifier: Arc<dyn ClientCertVerifier> = match &client_verifier {
+            Some(inner) => Arc::new(DeferredClientVerifier { inner: inner.clone() }),
+            None => WebPkiClientVerifier::no_client_auth(),
+        };
+        let key_path = match &files.identity {
+            ServerIdentitySource::Pem { key, .. } => key.clone(),
+            ServerIdentitySource::Pkcs12 { path, .. } => path.clone(),
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| PkiError::Config(format!("ssl-cipher-suites and ssl-min-version leave nothing to negotiate: {e}")))?
+            .with_client_cert_verifier(tls_verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::KeyMismatch { cert: chain_path.clone(), key: key_path, reason: e.to_string() })?;
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        config.ignore_client_order = true;
+        Ok(Self { server_config: Arc::new(config), client_verifier, certificates, crl_count, loaded_at: OffsetDateTime::now_utc() })
+    }
+
+    /// The rustls configuration for new connections.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server_config.clone()
+    }
+
+    /// Whether clients may present certificates (a trusted CA is configured).
+    pub fn accepts_client_certificates(&self) -> bool {
+        self.client_verifier.is_some()
+    }
+
+    /// Every loaded certificate.
+    pub fn certificates(&self) -> &[LoadedCertificate] {
+        &self.certificates
+    }
+
+    /// How many CRLs are in force.
+    pub fn crl_count(&self) -> usize {
+        self.crl_count
+    }
+
+    /// When this material was loaded.
+    pub fn loaded_at(&self) -> OffsetDateTime {
+        self.loaded_at
+    }
+
+    /// Checks a client's certificate chain (leaf first) against the trusted
+    /// CAs, the validity dates and the CRLs. The error is a sentence for the
+    /// client that names the cause and the fix.
+    pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<ClientCertificate, String> {
+        let Some(verifier) = &self.client_verifier else {
+            return Err("this server trusts no CA for client certificates (set ssl-trust-ca); connect without a client certificate".into());
+        };
+        let (leaf, intermediates) = chain.split_first().ok_or("the client sent an empty certificate chain")?;
+        let info = cert_info(leaf).map_err(|e| format!("the client certificate is unreadable: {e}"))?;
+        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            Ok(_) => Ok(ClientCertificate { info }),
+            Err(e) => Err(describe_refusal(&info, &e)),
+        }
+    }
+}
+
+fn describe_refusal(info: &CertInfo, error: &rustls::Error) -> String {
+    let who = format!("client certificate \"{}\" (serial {})", info.subject, info.serial);
+    let rustls::Error::InvalidCertificate(cause) = error else {
+        return format!("{who} was refused: {error}");
+    };
+    match cause {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+            "{who} expired on {}; issue a new one (sealdb cert create-client USER) and connect with it",
+            format_time(info.not_after)
+        ),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+            "{who} is not valid before {}; check the clocks of client and server, or use a certificate that is valid now",
+            format_time(info.not_before)
+        ),
+        CertificateError::Revoked => format!(
+            "{who} has been revoked: it is listed in a CRL from ssl-crl; ask for a new certificate"
+        ),
+        CertificateError::UnknownIssuer => format!(
+            "{who} is signed by \"{}\", which this server does not trust; use a certificate signed by a CA in ssl-trust-ca",
+            info.issuer
+        ),
+        CertificateError::BadSignature => format!(
+            "{who} has a signature that does not verify against its issuer \"{}\"; it is forged or damaged",
+            info.issuer
+        ),
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            format!("{who} is not meant for client authentication (extended key usage lacks clientAuth)")
+        }
+        other => format!("{who} was refused: {other:?}"),
+    }
+}
+
+/// Asks for a client certificate during the handshake and checks that the
+/// client holds its private key, but leaves the chain, dates and CRLs to
+/// [`TlsMaterial::verify_client`], which runs before any authentication
+/// decision so that the refusal can be a readable PostgreSQL error.
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deferred: the server calls `TlsMaterial::verify_client` on every
+        // presented chain before it authenticates anybody.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Names of the cipher suites `ssl-cipher-suites` accepts.
+pub fn supported_cipher_suite_names() -> Vec<String> {
+    rustls::crypto::aws_lc_rs::default_provider().cipher_suites.iter().map(|s| suite_name(s.suite())).collect()
+}
+
+fn suite_name(suite: rustls::CipherSuite) -> String {
+    suite.as_str().map(str::to_owned).unwrap_or_else(|| format!("{suite:?}"))
+}
+
+fn provider_with_suites(names: &[String]) -> Result<CryptoProvider, PkiError> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if names.is_empty() {
+        return Ok(provider);
+    }
+    let wanted: Vec<String> = names.iter().map(|n| normalize_suite(n)).collect();
+    for (given, want) in names.iter().zip(&wanted) {
+        if !provider.cipher_suites.iter().any(|s| suite_name(s.suite()) == *want) {
+            return Err(PkiError::Config(format!(
+                "ssl-cipher-suites: unknown or unsupported suite {given:?}; choose from {}",
+                supported_cipher_suite_names().join(", ")
+            )));
+        }
+    }
+    provider.cipher_suites.retain(|s| wanted.contains(&suite_name(s.suite())));
+    Ok(provider)
+}
+
+fn normalize_suite(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase().replace('-', "_");
+    for tls13 in ["AES_128_GCM_SHA256", "AES_256_GCM_SHA384", "CHACHA20_POLY1305_SHA256"] {
+        if upper == format!("TLS_{tls13}") {
+            return format!("TLS13_{tls13}");
+        }
+    }
+    upper
+}
+
+/// The TLS material in force, replaced atomically by [`TlsReloader::reload`].
+#[derive(Debug)]
+pub struct TlsReloader {
+    files: TlsFiles,
+    current: ArcSwap<TlsMaterial>,
+}
+
+impl TlsReloader {
+    /// Loads the files once; fails if any is bad.
+    pub fn new(files: TlsFiles) -> Result<Self, PkiError> {
+        let material = TlsMaterial::load(&files)?;
+        Ok(Self { files, current: ArcSwap::from_pointee(material) })
+    }
+
+    /// The material for the next connection.
+    pub fn current(&self) -> Arc<TlsMaterial> {
+        self.current.load_full()
+    }
+
+    /// Reads every file again. On success new connections use the new
+    /// material; established sessions keep theirs. On error nothing changes.
+    pub fn reload(&self) -> Result<Arc<TlsMaterial>, PkiError> {
+        let material = Arc::new(TlsMaterial::load(&self.files)?);
+        self.current.store(material.clone());
+        Ok(material)
+    }
+
+    /// The files this reloader reads.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+}
+
