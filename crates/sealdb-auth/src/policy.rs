@@ -119,6 +119,14 @@ fn certificate_needed(user: &str, why: &str) -> String {
     format!("{why}; connect with sslcert=client.{user}.crt sslkey=client.{user}.key")
 }
 
+/// The verifier SCRAM runs against for `name`: the stored one, or, for an
+/// unknown user, one without a password, or one that may not log in, a
+/// verifier no password matches. Used by [`decide`] and by the SCRAM
+/// exchange so both see the same thing.
+pub fn password_verifier(name: &str, user: Option<&User>) -> ScramVerifier {
+    user.filter(|u| u.login).and_then(|u| u.password.clone()).unwrap_or_else(|| dummy_verifier(name))
+}
+
 /// A verifier no password matches, stable per user name so that repeated
 /// attempts look the same as for a real user.
 fn dummy_verifier(user: &str) -> ScramVerifier {

@@ -45,7 +45,11 @@ impl ScramVerifier {
     /// A verifier for `password` with a given salt (for tests and for a
     /// dummy exchange with unknown users).
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> Self {
-        let salted = salted_password(password.as_bytes(), salt, iterations);
+        // Clients normalize with SASLprep (RFC 4013) and fall back to the raw
+        // bytes when it fails, as PostgreSQL does.
+        let prepared = stringprep::saslprep(password).map(|p| p.into_owned()).unwrap_or_else(|_| password.to_owned());
+        let prepared = Zeroizing::new(prepared);
+        let salted = salted_password(prepared.as_bytes(), salt, iterations);
         let client_key = hmac(&salted[..], b"Client Key");
         Self {
             iterations,
@@ -81,27 +85,6 @@ impl ScramVerifier {
             server_key: key32(server)?,
         })
     }
-
-    /// Checks a client proof: `ClientKey = proof XOR HMAC(StoredKey, auth)`,
-    /// and `H(ClientKey)` must equal `StoredKey` (compared in constant time).
-    pub fn verify_proof(&self, auth_message: &[u8], proof: &[u8]) -> bool {
-        use subtle::ConstantTimeEq;
-        if proof.len() != 32 {
-            return false;
-        }
-        let signature = hmac(&self.stored_key, auth_message);
-        let mut client_key = Zeroizing::new([0u8; 32]);
-        for i in 0..32 {
-            client_key[i] = proof[i] ^ signature[i];
-        }
-        let computed: [u8; 32] = Sha256::digest(&client_key[..]).into();
-        computed.ct_eq(&self.stored_key).into()
-    }
-
-    /// The server's signature proving to the client that it holds the verifier.
-    pub fn server_signature(&self, auth_message: &[u8]) -> [u8; 32] {
-        hmac(&self.server_key, auth_message)
-    }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -120,6 +103,29 @@ fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ScramVerifier {
+        /// Checks a client proof: `ClientKey = proof XOR HMAC(StoredKey, auth)`,
+        /// and `H(ClientKey)` must equal `StoredKey` (compared in constant time).
+        fn verify_proof(&self, auth_message: &[u8], proof: &[u8]) -> bool {
+            use subtle::ConstantTimeEq;
+            if proof.len() != 32 {
+                return false;
+            }
+            let signature = hmac(&self.stored_key, auth_message);
+            let mut client_key = Zeroizing::new([0u8; 32]);
+            for i in 0..32 {
+                client_key[i] = proof[i] ^ signature[i];
+            }
+            let computed: [u8; 32] = Sha256::digest(&client_key[..]).into();
+            computed.ct_eq(&self.stored_key).into()
+        }
+
+        /// The server's signature proving to the client that it holds the verifier.
+        fn server_signature(&self, auth_message: &[u8]) -> [u8; 32] {
+            hmac(&self.server_key, auth_message)
+        }
+    }
 
     // RFC 7677 section 3 test vector.
     const SALT_B64: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";

@@ -127,6 +127,7 @@ pub struct LoadedCertificate {
 #[derive(Debug)]
 pub struct TlsMaterial {
     server_config: Arc<ServerConfig>,
+    server_leaf: CertificateDer<'static>,
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     certificates: Vec<LoadedCertificate>,
     crl_count: usize,
@@ -152,6 +153,7 @@ impl TlsMaterial {
                 (chain, key, path.clone())
             }
         };
+        let server_leaf = chain.first().cloned().ok_or_else(|| PkiError::bad(&chain_path, "no server certificate"))?;
         for (i, der) in chain.iter().enumerate() {
             let info = cert_info(der).map_err(|e| PkiError::bad(&chain_path, e))?;
             certificates.push(LoadedCertificate { role: if i == 0 { "server" } else { "server-chain" }, path: chain_path.clone(), info });
@@ -209,12 +211,25 @@ impl TlsMaterial {
             .map_err(|e| PkiError::KeyMismatch { cert: chain_path.clone(), key: key_path, reason: e.to_string() })?;
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         config.ignore_client_order = true;
-        Ok(Self { server_config: Arc::new(config), client_verifier, certificates, crl_count, loaded_at: OffsetDateTime::now_utc() })
+        Ok(Self { server_config: Arc::new(config), server_leaf, client_verifier, certificates, crl_count, loaded_at: OffsetDateTime::now_utc() })
     }
 
     /// The rustls configuration for new connections.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server_config.clone()
+    }
+
+    /// The server's own certificate as PEM (for SCRAM channel binding).
+    pub fn server_certificate_pem(&self) -> Option<String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.server_leaf.as_ref());
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).ok()?);
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        Some(pem)
     }
 
     /// Whether clients may present certificates (a trusted CA is configured).

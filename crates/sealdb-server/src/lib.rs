@@ -1,1 +1,21 @@
-//! stub
+//! sealdb's PostgreSQL wire protocol frontend.
+//!
+//! [`Server`] listens on TCP, negotiates TLS (PostgreSQL `SSLRequest` or
+//! PostgreSQL 17 direct TLS with ALPN `postgresql`), refuses plaintext unless
+//! `ssl-mode` allows it, authenticates with SCRAM-SHA-256(-PLUS) or a client
+//! certificate, and hands SQL to [`sealdb_sql::Engine`] through the simple and
+//! extended query protocols.
+//!
+//! Every error a client can cause ends its own connection at most: the
+//! listener keeps serving.
+#![forbid(unsafe_code)]
+
+mod connection;
+mod encode;
+mod error;
+mod query;
+mod startup;
+mod state;
+
+pub use error::ServerError;
+pub use state::{Server, ServerSettings};

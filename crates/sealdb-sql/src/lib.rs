@@ -1,1 +1,27 @@
-//! stub
+//! SQL for sealdb, on Apache DataFusion.
+//!
+//! [`Engine`] owns the catalog shared by every session, the users and grants
+//! ([`sealdb_auth::AccessControl`]) and the `sys` schema. A [`SqlSession`]
+//! is one client's view: its identity, its settings and its transaction
+//! state. Statements go through three doors:
+//!
+//! 1. the security statements DataFusion does not know (`CREATE USER ...
+//!    REQUIRE X509`, `GRANT`, `ALTER SYSTEM RELOAD TLS`, `SHOW ssl`,
+//!    `BEGIN`/`COMMIT`), parsed by [`security`];
+//! 2. everything else is parsed with PostgreSQL compatibility rewrites,
+//!    planned by DataFusion, and its plan is checked against the session's
+//!    privileges before anything runs ([`privileges`]);
+//! 3. `sys.*` tables read live state from the server through [`ServerHooks`].
+//!
+//! It does not speak the wire protocol and does not know TLS.
+#![forbid(unsafe_code)]
+
+mod engine;
+mod error;
+mod privileges;
+pub mod security;
+mod sys;
+
+pub use engine::{Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo, ClientCertSummary};
+pub use error::SqlError;
+pub use sys::{CertificateRow, SERVER_VERSION, ServerHooks};

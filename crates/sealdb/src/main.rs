@@ -1,1 +1,52 @@
-fn main() {}
+//! The sealdb binary: `start`, `cert`.
+#![forbid(unsafe_code)]
+
+mod cert;
+mod start;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// sealdb: a SQL database server that encrypts what it stores and speaks
+/// the PostgreSQL protocol over TLS only.
+#[derive(Debug, Parser)]
+#[command(name = "sealdb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server. On an empty data directory it creates a CA, a node
+    /// certificate and a client certificate for `admin`, and prints how to connect.
+    Start(Box<start::StartArgs>),
+    /// Make and inspect certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+/// `--data` and `--config`, shared by commands.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Common {
+    /// Configuration file [default: DATA/sealdb.conf, if it exists].
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start(args) => start::run(*args),
+        Command::Cert(c) => cert::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sealdb: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! One client connection: TLS negotiation, the message loop, cleanup.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use pgwire::api::auth::AuthDriver;
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::tokio::TlsAcceptor;
+use pgwire::tokio::server::{MaybeTls, negotiate_tls, process_error, process_message};
+use sealdb_config::SslMode;
+use sealdb_pki::TlsMaterial;
+use sealdb_sql::Engine;
+use tokio::net::TcpStream;
+
+use crate::error::fatal;
+use crate::query::QueryHandler;
+use crate::startup::{ParameterProvider, SessionSlot, StartupHandler};
+use crate::state::ServerState;
+
+/// TLS facts of a connection, recorded right after the handshake.
+#[derive(Debug)]
+pub(crate) struct ConnectionTls {
+    /// The material the handshake used (its CAs and CRLs check the client certificate).
+    pub(crate) material: Arc<TlsMaterial>,
+    /// `TLSv1_3`, ...
+    pub(crate) version: String,
+    /// Cipher suite name.
+    pub(crate) cipher: String,
+}
+
+/// The handlers every connection shares.
+#[derive(Debug)]
+pub(crate) struct Handlers {
+    startup: Arc<StartupHandler>,
+    query: Arc<QueryHandler>,
+    errors: Arc<EscalateStartupErrors>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl Handlers {
+    pub(crate) fn new(state: Arc<ServerState>, engine: Arc<Engine>) -> Self {
+        let connections = Arc::new(ConnectionManager::new());
+        let driver = AuthDriver::new(ParameterProvider::new(state.access.clone())).with_connection_manager(connections.clone());
+        Self {
+            startup: Arc::new(StartupHandler::new(state, engine.clone(), driver)),
+            query: Arc::new(QueryHandler::new(engine)),
+            errors: Arc::new(EscalateStartupErrors),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.query.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.query.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        Arc::new(pgwire::api::NoopHandler)
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        self.errors.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Any error before authentication completes ends the connection: pgwire
+/// would otherwise treat a non-FATAL startup error as a finished login.
+/// Also names the user in password failures (libpq sends no name in SCRAM).
+#[derive(Debug)]
+pub(crate) struct EscalateStartupErrors;
+
+impl ErrorHandler for EscalateStartupErrors {
+    fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
+        let in_startup = matches!(
+            client.state(),
+            PgWireConnectionState::AwaitingSslRequest | PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+        );
+        if let PgWireError::InvalidPassword(_) = error {
+            let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+            tracing::warn!(%user, peer = %client.socket_addr(), "password authentication failed");
+            *error = fatal("28P01", format!("password authentication failed for user \"{user}\""));
+            return;
+        }
+        if in_startup && !error.is_fatal() {
+            let info: pgwire::error::ErrorInfo = std::mem::replace(error, PgWireError::UserNameRequired).into();
+            *error = fatal(&info.code, info.message);
+        }
+    }
+}
+
+/// Serves one TCP connection until the client leaves, fails or times out.
+pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<ServerState>, handlers: Arc<Handlers>) {
+    let deadline = tokio::time::sleep(state.settings.handshake_timeout);
+    tokio::pin!(deadline);
+    let material = state.tls_material();
+    let acceptor = match (&material, state.settings.ssl_mode) {
+        (Some(m), SslMode::Required | SslMode::Allowed) => Some(TlsAcceptor::from(m.server_config())),
+        _ => None,
+    };
+    let negotiated = tokio::select! {
+        _ = &mut deadline => {
+            tracing::info!(%peer, "connection closed: TLS negotiation did not finish within handshake-timeout-ms");
+            return;
+        }
+        n = negotiate_tls(socket, acceptor) => n,
+    };
+    let mut socket = match negotiated {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            // Bad TLS (old versions, wrong ALPN, garbage): only this connection ends.
+            tracing::info!(%peer, "connection closed during TLS negotiation: {e}");
+            return;
+        }
+    };
+    if let (MaybeTls::Tls(tls), Some(material)) = (socket.get_ref(), material) {
+        let (_, conn) = tls.get_ref();
+        let version = conn.protocol_version().map(|v| v.as_str().unwrap_or("TLS").to_owned()).unwrap_or_default();
+        let cipher = conn.negotiated_cipher_suite().map(|s| s.suite().as_str().unwrap_or("unknown").to_owned()).unwrap_or_default();
+        socket.session_extensions().insert(ConnectionTls { material, version, cipher });
+    }
+
+    let startup = handlers.startup_handler();
+    let simple = handlers.simple_query_handler();
+    let extended = handlers.extended_query_handler();
+    let copy = handlers.copy_handler();
+    let cancel = handlers.cancel_handler();
+    let errors = handlers.error_handler();
+    loop {
+        let in_startup = matches!(socket.state(), PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress);
+        let message = if in_startup {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::info!(%peer, "connection closed: authentication did not finish within handshake-timeout-ms");
+                    None
+                }
+                m = socket.next() => m,
+            }
+        } else {
+            socket.next().await
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::info!(%peer, "connection closed: malformed protocol message: {e}");
+                break;
+            }
+            None => break,
+        };
+        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            break;
+        }
+        let extended_query = match socket.state() {
+            PgWireConnectionState::CopyInProgress(e) => e,
+            _ => message.is_extended_query(),
+        };
+        let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+        if let Err(mut e) = process_message(message, &mut socket, startup.clone(), simple.clone(), extended.clone(), copy.clone(), cancel.clone()).await {
+            errors.on_error(&socket, &mut e);
+            let fatal = e.is_fatal();
+            if process_error(&mut socket, e, extended_query).await.is_err() || fatal {
+                break;
+            }
+        }
+        if is_cancel {
+            break;
+        }
+    }
+    if let Some(slot) = socket.session_extensions().get::<SessionSlot>() {
+        state.unregister_session(slot.id);
+    }
+}

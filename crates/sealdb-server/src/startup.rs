@@ -1,0 +1,233 @@
+//! Authentication: TLS policy, client certificates, SCRAM, session start.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::driver::AuthOutcome;
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::ScramSecret;
+use pgwire::api::auth::{
+    AuthDriver, AuthSource, DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider,
+    protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::{ClientInfo, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use sealdb_auth::{AccessControl, AuthPlan, CertFacts, ConnectionFacts, decide, password_verifier};
+use sealdb_config::SslMode;
+use sealdb_pki::ClientCertificate;
+use sealdb_sql::{ClientCertSummary, Engine, SessionInfo, SqlSession, TlsSessionInfo};
+
+use crate::connection::ConnectionTls;
+use crate::error::fatal;
+use crate::state::ServerState;
+
+/// The authenticated session of a connection.
+#[derive(Debug)]
+pub(crate) struct SessionSlot {
+    pub(crate) id: u64,
+    pub(crate) session: tokio::sync::Mutex<SqlSession>,
+}
+
+/// A verified client certificate, kept between the startup message and the end of SCRAM.
+#[derive(Debug)]
+struct VerifiedCertificate(ClientCertificate);
+
+/// Hands pgwire's SCRAM the stored verifier (never a password).
+#[derive(Debug)]
+pub(crate) struct VerifierSource {
+    pub(crate) access: Arc<AccessControl>,
+}
+
+#[async_trait]
+impl AuthSource for VerifierSource {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Err(fatal("28000", "only SCRAM-SHA-256 authentication is supported"))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
+        let name = login.user().unwrap_or_default();
+        let v = password_verifier(name, self.access.user(name).as_ref());
+        Ok((
+            ScramSecret::Verifier {
+                salt: v.salt.clone(),
+                iterations: v.iterations as usize,
+                stored_key: v.stored_key.to_vec(),
+                server_key: v.server_key.to_vec(),
+            },
+            None,
+        ))
+    }
+}
+
+/// Startup parameters, with `is_superuser` telling the truth.
+#[derive(Debug)]
+pub(crate) struct ParameterProvider {
+    access: Arc<AccessControl>,
+    base: DefaultServerParameterProvider,
+}
+
+impl ParameterProvider {
+    pub(crate) fn new(access: Arc<AccessControl>) -> Self {
+        let mut base = DefaultServerParameterProvider::default();
+        base.server_version = sealdb_sql::SERVER_VERSION.to_owned();
+        Self { access, base }
+    }
+}
+
+impl ServerParameterProvider for ParameterProvider {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        let mut params = self.base.server_parameters(client)?;
+        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        let on_off = if self.access.is_superuser(&user) { "on" } else { "off" };
+        params.insert("is_superuser".to_owned(), on_off.to_owned());
+        params.insert("session_authorization".to_owned(), user);
+        Some(params)
+    }
+}
+
+/// Decides how each client authenticates and starts its session.
+pub(crate) struct StartupHandler {
+    state: Arc<ServerState>,
+    engine: Arc<Engine>,
+    driver: AuthDriver<ParameterProvider>,
+}
+
+impl Debug for StartupHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartupHandler").finish_non_exhaustive()
+    }
+}
+
+impl StartupHandler {
+    pub(crate) fn new(state: Arc<ServerState>, engine: Arc<Engine>, driver: AuthDriver<ParameterProvider>) -> Self {
+        Self { state, engine, driver }
+    }
+
+    fn plaintext_refusal(&self) -> PgWireError {
+        let port = self.state.settings.port;
+        fatal(
+            "28000",
+            format!(
+                "sealdb accepts TLS connections only (ssl-mode = required) and this connection is plaintext; connect with sslmode=verify-full and the server's CA, e.g. psql \"host=localhost port={port} user=USER sslmode=verify-full sslrootcert=ca.crt\""
+            ),
+        )
+    }
+
+    /// Checks a presented client certificate; a bad one ends the connection.
+    fn verify_certificate<C: ClientInfo>(&self, client: &C) -> PgWireResult<Option<ClientCertificate>> {
+        let Some(chain) = client.client_certificates().filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
+        let tls = client.session_extensions().get::<ConnectionTls>();
+        let Some(tls) = tls else {
+            return Err(fatal("28000", "internal error: TLS state of this connection is missing"));
+        };
+        match tls.material.verify_client(chain) {
+            Ok(cert) => Ok(Some(cert)),
+            Err(message) => {
+                tracing::warn!(peer = %client.socket_addr(), "client certificate refused: {message}");
+                Err(fatal("28000", message))
+            }
+        }
+    }
+
+    fn establish<C: ClientInfo>(&self, client: &C, auth_method: &str, cert: Option<&ClientCertificate>) {
+        let metadata = client.metadata();
+        let user = metadata.get(METADATA_USER).cloned().unwrap_or_default();
+        let tls = client.session_extensions().get::<ConnectionTls>().map(|t| TlsSessionInfo {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            client_cert: cert.map(|c| ClientCertSummary {
+                subject: c.info.subject.clone(),
+                issuer: c.info.issuer.clone(),
+                serial: c.info.serial.clone(),
+                not_after: c.info.not_after_text(),
+            }),
+        });
+        let id = self.state.new_session_id();
+        let info = SessionInfo {
+            id,
+            user: user.clone(),
+            database: metadata.get(METADATA_DATABASE).cloned().unwrap_or_else(|| user.clone()),
+            application_name: metadata.get(METADATA_APPLICATION_NAME).cloned().unwrap_or_default(),
+            client_addr: client.socket_addr().to_string(),
+            auth_method: auth_method.to_owned(),
+            tls,
+            connected_at: SystemTime::now(),
+        };
+        tracing::info!(session = id, %user, peer = %client.socket_addr(), auth = auth_method, tls = info.tls.is_some(), "session started");
+        let session = self.engine.session(info);
+        self.state.register_session(session.info().clone());
+        client.session_extensions().insert(SessionSlot { id, session: tokio::sync::Mutex::new(session) });
+    }
+}
+
+#[async_trait]
+impl pgwire::api::auth::StartupHandler for StartupHandler {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let secure = client.is_secure();
+                if !secure && self.state.settings.ssl_mode == SslMode::Required {
+                    tracing::warn!(peer = %client.socket_addr(), "plaintext connection refused");
+                    return Err(self.plaintext_refusal());
+                }
+                let user = client.metadata().get(METADATA_USER).cloned().ok_or(PgWireError::UserNameRequired)?;
+                let cert = self.verify_certificate(client)?;
+                let facts = ConnectionFacts {
+                    tls: secure,
+                    certificate: cert.as_ref().map(|c| CertFacts {
+                        subject: c.info.subject.clone(),
+                        issuer: c.info.issuer.clone(),
+                        mapped_user: self.state.settings.cert_user_map.user_for(&c.info),
+                    }),
+                    certificate_required: self.state.settings.pki_db_client_auth,
+                };
+                match decide(&user, self.state.access.user(&user).as_ref(), &facts) {
+                    AuthPlan::Refuse(message) => {
+                        tracing::warn!(%user, peer = %client.socket_addr(), "login refused: {message}");
+                        Err(fatal("28000", message))
+                    }
+                    AuthPlan::Certificate => {
+                        self.establish(client, "certificate", cert.as_ref());
+                        self.driver.complete_authentication(client, None).await
+                    }
+                    AuthPlan::Password(_) => {
+                        if let Some(c) = cert {
+                            client.session_extensions().insert(VerifiedCertificate(c));
+                        }
+                        let scram = if secure { self.state.scram_tls() } else { self.state.scram_plain.clone() };
+                        match self.driver.begin_authentication(client, scram.create()).await? {
+                            AuthOutcome::InProgress => Ok(()),
+                            AuthOutcome::Authenticated { final_message, .. } => {
+                                self.establish(client, "scram-sha-256", None);
+                                self.driver.complete_authentication(client, final_message).await
+                            }
+                        }
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(msg) => match self.driver.advance_authentication(client, msg).await? {
+                AuthOutcome::InProgress => Ok(()),
+                AuthOutcome::Authenticated { final_message, .. } => {
+                    let cert = client.session_extensions().get::<VerifiedCertificate>();
+                    self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0));
+                    self.driver.complete_authentication(client, final_message).await
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Server-wide state: settings, TLS material, sessions, the SQL engine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use sealdb_auth::AccessControl;
+use sealdb_config::SslMode;
+use sealdb_pki::{CertUserMap, TlsFiles, TlsMaterial, TlsReloader};
+use sealdb_sql::{CertificateRow, Engine, ServerHooks, SessionInfo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::ServerError;
+use crate::startup::VerifierSource;
+
+/// What the server needs to run, resolved from flags and config.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// TLS policy.
+    pub ssl_mode: SslMode,
+    /// TLS files; required unless `ssl_mode` is `Disabled`.
+    pub tls: Option<TlsFiles>,
+    /// Every client must present a verified certificate.
+    pub pki_db_client_auth: bool,
+    /// Certificate-to-user rules.
+    pub cert_user_map: CertUserMap,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// Time to finish TLS and authentication.
+    pub handshake_timeout: Duration,
+}
+
+/// Live state shared by every connection; also the `sys` tables' view of the server.
+pub(crate) struct ServerState {
+    pub(crate) settings: ServerSettings,
+    pub(crate) access: Arc<AccessControl>,
+    tls: Option<TlsReloader>,
+    /// SCRAM for TLS connections: offers SCRAM-SHA-256-PLUS bound to the
+    /// current server certificate.
+    scram_tls: ArcSwap<ScramAuth>,
+    /// SCRAM for plaintext connections (`ssl-mode = allowed`): no PLUS.
+    pub(crate) scram_plain: Arc<ScramAuth>,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionInfo>>>,
+    next_session_id: AtomicU64,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    fn new(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
+        let tls = match (&settings.ssl_mode, &settings.tls) {
+            (SslMode::Disabled, _) => None,
+            (_, Some(files)) => Some(TlsReloader::new(files.clone())?),
+            (_, None) => return Err(ServerError::Settings("TLS is required but no certificate is configured (ssl-cert and ssl-private-key, or ssl-keystore)".into())),
+        };
+        let source = Arc::new(VerifierSource { access: access.clone() });
+        let scram_plain = Arc::new(ScramAuth::new(source.clone()));
+        let scram_tls = match &tls {
+            Some(t) => scram_for(&source, &t.current()),
+            None => ScramAuth::new(source.clone()),
+        };
+        Ok(Self {
+            settings,
+            access,
+            tls,
+            scram_tls: ArcSwap::from_pointee(scram_tls),
+            scram_plain,
+            sessions: Mutex::new(BTreeMap::new()),
+            next_session_id: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn tls_material(&self) -> Option<Arc<TlsMaterial>> {
+        self.tls.as_ref().map(|t| t.current())
+    }
+
+    pub(crate) fn scram_tls(&self) -> Arc<ScramAuth> {
+        self.scram_tls.load_full()
+    }
+
+    pub(crate) fn new_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_session(&self, info: Arc<SessionInfo>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(info.id, info);
+        }
+    }
+
+    pub(crate) fn unregister_session(&self, id: u64) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.remove(&id);
+        }
+    }
+}
+
+fn scram_for(source: &Arc<VerifierSource>, material: &TlsMaterial) -> ScramAuth {
+    let mut scram = ScramAuth::new(source.clone());
+    if let Some(pem) = material.server_certificate_pem()
+        && let Err(e) = scram.configure_certificate(pem.as_bytes())
+    {
+        tracing::warn!("SCRAM-SHA-256-PLUS (channel binding) is unavailable with this server certificate: {e}");
+    }
+    scram
+}
+
+impl ServerHooks for ServerState {
+    fn sessions(&self) -> Vec<Arc<SessionInfo>> {
+        self.sessions.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn certificates(&self) -> Vec<CertificateRow> {
+        let Some(material) = self.tls_material() else { return Vec::new() };
+        let now = time::OffsetDateTime::now_utc();
+        material
+            .certificates()
+            .iter()
+            .map(|c| CertificateRow {
+                role: c.role.to_owned(),
+                path: c.path.display().to_string(),
+                subject: c.info.subject.clone(),
+                issuer: c.info.issuer.clone(),
+                serial: c.info.serial.clone(),
+                sans: c.info.sans.join(", "),
+                not_before: c.info.not_before.into(),
+                not_after: c.info.not_after.into(),
+                days_left: c.info.days_left(now),
+            })
+            .collect()
+    }
+
+    fn reload_tls(&self) -> Result<(), String> {
+        let Some(tls) = &self.tls else {
+            return Err("TLS is disabled (ssl-mode = disabled); there is nothing to reload".into());
+        };
+        match tls.reload() {
+            Ok(material) => {
+                let source = Arc::new(VerifierSource { access: self.access.clone() });
+                self.scram_tls.store(Arc::new(scram_for(&source, &material)));
+                tracing::info!(certificates = material.certificates().len(), crls = material.crl_count(), "TLS material reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("TLS reload refused, the previous certificates stay in use: {e}");
+                Err(format!("TLS reload refused, the previous certificates stay in use: {e}"))
+            }
+        }
+    }
+
+    fn ssl_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A bound, ready-to-run server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    engine: Arc<Engine>,
+}
+
+impl Server {
+    /// Loads the TLS material, sets up the engine and binds the port.
+    pub async fn bind(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
+        sealdb_pki::install_crypto_provider();
+        let address = format!("{}:{}", settings.host, settings.port);
+        let state = Arc::new(ServerState::new(settings, access.clone())?);
+        let engine = Arc::new(Engine::new(access, state.clone())?);
+        let listener = TcpListener::bind(&address).await.map_err(|source| ServerError::Listen { address, source })?;
+        Ok(Self { listener, state, engine })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Reloads TLS material (what SIGHUP does).
+    pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.reload_tls()
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(self) {
+        let permits = Arc::new(Semaphore::new(self.state.settings.max_connections));
+        let handlers = Arc::new(crate::connection::Handlers::new(self.state.clone(), self.engine.clone()));
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = self.state.settings.max_connections, "connection refused: max-connections reached");
+                drop(socket);
+                continue;
+            };
+            let handlers = handlers.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                crate::connection::serve(socket, peer, state, handlers).await;
+                drop(permit);
+            });
+        }
+    }
+}
+

@@ -1,0 +1,608 @@
+//! The engine shared by all sessions, and one session's state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp, create_udf, ColumnarValue, Volatility};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use sealdb_auth::{AccessControl, GrantObject, ScramVerifier, UserOptions, SCRAM_ITERATIONS};
+
+use crate::security::{self, SecurityStatement, Target};
+use crate::sys::{self, ServerHooks};
+use crate::{SqlError, privileges};
+
+/// The catalog name clients see as the database.
+pub const CATALOG: &str = "sealdb";
+/// The schema user tables live in.
+pub const SCHEMA: &str = "public";
+
+/// TLS facts of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSessionInfo {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub version: String,
+    /// Negotiated cipher suite.
+    pub cipher: String,
+    /// The verified client certificate, if one was presented.
+    pub client_cert: Option<ClientCertSummary>,
+}
+
+/// What `sys.sessions` shows of a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertSummary {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Serial in hex.
+    pub serial: String,
+    /// Expiry, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub not_after: String,
+}
+
+/// Who a session is and how it connected; fixed at login.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Server-unique id.
+    pub id: u64,
+    /// Authenticated user.
+    pub user: String,
+    /// Database asked for in the startup packet.
+    pub database: String,
+    /// `application_name` from the startup packet.
+    pub application_name: String,
+    /// Client address and port.
+    pub client_addr: String,
+    /// `scram-sha-256`, `scram-sha-256-plus` or `certificate`.
+    pub auth_method: String,
+    /// TLS facts, `None` for plaintext.
+    pub tls: Option<TlsSessionInfo>,
+    /// Login time.
+    pub connected_at: SystemTime,
+}
+
+/// One client's session.
+pub struct SqlSession {
+    info: Arc<SessionInfo>,
+    ctx: SessionContext,
+    settings: BTreeMap<String, String>,
+    in_transaction: bool,
+}
+
+impl std::fmt::Debug for SqlSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSession").field("info", &self.info).field("in_transaction", &self.in_transaction).finish_non_exhaustive()
+    }
+}
+
+impl SqlSession {
+    /// Who this is.
+    pub fn info(&self) -> &Arc<SessionInfo> {
+        &self.info
+    }
+
+    /// Whether a `BEGIN` is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+}
+
+/// The result of one statement.
+#[derive(Debug)]
+pub enum Output {
+    /// Rows with their schema; `tag` is the command tag (`SELECT`, `SHOW`).
+    Rows {
+        /// Column names and types.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+        /// Command tag.
+        tag: &'static str,
+    },
+    /// A command without rows: `INSERT 0 n`, `CREATE TABLE`, ...
+    Command {
+        /// Tag word(s).
+        tag: String,
+        /// Affected rows, for tags that carry them.
+        rows: Option<usize>,
+    },
+    /// `BEGIN`.
+    Begin,
+    /// `COMMIT` (or `ROLLBACK` with `rolled_back`).
+    End {
+        /// Whether this was a rollback.
+        rolled_back: bool,
+    },
+    /// An empty statement.
+    Empty,
+}
+
+/// A statement planned for the extended protocol.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// A DataFusion plan with `$n` placeholders.
+    Plan {
+        /// The plan.
+        plan: Arc<LogicalPlan>,
+        /// Parameter types as inferred, `$1` first (`None`: unknown, sent as text).
+        params: Vec<Option<DataType>>,
+        /// Result columns, empty for commands.
+        schema: SchemaRef,
+    },
+    /// One of ours, or a statement without result rows; run as simple text.
+    Text {
+        /// The text.
+        sql: String,
+        /// Result columns, if known before running.
+        schema: SchemaRef,
+    },
+    /// Nothing.
+    Empty,
+}
+
+/// Shared by every session.
+pub struct Engine {
+    base: SessionContext,
+    access: Arc<AccessControl>,
+    hooks: Arc<dyn ServerHooks>,
+    parser: PostgresCompatibilityParser,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("hooks", &self.hooks).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A new engine with an empty `public` schema, `pg_catalog`,
+    /// `information_schema` and `sys`.
+    pub fn new(access: Arc<AccessControl>, hooks: Arc<dyn ServerHooks>) -> Result<Self, SqlError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(true)
+            .with_information_schema(true);
+        let base = SessionContext::new_with_config(config);
+        datafusion_pg_catalog::setup_pg_catalog(&base, CATALOG, EmptyContextProvider).map_err(|e| SqlError::from(*e))?;
+        let catalog = base.catalog(CATALOG).ok_or_else(|| SqlError::ServerState("default catalog missing".into()))?;
+        let sys_schema = Arc::new(MemorySchemaProvider::new());
+        catalog.register_schema("sys", sys_schema.clone())?;
+        sys::register(&sys_schema, access.clone(), hooks.clone())?;
+        Ok(Self { base, access, hooks, parser: PostgresCompatibilityParser::new() })
+    }
+
+    /// Users and grants.
+    pub fn access(&self) -> &Arc<AccessControl> {
+        &self.access
+    }
+
+    /// A session for an authenticated client.
+    pub fn session(&self, info: SessionInfo) -> SqlSession {
+        let info = Arc::new(info);
+        let mut state = self.base.state();
+        state.config_mut().set_extension(info.clone());
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(session_user_udf(&info.user));
+        let mut settings = BTreeMap::new();
+        settings.insert("application_name".to_owned(), info.application_name.clone());
+        SqlSession { info, ctx, settings, in_transaction: false }
+    }
+
+    /// Runs a simple-protocol query string: zero or more statements.
+    pub async fn execute(&self, session: &mut SqlSession, sql: &str) -> Result<Vec<Output>, SqlError> {
+        let pieces = split_statements(sql);
+        if pieces.is_empty() {
+            return Ok(vec![Output::Empty]);
+        }
+        let mut out = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            out.push(self.execute_one(session, piece).await?);
+        }
+        Ok(out)
+    }
+
+    /// Plans one statement for the extended protocol.
+    pub async fn prepare(&self, session: &SqlSession, sql: &str) -> Result<Prepared, SqlError> {
+        let pieces = split_statements(sql);
+        let piece = match pieces.as_slice() {
+            [] => return Ok(Prepared::Empty),
+            [one] => *one,
+            _ => return Err(SqlError::Syntax("cannot insert multiple commands into a prepared statement".into())),
+        };
+        if let Some(statement) = security::parse(piece)? {
+            let schema = match &statement {
+                SecurityStatement::Show(name) => show_schema(name),
+                _ => Arc::new(Schema::empty()),
+            };
+            return Ok(Prepared::Text { sql: piece.to_owned(), schema });
+        }
+        let plan = self.plan(session, piece).await?;
+        let types = plan.get_parameter_types()?;
+        let mut params = vec![None; types.len()];
+        for (name, ty) in types {
+            let index = name.trim_start_matches('$').parse::<usize>().ok().filter(|i| *i >= 1 && *i <= params.len());
+            let Some(index) = index else {
+                return Err(SqlError::Syntax(format!("parameter {name} is not a positional parameter $1..${}", params.len())));
+            };
+            params[index - 1] = ty;
+        }
+        let schema = if returns_rows(&plan) { Arc::new(plan.schema().as_arrow().clone()) } else { Arc::new(Schema::empty()) };
+        Ok(Prepared::Plan { plan: Arc::new(plan), params, schema })
+    }
+
+    /// Runs a prepared statement with parameter values.
+    pub async fn execute_prepared(&self, session: &mut SqlSession, prepared: &Prepared, params: Vec<ScalarValue>) -> Result<Output, SqlError> {
+        match prepared {
+            Prepared::Empty => Ok(Output::Empty),
+            Prepared::Text { sql, .. } => self.execute_one(session, sql).await,
+            Prepared::Plan { plan, .. } => {
+                let plan = if params.is_empty() { plan.as_ref().clone() } else { plan.as_ref().clone().with_param_values(ParamValues::from(params))? };
+                self.run_plan(session, plan).await
+            }
+        }
+    }
+
+    async fn execute_one(&self, session: &mut SqlSession, sql: &str) -> Result<Output, SqlError> {
+        if let Some(statement) = security::parse(sql)? {
+            return self.execute_security(session, statement).await;
+        }
+        let plan = self.plan(session, sql).await?;
+        self.run_plan(session, plan).await
+    }
+
+    async fn plan(&self, session: &SqlSession, sql: &str) -> Result<LogicalPlan, SqlError> {
+        let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+        let statement = match statements.len() {
+            1 => statements.remove(0),
+            0 => return Err(SqlError::Syntax("empty statement".into())),
+            _ => return Err(SqlError::Syntax("one statement at a time".into())),
+        };
+        let state = session.ctx.state();
+        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
+        privileges::check(&self.access, &session.info.user, &plan)?;
+        Ok(plan)
+    }
+
+    async fn run_plan(&self, session: &mut SqlSession, plan: LogicalPlan) -> Result<Output, SqlError> {
+        // Privileges are checked again on the final plan: parameters cannot
+        // add tables, but this keeps the check next to the execution.
+        privileges::check(&self.access, &session.info.user, &plan)?;
+        let kind = OutputKind::of(&plan);
+        let dropped_table = match &plan {
+            LogicalPlan::Ddl(DdlStatement::DropTable(d)) => Some(privileges::qualified_name(&d.name)),
+            _ => None,
+        };
+        let frame = session.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        if let Some(table) = dropped_table {
+            self.access.forget_table(&table);
+        }
+        Ok(match kind {
+            OutputKind::Rows => Output::Rows { schema, batches, tag: "SELECT" },
+            OutputKind::Count(tag) => Output::Command { tag: tag.to_owned(), rows: Some(count_of(&batches)) },
+            OutputKind::Command(tag) => Output::Command { tag: tag.to_owned(), rows: None },
+        })
+    }
+
+    async fn execute_security(&self, session: &mut SqlSession, statement: SecurityStatement) -> Result<Output, SqlError> {
+        let me = session.info.user.clone();
+        let admin_only = |what: &str| -> Result<(), SqlError> {
+            if self.access.is_superuser(&me) {
+                Ok(())
+            } else {
+                Err(SqlError::PermissionDenied(format!("only administrators can {what}")))
+            }
+        };
+        let access_err = |e: sealdb_auth::AccessError| match e {
+            sealdb_auth::AccessError::Exists(_) => SqlError::DuplicateObject(e.to_string()),
+            sealdb_auth::AccessError::NoSuchRole(_) => SqlError::UndefinedObject(e.to_string()),
+            _ => SqlError::InvalidValue(e.to_string()),
+        };
+        Ok(match statement {
+            SecurityStatement::CreateUser { name, login, options } => {
+                admin_only("create users and roles")?;
+                let login = options.login.unwrap_or(login);
+                self.access.create(&name, login, user_options(options)?).map_err(access_err)?;
+                Output::Command { tag: if login { "CREATE USER" } else { "CREATE ROLE" }.into(), rows: None }
+            }
+            SecurityStatement::AlterUser { name, options } => {
+                // Users may change their own password; everything else is for administrators.
+                let own_password_only = name == me && options.require.is_none() && options.superuser.is_none() && options.login.is_none();
+                if !own_password_only {
+                    admin_only("alter users")?;
+                }
+                self.access.alter(&name, user_options(options)?).map_err(access_err)?;
+                Output::Command { tag: "ALTER ROLE".into(), rows: None }
+            }
+            SecurityStatement::DropUser { names, if_exists } => {
+                admin_only("drop users")?;
+                for name in names {
+                    if name == me {
+                        return Err(SqlError::InvalidValue("current user cannot be dropped".into()));
+                    }
+                    match self.access.drop_role(&name) {
+                        Err(sealdb_auth::AccessError::NoSuchRole(_)) if if_exists => {}
+                        other => other.map_err(access_err)?,
+                    }
+                }
+                Output::Command { tag: "DROP ROLE".into(), rows: None }
+            }
+            SecurityStatement::Grant { privileges, target, grantees } => {
+                admin_only("grant privileges")?;
+                for object in self.grant_objects(session, target).await? {
+                    for grantee in &grantees {
+                        self.access.grant(grantee, object.clone(), &privileges, &me).map_err(access_err)?;
+                    }
+                }
+                Output::Command { tag: "GRANT".into(), rows: None }
+            }
+            SecurityStatement::Revoke { privileges, target, grantees } => {
+                admin_only("revoke privileges")?;
+                for object in self.grant_objects(session, target).await? {
+                    for grantee in &grantees {
+                        self.access.revoke(grantee, &object, &privileges).map_err(access_err)?;
+                    }
+                }
+                Output::Command { tag: "REVOKE".into(), rows: None }
+            }
+            SecurityStatement::GrantRole { role, members } => {
+                admin_only("grant roles")?;
+                for m in members {
+                    self.access.grant_role(&role, &m).map_err(access_err)?;
+                }
+                Output::Command { tag: "GRANT ROLE".into(), rows: None }
+            }
+            SecurityStatement::RevokeRole { role, members } => {
+                admin_only("revoke roles")?;
+                for m in members {
+                    self.access.revoke_role(&role, &m).map_err(access_err)?;
+                }
+                Output::Command { tag: "REVOKE ROLE".into(), rows: None }
+            }
+            SecurityStatement::ReloadTls => {
+                admin_only("reload TLS material")?;
+                self.hooks.reload_tls().map_err(SqlError::ServerState)?;
+                Output::Command { tag: "ALTER SYSTEM".into(), rows: None }
+            }
+            SecurityStatement::Show(name) => {
+                let value = self.show_value(session, &name)?;
+                let schema = show_schema(&name);
+                let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value])) as ArrayRef])
+                    .map_err(|e| SqlError::Query { message: e.to_string(), plan: false })?;
+                Output::Rows { schema, batches: vec![batch], tag: "SHOW" }
+            }
+            SecurityStatement::Set(name, value) => {
+                session.settings.insert(name, value);
+                Output::Command { tag: "SET".into(), rows: None }
+            }
+            SecurityStatement::Begin => {
+                session.in_transaction = true;
+                Output::Begin
+            }
+            SecurityStatement::Commit => {
+                session.in_transaction = false;
+                Output::End { rolled_back: false }
+            }
+            SecurityStatement::Rollback => {
+                session.in_transaction = false;
+                Output::End { rolled_back: true }
+            }
+        })
+    }
+
+    async fn grant_objects(&self, session: &SqlSession, target: Target) -> Result<Vec<GrantObject>, SqlError> {
+        match target {
+            Target::AllTables => Ok(vec![GrantObject::AllTables]),
+            Target::Tables(names) => {
+                let mut out = Vec::new();
+                for name in names {
+                    let qualified = if name.contains('.') { name.clone() } else { format!("{SCHEMA}.{name}") };
+                    if !session.ctx.table_exist(qualified.as_str())? {
+                        return Err(SqlError::UndefinedTable(format!("relation \"{name}\" does not exist")));
+                    }
+                    out.push(GrantObject::Table(qualified));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn show_value(&self, session: &SqlSession, name: &str) -> Result<String, SqlError> {
+        if let Some(v) = session.settings.get(name) {
+            return Ok(v.clone());
+        }
+        let fixed = match name {
+            "ssl" => if self.hooks.ssl_enabled() { "on" } else { "off" },
+            "server_version" => sys::SERVER_VERSION,
+            "server_encoding" | "client_encoding" => "UTF8",
+            "transaction_isolation" | "default_transaction_isolation" => "read committed",
+            "standard_conforming_strings" | "integer_datetimes" => "on",
+            "datestyle" => "ISO, MDY",
+            "timezone" => "UTC",
+            "search_path" => "public",
+            "is_superuser" => if self.access.is_superuser(&session.info.user) { "on" } else { "off" },
+            "session_authorization" => session.info.user.as_str(),
+            "max_identifier_length" => "63",
+            "default_transaction_read_only" | "transaction_read_only" => "off",
+            _ => return Err(SqlError::UndefinedObject(format!("unrecognized configuration parameter \"{name}\""))),
+        };
+        Ok(fixed.to_owned())
+    }
+}
+
+fn user_options(options: security::Options) -> Result<UserOptions, SqlError> {
+    let password = match options.password {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) => {
+            if text.is_empty() {
+                return Err(SqlError::InvalidValue("empty passwords are not allowed; use PASSWORD NULL to remove the password".into()));
+            }
+            // A verifier made elsewhere is taken as it is; a password becomes a verifier now.
+            Some(Some(ScramVerifier::parse_pg_string(&text).unwrap_or_else(|| ScramVerifier::new(&text, SCRAM_ITERATIONS))))
+        }
+    };
+    Ok(UserOptions { password, require: options.require, superuser: options.superuser, login: options.login })
+}
+
+fn show_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+}
+
+enum OutputKind {
+    Rows,
+    Count(&'static str),
+    Command(&'static str),
+}
+
+impl OutputKind {
+    fn of(plan: &LogicalPlan) -> Self {
+        match plan {
+            LogicalPlan::Dml(d) => match &d.op {
+                WriteOp::Insert(_) => Self::Count("INSERT"),
+                WriteOp::Update => Self::Count("UPDATE"),
+                WriteOp::Delete => Self::Count("DELETE"),
+                WriteOp::Ctas => Self::Count("SELECT"),
+                WriteOp::Truncate => Self::Command("TRUNCATE TABLE"),
+                WriteOp::MergeInto(_) => Self::Count("MERGE"),
+                _ => Self::Command("OK"),
+            },
+            LogicalPlan::Ddl(d) => match d {
+                DdlStatement::CreateMemoryTable(c) if c.input.schema().fields().is_empty() => Self::Command("CREATE TABLE"),
+                DdlStatement::CreateMemoryTable(_) => Self::Command("CREATE TABLE AS"),
+                DdlStatement::CreateView(_) => Self::Command("CREATE VIEW"),
+                DdlStatement::CreateCatalogSchema(_) => Self::Command("CREATE SCHEMA"),
+                DdlStatement::DropTable(_) => Self::Command("DROP TABLE"),
+                DdlStatement::DropView(_) => Self::Command("DROP VIEW"),
+                DdlStatement::DropCatalogSchema(_) => Self::Command("DROP SCHEMA"),
+                DdlStatement::CreateIndex(_) => Self::Command("CREATE INDEX"),
+                _ => Self::Command("OK"),
+            },
+            LogicalPlan::Statement(_) => Self::Command("SET"),
+            _ => Self::Rows,
+        }
+    }
+}
+
+fn returns_rows(plan: &LogicalPlan) -> bool {
+    matches!(OutputKind::of(plan), OutputKind::Rows)
+}
+
+fn count_of(batches: &[RecordBatch]) -> usize {
+    batches
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().map(|a| (0..a.len()).map(|i| a.value(i) as usize).sum::<usize>()))
+        .sum()
+}
+
+fn session_user_udf(user: &str) -> datafusion::logical_expr::ScalarUDF {
+    let user = user.to_owned();
+    create_udf(
+        "session_user",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(user.clone()))))),
+    )
+}
+
+/// Splits a query string into statements at top-level semicolons, keeping
+/// quoted strings, quoted identifiers, dollar quotes and comments whole.
+/// Empty statements are dropped.
+pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == quote {
+                        if bytes.get(i + 1) == Some(&quote) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ ... $tag$
+                let tag_end = sql[i + 1..].find('$').map(|p| i + 1 + p);
+                if let Some(end) = tag_end
+                    && sql[i + 1..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !sql[i + 1..end].starts_with(|c: char| c.is_ascii_digit())
+                {
+                    let tag = &sql[i..=end];
+                    if let Some(close) = sql[end + 1..].find(tag) {
+                        i = end + 1 + close + tag.len() - 1;
+                    } else {
+                        i = bytes.len();
+                    }
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < sql.len() {
+        out.push(&sql[start..]);
+    }
+    out.into_iter().filter(|s| !is_blank(s)).collect()
+}
+
+fn is_blank(s: &str) -> bool {
+    let mut rest = s.trim();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map(|(_, t)| t).unwrap_or("").trim();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map(|(_, t)| t).unwrap_or("").trim();
+        } else {
+            return rest.is_empty();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        assert_eq!(split_statements("select 1; select ';'"), vec!["select 1", " select ';'"]);
+        assert_eq!(split_statements("select 'a'';b'; -- x;y\n"), vec!["select 'a'';b'"]);
+        assert_eq!(split_statements("select $$a;b$$; select \"x;\""), vec!["select $$a;b$$", " select \"x;\""]);
+        assert!(split_statements(" ; ;/* c */").is_empty());
+        assert_eq!(split_statements("select $1; select 2"), vec!["select $1", " select 2"]);
+    }
+}

@@ -1,0 +1,529 @@
+//! The statements DataFusion does not parse: users, roles, grants, TLS
+//! reload, `SHOW`, `SET` and transaction control.
+//!
+//! [`parse`] returns `Ok(None)` for anything else, which then goes to
+//! DataFusion.
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use sealdb_auth::{Privilege, Requirement};
+
+use crate::SqlError;
+
+/// A parsed security or session statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityStatement {
+    /// `CREATE USER` (login = true) or `CREATE ROLE` (login = false).
+    CreateUser {
+        /// Name.
+        name: String,
+        /// Whether it can log in.
+        login: bool,
+        /// Options.
+        options: Options,
+    },
+    /// `ALTER USER|ROLE name [WITH] options`.
+    AlterUser {
+        /// Name.
+        name: String,
+        /// Options.
+        options: Options,
+    },
+    /// `DROP USER|ROLE [IF EXISTS] name[, ...]`.
+    DropUser {
+        /// Names.
+        names: Vec<String>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `GRANT privileges ON target TO grantees`.
+    Grant {
+        /// Privileges.
+        privileges: Vec<Privilege>,
+        /// Target.
+        target: Target,
+        /// Receivers.
+        grantees: Vec<String>,
+    },
+    /// `REVOKE privileges ON target FROM grantees`.
+    Revoke {
+        /// Privileges.
+        privileges: Vec<Privilege>,
+        /// Target.
+        target: Target,
+        /// Losers.
+        grantees: Vec<String>,
+    },
+    /// `GRANT role TO user`.
+    GrantRole {
+        /// Role.
+        role: String,
+        /// Members.
+        members: Vec<String>,
+    },
+    /// `REVOKE role FROM user`.
+    RevokeRole {
+        /// Role.
+        role: String,
+        /// Members.
+        members: Vec<String>,
+    },
+    /// `ALTER SYSTEM RELOAD TLS`.
+    ReloadTls,
+    /// `SHOW name` for a non-DataFusion setting.
+    Show(String),
+    /// `SET [SESSION|LOCAL] name {=|TO} value` for a non-DataFusion setting.
+    Set(String, String),
+    /// `BEGIN`, `START TRANSACTION`.
+    Begin,
+    /// `COMMIT`, `END`.
+    Commit,
+    /// `ROLLBACK`, `ABORT`.
+    Rollback,
+}
+
+/// What a grant is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Tables by name as written (resolved by the engine).
+    Tables(Vec<String>),
+    /// `ALL TABLES [IN SCHEMA public]`.
+    AllTables,
+}
+
+/// `CREATE/ALTER USER` options; `None` leaves a field alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Options {
+    /// `PASSWORD 'x'` (`Some(Some)`), `PASSWORD NULL` (`Some(None)`).
+    pub password: Option<Option<String>>,
+    /// `REQUIRE ...`.
+    pub require: Option<Requirement>,
+    /// `SUPERUSER` / `NOSUPERUSER`.
+    pub superuser: Option<bool>,
+    /// `LOGIN` / `NOLOGIN`.
+    pub login: Option<bool>,
+}
+
+/// Parses one statement if it is one of ours.
+pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| SqlError::Syntax(e.to_string()))?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect::<Vec<_>>();
+    let mut p = P { tokens, pos: 0 };
+    while p.eat_token(&Token::SemiColon) {}
+    let statement = match p.word_upper().as_deref() {
+        Some("CREATE") => match p.peek_word_upper(1).as_deref() {
+            Some("USER") => {
+                p.pos += 2;
+                p.create_user(true)?
+            }
+            Some("ROLE") => {
+                p.pos += 2;
+                p.create_user(false)?
+            }
+            _ => return Ok(None),
+        },
+        Some("ALTER") => match p.peek_word_upper(1).as_deref() {
+            Some("USER") | Some("ROLE") => {
+                p.pos += 2;
+                let name = p.ident("a user name")?;
+                p.eat_word("WITH");
+                SecurityStatement::AlterUser { name, options: p.options()? }
+            }
+            Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("RELOAD") => {
+                p.pos += 3;
+                p.expect_word("TLS")?;
+                SecurityStatement::ReloadTls
+            }
+            _ => return Ok(None),
+        },
+        Some("DROP") => match p.peek_word_upper(1).as_deref() {
+            Some("USER") | Some("ROLE") => {
+                p.pos += 2;
+                let if_exists = p.eat_word("IF") && p.expect_word("EXISTS").is_ok();
+                SecurityStatement::DropUser { names: p.ident_list("a user name")?, if_exists }
+            }
+            _ => return Ok(None),
+        },
+        Some("GRANT") => {
+            p.pos += 1;
+            p.grant_or_revoke(true)?
+        }
+        Some("REVOKE") => {
+            p.pos += 1;
+            p.grant_or_revoke(false)?
+        }
+        Some("SHOW") => {
+            let name = p.peek_word(1).unwrap_or_default().to_ascii_lowercase();
+            if name.starts_with("datafusion") || name == "all" || name == "columns" || name == "tables" || name == "functions" {
+                return Ok(None);
+            }
+            p.pos += 2;
+            SecurityStatement::Show(name)
+        }
+        Some("SET") => {
+            p.pos += 1;
+            if p.eat_word("SESSION") {
+                if p.eat_word("CHARACTERISTICS") {
+                    // SET SESSION CHARACTERISTICS AS TRANSACTION ...: accepted, one isolation level.
+                    p.pos = p.tokens.len();
+                    return Ok(Some(SecurityStatement::Set("transaction_characteristics".into(), String::new())));
+                }
+            } else {
+                p.eat_word("LOCAL");
+            }
+            let name = p.ident("a setting name")?.to_ascii_lowercase();
+            if name.starts_with("datafusion") {
+                return Ok(None);
+            }
+            let mut name = name;
+            while p.eat_token(&Token::Period) {
+                name = format!("{name}.{}", p.ident("a setting name")?.to_ascii_lowercase());
+            }
+            if !(p.eat_token(&Token::Eq) || p.eat_word("TO")) {
+                // SET TIME ZONE 'UTC', SET TRANSACTION ...
+                let rest = p.rest_text();
+                p.pos = p.tokens.len();
+                return Ok(Some(SecurityStatement::Set(name, rest)));
+            }
+            let value = p.rest_text();
+            p.pos = p.tokens.len();
+            SecurityStatement::Set(name, value)
+        }
+        Some("BEGIN") | Some("START") => {
+            p.pos = p.tokens.len();
+            SecurityStatement::Begin
+        }
+        Some("COMMIT") | Some("END") => {
+            p.pos = p.tokens.len();
+            SecurityStatement::Commit
+        }
+        Some("ROLLBACK") | Some("ABORT") => {
+            p.pos = p.tokens.len();
+            SecurityStatement::Rollback
+        }
+        _ => return Ok(None),
+    };
+    while p.eat_token(&Token::SemiColon) {}
+    if p.pos < p.tokens.len() && !matches!(p.tokens[p.pos], Token::EOF) {
+        return Err(SqlError::Syntax(format!("unexpected {} after the end of the statement", p.tokens[p.pos])));
+    }
+    Ok(Some(statement))
+}
+
+struct P {
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl P {
+    fn peek(&self, ahead: usize) -> Option<&Token> {
+        self.tokens.get(self.pos + ahead)
+    }
+
+    fn peek_word(&self, ahead: usize) -> Option<String> {
+        match self.peek(ahead)? {
+            Token::Word(w) => Some(w.value.clone()),
+            _ => None,
+        }
+    }
+
+    fn peek_word_upper(&self, ahead: usize) -> Option<String> {
+        match self.peek(ahead)? {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn word_upper(&self) -> Option<String> {
+        self.peek_word_upper(0)
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        if self.word_upper().as_deref() == Some(word) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_token(&mut self, token: &Token) -> bool {
+        if self.peek(0) == Some(token) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_word(&mut self, word: &str) -> Result<(), SqlError> {
+        if self.eat_word(word) { Ok(()) } else { Err(self.unexpected(word)) }
+    }
+
+    fn unexpected(&self, wanted: &str) -> SqlError {
+        match self.peek(0) {
+            Some(t) if !matches!(t, Token::EOF) => SqlError::Syntax(format!("expected {wanted}, found {t}")),
+            _ => SqlError::Syntax(format!("expected {wanted} at the end of the statement")),
+        }
+    }
+
+    /// An identifier: unquoted ones are folded to lower case, as PostgreSQL does.
+    fn ident(&mut self, what: &str) -> Result<String, SqlError> {
+        match self.peek(0) {
+            Some(Token::Word(w)) => {
+                let v = if w.quote_style.is_some() { w.value.clone() } else { w.value.to_ascii_lowercase() };
+                self.pos += 1;
+                Ok(v)
+            }
+            _ => Err(self.unexpected(what)),
+        }
+    }
+
+    fn ident_list(&mut self, what: &str) -> Result<Vec<String>, SqlError> {
+        let mut out = vec![self.ident(what)?];
+        while self.eat_token(&Token::Comma) {
+            out.push(self.ident(what)?);
+        }
+        Ok(out)
+    }
+
+    /// A possibly qualified name: `t`, `public.t`, `"T"`.
+    fn qualified(&mut self, what: &str) -> Result<String, SqlError> {
+        let mut name = self.ident(what)?;
+        while self.eat_token(&Token::Period) {
+            name = format!("{name}.{}", self.ident(what)?);
+        }
+        Ok(name)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, SqlError> {
+        match self.peek(0) {
+            Some(Token::SingleQuotedString(s)) | Some(Token::EscapedStringLiteral(s)) => {
+                let s = s.clone();
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => Err(self.unexpected(what)),
+        }
+    }
+
+    fn rest_text(&self) -> String {
+        self.tokens[self.pos..]
+            .iter()
+            .filter(|t| !matches!(t, Token::SemiColon | Token::EOF))
+            .map(|t| match t {
+                Token::SingleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn create_user(&mut self, login: bool) -> Result<SecurityStatement, SqlError> {
+        if self.eat_word("IF") {
+            return Err(SqlError::NotSupported("CREATE USER IF NOT EXISTS; check sys.users first".into()));
+        }
+        let name = self.ident("a user name")?;
+        self.eat_word("WITH");
+        Ok(SecurityStatement::CreateUser { name, login, options: self.options()? })
+    }
+
+    fn options(&mut self) -> Result<Options, SqlError> {
+        let mut o = Options::default();
+        loop {
+            match self.word_upper().as_deref() {
+                Some("PASSWORD") => {
+                    self.pos += 1;
+                    o.password = Some(if self.eat_word("NULL") { None } else { Some(self.string("a quoted password")?) });
+                }
+                Some("ENCRYPTED") => {
+                    self.pos += 1;
+                }
+                Some("IDENTIFIED") => {
+                    // MySQL spelling: IDENTIFIED BY 'x'
+                    self.pos += 1;
+                    self.expect_word("BY")?;
+                    o.password = Some(Some(self.string("a quoted password")?));
+                }
+                Some("SUPERUSER") => {
+                    self.pos += 1;
+                    o.superuser = Some(true);
+                }
+                Some("NOSUPERUSER") => {
+                    self.pos += 1;
+                    o.superuser = Some(false);
+                }
+                Some("LOGIN") => {
+                    self.pos += 1;
+                    o.login = Some(true);
+                }
+                Some("NOLOGIN") => {
+                    self.pos += 1;
+                    o.login = Some(false);
+                }
+                Some("REQUIRE") => {
+                    self.pos += 1;
+                    o.require = Some(self.requirement()?);
+                }
+                _ => break,
+            }
+        }
+        Ok(o)
+    }
+
+    fn requirement(&mut self) -> Result<Requirement, SqlError> {
+        match self.word_upper().as_deref() {
+            Some("NONE") => {
+                self.pos += 1;
+                Ok(Requirement::None)
+            }
+            Some("SSL") => {
+                self.pos += 1;
+                Ok(Requirement::Ssl)
+            }
+            Some("X509") => {
+                self.pos += 1;
+                Ok(Requirement::X509)
+            }
+            Some("SUBJECT") | Some("ISSUER") => {
+                let (mut subject, mut issuer) = (None, None);
+                loop {
+                    if self.eat_word("SUBJECT") {
+                        subject = Some(self.string("a quoted subject such as '/O=Example/CN=alice'")?);
+                    } else if self.eat_word("ISSUER") {
+                        issuer = Some(self.string("a quoted issuer such as '/O=Example/CN=Example CA'")?);
+                    } else {
+                        return Err(self.unexpected("SUBJECT or ISSUER"));
+                    }
+                    if !self.eat_word("AND") {
+                        break;
+                    }
+                }
+                Ok(Requirement::Subject { subject, issuer })
+            }
+            _ => Err(self.unexpected("NONE, SSL, X509, SUBJECT '...' or ISSUER '...'")),
+        }
+    }
+
+    fn privileges(&mut self) -> Result<Option<Vec<Privilege>>, SqlError> {
+        // Privileges are keywords followed by ON; a role grant is a name followed by TO/FROM.
+        let mut out = Vec::new();
+        let start = self.pos;
+        loop {
+            match self.word_upper().as_deref() {
+                Some("SELECT") => out.push(Privilege::Select),
+                Some("INSERT") => out.push(Privilege::Insert),
+                Some("UPDATE") => out.push(Privilege::Update),
+                Some("DELETE") => out.push(Privilege::Delete),
+                Some("ALL") => {
+                    self.pos += 1;
+                    self.eat_word("PRIVILEGES");
+                    out.extend(Privilege::ALL);
+                    if !self.eat_token(&Token::Comma) {
+                        break;
+                    }
+                    continue;
+                }
+                _ => {
+                    self.pos = start;
+                    return Ok(None);
+                }
+            }
+            self.pos += 1;
+            if !self.eat_token(&Token::Comma) {
+                break;
+            }
+        }
+        if self.word_upper().as_deref() != Some("ON") {
+            self.pos = start;
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    fn grant_or_revoke(&mut self, grant: bool) -> Result<SecurityStatement, SqlError> {
+        let Some(privileges) = self.privileges()? else {
+            let role = self.ident("a privilege (SELECT, INSERT, UPDATE, DELETE, ALL) or a role name")?;
+            self.expect_word(if grant { "TO" } else { "FROM" })?;
+            let members = self.ident_list("a user name")?;
+            return Ok(if grant { SecurityStatement::GrantRole { role, members } } else { SecurityStatement::RevokeRole { role, members } });
+        };
+        self.expect_word("ON")?;
+        let target = if self.eat_word("ALL") {
+            self.expect_word("TABLES")?;
+            if self.eat_word("IN") {
+                self.expect_word("SCHEMA")?;
+                let schema = self.ident("a schema name")?;
+                if schema != "public" {
+                    return Err(SqlError::NotSupported(format!("schema {schema}: tables live in schema public")));
+                }
+            }
+            Target::AllTables
+        } else {
+            self.eat_word("TABLE");
+            let mut tables = vec![self.qualified("a table name")?];
+            while self.eat_token(&Token::Comma) {
+                tables.push(self.qualified("a table name")?);
+            }
+            Target::Tables(tables)
+        };
+        self.expect_word(if grant { "TO" } else { "FROM" })?;
+        let grantees = self.ident_list("a user or role name")?;
+        Ok(if grant {
+            SecurityStatement::Grant { privileges, target, grantees }
+        } else {
+            SecurityStatement::Revoke { privileges, target, grantees }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> SecurityStatement {
+        parse(sql).unwrap().unwrap()
+    }
+
+    #[test]
+    fn create_user_with_password_and_requirements() {
+        let SecurityStatement::CreateUser { name, login, options } = ok("CREATE USER Alice WITH PASSWORD 'p''w' REQUIRE SUBJECT '/CN=alice' AND ISSUER '/CN=ca';") else { panic!() };
+        assert_eq!((name.as_str(), login), ("alice", true));
+        assert_eq!(options.password, Some(Some("p'w".into())));
+        assert_eq!(options.require, Some(Requirement::Subject { subject: Some("/CN=alice".into()), issuer: Some("/CN=ca".into()) }));
+        let SecurityStatement::CreateUser { options, .. } = ok("create user bob require x509") else { panic!() };
+        assert_eq!(options.require, Some(Requirement::X509));
+    }
+
+    #[test]
+    fn grants_on_tables_all_tables_and_roles() {
+        assert_eq!(
+            ok("GRANT SELECT, INSERT ON TABLE t, public.u TO alice, bob"),
+            SecurityStatement::Grant {
+                privileges: vec![Privilege::Select, Privilege::Insert],
+                target: Target::Tables(vec!["t".into(), "public.u".into()]),
+                grantees: vec!["alice".into(), "bob".into()]
+            }
+        );
+        assert_eq!(
+            ok("REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM alice"),
+            SecurityStatement::Revoke { privileges: Privilege::ALL.to_vec(), target: Target::AllTables, grantees: vec!["alice".into()] }
+        );
+        assert_eq!(ok("GRANT readers TO alice"), SecurityStatement::GrantRole { role: "readers".into(), members: vec!["alice".into()] });
+    }
+
+    #[test]
+    fn other_statements_are_left_to_datafusion_and_garbage_is_a_syntax_error() {
+        assert_eq!(parse("SELECT 1").unwrap(), None);
+        assert_eq!(parse("CREATE TABLE t (a int)").unwrap(), None);
+        assert!(matches!(parse("CREATE USER alice REQUIRE FOO"), Err(SqlError::Syntax(_))));
+        assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
+        assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
+        assert_eq!(ok("show SSL"), SecurityStatement::Show("ssl".into()));
+        assert_eq!(ok("SET application_name = 'x'"), SecurityStatement::Set("application_name".into(), "x".into()));
+    }
+}

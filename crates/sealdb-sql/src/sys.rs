@@ -1,0 +1,250 @@
+//! The `sys` schema: live security state as tables.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::catalog::SchemaProvider;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use sealdb_auth::AccessControl;
+
+use crate::SessionInfo;
+
+/// What `SHOW server_version` and the startup parameters report.
+pub const SERVER_VERSION: &str = "15.0 (sealdb 0.1.0)";
+
+/// Live server state the `sys` tables read; implemented by the server.
+pub trait ServerHooks: Send + Sync + Debug {
+    /// Every authenticated session.
+    fn sessions(&self) -> Vec<Arc<SessionInfo>>;
+    /// Every loaded certificate.
+    fn certificates(&self) -> Vec<CertificateRow>;
+    /// Reloads certificates, keys, CAs and CRLs; the message says what failed.
+    fn reload_tls(&self) -> Result<(), String>;
+    /// Whether the server accepts TLS.
+    fn ssl_enabled(&self) -> bool;
+}
+
+/// One row of `sys.certificates`.
+#[derive(Debug, Clone)]
+pub struct CertificateRow {
+    /// `server`, `server-chain`, `trusted-ca`.
+    pub role: String,
+    /// File.
+    pub path: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// SANs, comma-separated.
+    pub sans: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+}
+
+type Builder = dyn Fn(&SysContext) -> Result<Vec<ArrayRef>, DataFusionError> + Send + Sync;
+
+struct SysContext<'a> {
+    access: &'a AccessControl,
+    hooks: &'a dyn ServerHooks,
+    viewer: Option<&'a SessionInfo>,
+}
+
+struct SysTable {
+    name: &'static str,
+    schema: SchemaRef,
+    access: Arc<AccessControl>,
+    hooks: Arc<dyn ServerHooks>,
+    build: Box<Builder>,
+}
+
+impl Debug for SysTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sys.{}", self.name)
+    }
+}
+
+#[async_trait]
+impl TableProvider for SysTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let viewer = state.config().get_extension::<SessionInfo>();
+        let ctx = SysContext { access: &self.access, hooks: self.hooks.as_ref(), viewer: viewer.as_deref() };
+        let columns = (self.build)(&ctx)?;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+    }
+}
+
+fn text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn timestamp(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+}
+
+fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+fn strings<I: IntoIterator<Item = Option<String>>>(values: I) -> ArrayRef {
+    Arc::new(StringArray::from(values.into_iter().collect::<Vec<_>>()))
+}
+
+fn times<I: IntoIterator<Item = SystemTime>>(values: I) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values.into_iter().map(micros).collect::<Vec<_>>()).with_timezone("UTC"))
+}
+
+/// Registers every `sys` table.
+pub(crate) fn register(schema: &Arc<datafusion::catalog::MemorySchemaProvider>, access: Arc<AccessControl>, hooks: Arc<dyn ServerHooks>) -> DfResult<()> {
+    let add = |name: &'static str, fields: Vec<Field>, build: Box<Builder>| -> DfResult<()> {
+        let table = SysTable { name, schema: Arc::new(Schema::new(fields)), access: access.clone(), hooks: hooks.clone(), build };
+        schema.register_table(name.to_owned(), Arc::new(table))?;
+        Ok(())
+    };
+
+    add(
+        "sessions",
+        vec![
+            Field::new("session_id", DataType::Int64, false),
+            text("user_name"),
+            text("database"),
+            text("application_name"),
+            text("client_address"),
+            text("auth_method"),
+            Field::new("ssl", DataType::Boolean, false),
+            text("tls_version"),
+            text("cipher"),
+            text("client_cert_subject"),
+            text("client_cert_issuer"),
+            text("client_cert_serial"),
+            text("client_cert_not_after"),
+            timestamp("connected_at"),
+        ],
+        Box::new(|c: &SysContext| {
+            // Administrators see every session, other users their own.
+            let admin = c.viewer.is_some_and(|v| c.access.is_superuser(&v.user));
+            let rows: Vec<Arc<SessionInfo>> =
+                c.hooks.sessions().into_iter().filter(|s| admin || c.viewer.is_some_and(|v| v.user == s.user)).collect();
+            let cert = |s: &SessionInfo, f: fn(&crate::ClientCertSummary) -> String| s.tls.as_ref().and_then(|t| t.client_cert.as_ref()).map(f);
+            Ok(vec![
+                Arc::new(Int64Array::from(rows.iter().map(|s| i64::try_from(s.id).unwrap_or(i64::MAX)).collect::<Vec<_>>())) as ArrayRef,
+                strings(rows.iter().map(|s| Some(s.user.clone()))),
+                strings(rows.iter().map(|s| Some(s.database.clone()))),
+                strings(rows.iter().map(|s| Some(s.application_name.clone()))),
+                strings(rows.iter().map(|s| Some(s.client_addr.clone()))),
+                strings(rows.iter().map(|s| Some(s.auth_method.clone()))),
+                Arc::new(BooleanArray::from(rows.iter().map(|s| s.tls.is_some()).collect::<Vec<_>>())),
+                strings(rows.iter().map(|s| s.tls.as_ref().map(|t| t.version.clone()))),
+                strings(rows.iter().map(|s| s.tls.as_ref().map(|t| t.cipher.clone()))),
+                strings(rows.iter().map(|s| cert(s, |c| c.subject.clone()))),
+                strings(rows.iter().map(|s| cert(s, |c| c.issuer.clone()))),
+                strings(rows.iter().map(|s| cert(s, |c| c.serial.clone()))),
+                strings(rows.iter().map(|s| cert(s, |c| c.not_after.clone()))),
+                times(rows.iter().map(|s| s.connected_at)),
+            ])
+        }),
+    )?;
+
+    add(
+        "users",
+        vec![
+            text("user_name"),
+            Field::new("superuser", DataType::Boolean, false),
+            Field::new("can_login", DataType::Boolean, false),
+            Field::new("has_password", DataType::Boolean, false),
+            text("password_storage"),
+            text("require"),
+            text("member_of"),
+            timestamp("created"),
+        ],
+        Box::new(|c: &SysContext| {
+            let users = c.access.users();
+            Ok(vec![
+                strings(users.iter().map(|u| Some(u.name.clone()))),
+                Arc::new(BooleanArray::from(users.iter().map(|u| u.superuser).collect::<Vec<_>>())) as ArrayRef,
+                Arc::new(BooleanArray::from(users.iter().map(|u| u.login).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(users.iter().map(|u| u.password.is_some()).collect::<Vec<_>>())),
+                strings(users.iter().map(|u| u.password.as_ref().map(|v| format!("SCRAM-SHA-256 verifier, {} iterations", v.iterations)))),
+                strings(users.iter().map(|u| Some(u.require.to_string()))),
+                strings(users.iter().map(|u| Some(u.member_of.iter().cloned().collect::<Vec<_>>().join(",")))),
+                times(users.iter().map(|u| u.created)),
+            ])
+        }),
+    )?;
+
+    add(
+        "grants",
+        vec![text("grantee"), text("object"), text("privilege"), text("grantor")],
+        Box::new(|c: &SysContext| {
+            let grants = c.access.grants();
+            Ok(vec![
+                strings(grants.iter().map(|g| Some(g.grantee.clone()))),
+                strings(grants.iter().map(|g| Some(g.object.to_string()))),
+                strings(grants.iter().map(|g| Some(g.privilege.as_str().to_owned()))),
+                strings(grants.iter().map(|g| Some(g.grantor.clone()))),
+            ])
+        }),
+    )?;
+
+    add(
+        "certificates",
+        vec![
+            text("role"),
+            text("path"),
+            text("subject"),
+            text("issuer"),
+            text("serial"),
+            text("sans"),
+            timestamp("not_before"),
+            timestamp("not_after"),
+            Field::new("days_left", DataType::Int64, false),
+        ],
+        Box::new(|c: &SysContext| {
+            let rows = c.hooks.certificates();
+            Ok(vec![
+                strings(rows.iter().map(|r| Some(r.role.clone()))),
+                strings(rows.iter().map(|r| Some(r.path.clone()))),
+                strings(rows.iter().map(|r| Some(r.subject.clone()))),
+                strings(rows.iter().map(|r| Some(r.issuer.clone()))),
+                strings(rows.iter().map(|r| Some(r.serial.clone()))),
+                strings(rows.iter().map(|r| Some(r.sans.clone()))),
+                times(rows.iter().map(|r| r.not_before)),
+                times(rows.iter().map(|r| r.not_after)),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.days_left).collect::<Vec<_>>())),
+            ])
+        }),
+    )?;
+    Ok(())
+}

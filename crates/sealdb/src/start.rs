@@ -1,0 +1,204 @@
+//! `sealdb start`: resolve settings, bootstrap an empty data directory, serve.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sealdb_auth::AccessControl;
+use sealdb_config::{Settings, SslMode, read_secret};
+use sealdb_pki::{CertUserMap, CertsDir, KeyType, ServerIdentitySource, TlsFiles, TrustSource};
+use sealdb_server::{Server, ServerSettings};
+use zeroize::Zeroizing;
+
+use crate::Common;
+
+/// The bootstrap administrator.
+const ADMIN: &str = "admin";
+const DEFAULT_PORT: u16 = 5433;
+const DEFAULT_MAX_CONNECTIONS: u32 = 200;
+const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StartArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+pub(crate) fn run(args: StartArgs) -> Result<()> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(start(args))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALDB_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The settings in force: flags over the config file over defaults.
+fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
+    let flag_data = args.settings.data.clone();
+    let explicit_config = args.common.config.clone();
+    let guessed_config = flag_data.clone().unwrap_or_else(|| PathBuf::from("sealdb-data")).join("sealdb.conf");
+    let file = match &explicit_config {
+        Some(path) => Settings::from_file(path)?,
+        None if guessed_config.exists() => Settings::from_file(&guessed_config)?,
+        None => Settings::default(),
+    };
+    let merged = args.settings.merged_over(&file)?;
+    let data = merged.data.clone().unwrap_or_else(|| PathBuf::from("sealdb-data"));
+    Ok((merged, data))
+}
+
+async fn start(args: StartArgs) -> Result<()> {
+    let (settings, data) = resolve(&args)?;
+    let data = absolute(&data)?;
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data directory {} to its owner", data.display()))?;
+
+    let ssl_mode = settings.ssl_mode.unwrap_or_default();
+    if ssl_mode == SslMode::Disabled && settings.insecure != Some(true) {
+        bail!("ssl-mode = disabled sends passwords and data in the clear; it is refused unless --insecure (or insecure = true) is given as well");
+    }
+    let certs = CertsDir::new(data.join("certs"), false);
+    let uses_own_identity = settings.ssl_cert.is_some() || settings.ssl_keystore.is_some();
+    if !uses_own_identity && ssl_mode != SslMode::Disabled {
+        bootstrap_certificates(&certs)?;
+    }
+    let tls = if ssl_mode == SslMode::Disabled { None } else { Some(tls_files(&settings, &certs)?) };
+    if settings.ssl_keystore_password.is_some() || settings.ssl_trust_password.is_some() {
+        tracing::warn!("a password was given directly; prefer *-password-file or the SEALDB_* variable, which do not show in process listings");
+    }
+    let server_settings = ServerSettings {
+        host: settings.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+        port: settings.port.unwrap_or(DEFAULT_PORT),
+        ssl_mode,
+        tls,
+        pki_db_client_auth: settings.pki_db_client_auth.unwrap_or(false),
+        cert_user_map: CertUserMap::parse(&settings.cert_user_map)?,
+        max_connections: settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize,
+        handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
+    };
+    let access = Arc::new(AccessControl::with_bootstrap_admin(ADMIN));
+    let server = Server::bind(server_settings.clone(), access).await?;
+    let bound = server.local_addr()?;
+    print_banner(&server_settings, bound.port(), &certs, uses_own_identity);
+
+    let reload = server.reloader();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading TLS material");
+            let _ = reload();
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = server.run() => {}
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let joined = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    Ok(joined.components().collect())
+}
+
+/// Creates what is missing of: the CA, a node certificate for localhost,
+/// 127.0.0.1 and this host's name, and a client certificate for `admin`.
+fn bootstrap_certificates(certs: &CertsDir) -> Result<()> {
+    if !certs.ca_cert().exists() {
+        certs.create_ca(KeyType::EcdsaP256, 3650)?;
+        eprintln!("created CA {}", certs.ca_cert().display());
+    }
+    if !certs.node_cert().exists() {
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        if let Some(h) = host_name()
+            && !hosts.contains(&h)
+        {
+            hosts.push(h);
+        }
+        certs.create_node(&hosts, KeyType::EcdsaP256, 365)?;
+        eprintln!("created node certificate {} for {}", certs.node_cert().display(), hosts.join(", "));
+    }
+    if !certs.client_cert(ADMIN).exists() {
+        certs.create_client(ADMIN, KeyType::EcdsaP256, 365, None)?;
+        eprintln!("created client certificate {} for user {ADMIN}", certs.client_cert(ADMIN).display());
+    }
+    Ok(())
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')).then(|| name.to_owned())
+}
+
+fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
+    let identity = match (&settings.ssl_keystore, &settings.ssl_cert) {
+        (Some(_), Some(_)) => bail!("set either ssl-keystore or ssl-cert/ssl-private-key, not both"),
+        (Some(path), None) => {
+            let password = read_secret(settings.ssl_keystore_password.as_deref(), settings.ssl_keystore_password_file.as_deref(), "SEALDB_SSL_KEYSTORE_PASSWORD")?
+                .context("ssl-keystore needs a password: ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD")?;
+            ServerIdentitySource::Pkcs12 { path: path.clone(), password: Zeroizing::new(password) }
+        }
+        (None, Some(cert)) => {
+            let key = settings.ssl_private_key.clone().context("ssl-cert is set but ssl-private-key is not; give the key file of that certificate")?;
+            ServerIdentitySource::Pem { cert: cert.clone(), key }
+        }
+        (None, None) => {
+            if settings.ssl_private_key.is_some() {
+                bail!("ssl-private-key is set but ssl-cert is not; give the certificate file as well");
+            }
+            ServerIdentitySource::Pem { cert: certs.node_cert(), key: certs.node_key() }
+        }
+    };
+    let trust = match (&settings.ssl_trust_store, &settings.ssl_trust_ca) {
+        (Some(_), Some(_)) => bail!("set either ssl-trust-store or ssl-trust-ca, not both"),
+        (Some(path), None) => {
+            let password = read_secret(settings.ssl_trust_password.as_deref(), settings.ssl_trust_password_file.as_deref(), "SEALDB_SSL_TRUST_PASSWORD")?
+                .context("ssl-trust-store needs a password: ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD")?;
+            Some(TrustSource::Pkcs12 { path: path.clone(), password: Zeroizing::new(password) })
+        }
+        (None, Some(ca)) => Some(TrustSource::Pem(ca.clone())),
+        (None, None) => certs.ca_cert().exists().then(|| TrustSource::Pem(certs.ca_cert())),
+    };
+    let min_version = match &settings.ssl_min_version {
+        Some(v) => v.parse()?,
+        None => Default::default(),
+    };
+    Ok(TlsFiles { identity, trust, crls: settings.ssl_crl.clone(), min_version, cipher_suites: settings.ssl_cipher_suites.clone() })
+}
+
+fn print_banner(settings: &ServerSettings, port: u16, certs: &CertsDir, own_identity: bool) {
+    let host = match settings.host.as_str() {
+        "127.0.0.1" | "::1" | "localhost" => "localhost".to_owned(),
+        "0.0.0.0" | "::" => host_name().unwrap_or_else(|| "localhost".to_owned()),
+        other => other.to_owned(),
+    };
+    let mode = match settings.ssl_mode {
+        SslMode::Required => "TLS required",
+        SslMode::Allowed => "TLS optional: plaintext allowed",
+        SslMode::Disabled => "TLS DISABLED: plaintext only",
+    };
+    println!("sealdb is listening on {}:{port} ({mode})", settings.host);
+    if settings.ssl_mode != SslMode::Disabled && !own_identity {
+        println!("Connect as {ADMIN} with full certificate verification:");
+        println!(
+            "  psql \"host={host} port={port} user={ADMIN} dbname=sealdb sslmode=verify-full sslrootcert={} sslcert={} sslkey={}\"",
+            certs.ca_cert().display(),
+            certs.client_cert(ADMIN).display(),
+            certs.client_key(ADMIN).display()
+        );
+    }
+    println!("Tables are kept in memory until durable storage lands: they do not survive a restart.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
