@@ -122,7 +122,12 @@ impl CertsDir {
         self.refuse_existing(&[self.ca_cert(), self.ca_key()])?;
         let key = key_type.generate()?;
         let mut params = base_params(days)?;
-        params.distinguished_name = dn(&[(DnType::OrganizationName, "sealdb"), (DnType::CommonName, "sealdb CA")]);
+        // A unique name, so that the CAs of two installations are told apart
+        // (a client certificate from the other one is "unknown issuer", not
+        // a bad signature from a namesake).
+        let tag: [u8; 4] = rand::random();
+        let cn = format!("sealdb CA {:02x}{:02x}{:02x}{:02x}", tag[0], tag[1], tag[2], tag[3]);
+        params.distinguished_name = dn(&[(DnType::OrganizationName, "sealdb"), (DnType::CommonName, cn.as_str())]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let cert = params.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;

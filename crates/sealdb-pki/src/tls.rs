@@ -290,7 +290,7 @@ fn describe_refusal(info: &CertInfo, error: &rustls::Error) -> String {
             info.issuer
         ),
         CertificateError::BadSignature => format!(
-            "{who} has a signature that does not verify against its issuer \"{}\"; it is forged or damaged",
+            "{who} has a signature that does not verify against the trusted CA \"{}\": it was signed by another CA of the same name, or it is forged or damaged; use a certificate signed by a CA in ssl-trust-ca",
             info.issuer
         ),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
