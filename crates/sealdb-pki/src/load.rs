@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
+use p12_keystore::{KeyStore, Pkcs12Archive, Pkcs12ImportPolicy};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
@@ -69,19 +69,13 @@ pub(crate) fn pkcs12_identity(
     Ok((certs, key))
 }
 
-/// Every certificate in a PKCS#12 trust store.
+/// Every certificate in a PKCS#12 trust store: Java's trusted entries and
+/// OpenSSL's plain certificate bags alike.
 pub(crate) fn pkcs12_trust(path: &Path, password: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let store = open_pkcs12(path, password, Pkcs12ImportPolicy::Relaxed)?;
-    let mut certs = Vec::new();
-    for (_, entry) in store.entries() {
-        match entry {
-            KeyStoreEntry::Certificate(c) => certs.push(CertificateDer::from(c.as_der().to_vec())),
-            KeyStoreEntry::PrivateKeyChain(chain) => {
-                certs.extend(chain.certs().iter().map(|c| CertificateDer::from(c.as_der().to_vec())))
-            }
-            KeyStoreEntry::Secret(_) => {}
-        }
-    }
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| PkiError::io(path, e))?);
+    let archive = Pkcs12Archive::from_pkcs12(&bytes, password)
+        .map_err(|e| PkiError::Pkcs12 { path: path.to_path_buf(), reason: e.to_string() })?;
+    let certs: Vec<CertificateDer<'static>> = archive.certs.iter().map(|b| CertificateDer::from(b.cert.as_der().to_vec())).collect();
     if certs.is_empty() {
         return Err(PkiError::bad(path, "the PKCS#12 trust store holds no certificate"));
     }

@@ -9,7 +9,8 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -203,12 +204,27 @@ impl TlsMaterial {
             ServerIdentitySource::Pem { key, .. } => key.clone(),
             ServerIdentitySource::Pkcs12 { path, .. } => path.clone(),
         };
+        // The key must belong to the certificate. We compare the public keys
+        // ourselves rather than through rustls's check, which refuses the
+        // X.509 v1 certificates that `openssl x509 -req -signkey` makes.
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| PkiError::bad(&key_path, format!("unsupported private key: {e}")))?;
+        let leaf_spki = leaf_public_key(&server_leaf).map_err(|e| PkiError::bad(&chain_path, e))?;
+        match signing_key.public_key() {
+            Some(spki) if spki.as_ref() == leaf_spki.as_slice() => {}
+            Some(_) => {
+                return Err(PkiError::KeyMismatch { cert: chain_path.clone(), key: key_path, reason: "different public keys".into() });
+            }
+            None => {}
+        }
+        let certified = Arc::new(CertifiedKey::new(chain, signing_key));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| PkiError::Config(format!("ssl-cipher-suites and ssl-min-version leave nothing to negotiate: {e}")))?
             .with_client_cert_verifier(tls_verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| PkiError::KeyMismatch { cert: chain_path.clone(), key: key_path, reason: e.to_string() })?;
+            .with_cert_resolver(Arc::new(OneCertificate(certified)));
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         config.ignore_client_order = true;
         Ok(Self { server_config: Arc::new(config), server_leaf, client_verifier, certificates, crl_count, loaded_at: OffsetDateTime::now_utc() })
@@ -354,6 +370,22 @@ impl ClientCertVerifier for DeferredClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Serves one certificate to every client.
+#[derive(Debug)]
+struct OneCertificate(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn leaf_public_key(der: &[u8]) -> Result<Vec<u8>, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(cert.public_key().raw.to_vec())
 }
 
 /// Names of the cipher suites `ssl-cipher-suites` accepts.

@@ -45,9 +45,18 @@ impl TestServer {
 
     /// Like `start_in`, but returns what the server printed if it exits instead.
     pub fn try_start_in(dir: tempfile::TempDir, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_with_binary(dir, Path::new(sealdb_bin()), args)
+    }
+
+    /// `start_in` through another executable (a wrapper that sets the environment).
+    pub fn start_with_binary(dir: tempfile::TempDir, binary: &Path, args: &[&str]) -> Self {
+        Self::try_start_with_binary(dir, binary, args).unwrap_or_else(|e| panic!("sealdb did not start: {e}"))
+    }
+
+    fn try_start_with_binary(dir: tempfile::TempDir, binary: &Path, args: &[&str]) -> Result<Self, String> {
         let data = dir.path().join("data");
         let port = free_port();
-        let mut child = Command::new(sealdb_bin())
+        let mut child = Command::new(binary)
             .arg("start")
             .arg("--data")
             .arg(&data)
