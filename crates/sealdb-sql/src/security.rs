@@ -124,6 +124,11 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 2;
                 p.create_user(false)?
             }
+            Some("EXTERNAL") | Some("UNBOUNDED") => {
+                return Err(SqlError::PermissionDenied(
+                    "CREATE EXTERNAL TABLE reads server files and is not allowed; load data with INSERT".into(),
+                ));
+            }
             _ => return Ok(None),
         },
         Some("ALTER") => match p.peek_word_upper(1).as_deref() {
@@ -192,6 +197,14 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
             let value = p.rest_text();
             p.pos = p.tokens.len();
             SecurityStatement::Set(name, value)
+        }
+        Some("COPY") => {
+            let to_client = p.tokens.iter().any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("STDIN") || w.value.eq_ignore_ascii_case("STDOUT")));
+            return Err(if to_client {
+                SqlError::NotSupported("COPY ... FROM STDIN / TO STDOUT is not available yet; use INSERT ... VALUES or SELECT".into())
+            } else {
+                SqlError::PermissionDenied("COPY to or from server files is not allowed; data enters and leaves through the client connection".into())
+            });
         }
         Some("BEGIN") | Some("START") => {
             p.pos = p.tokens.len();

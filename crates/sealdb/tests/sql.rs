@@ -1,0 +1,175 @@
+//! Users, roles and privileges through SQL, the sys tables, the catalog
+//! queries of psql's \dt and \d, and transaction statements, all over psql.
+
+mod support;
+
+use support::*;
+
+fn setup() -> TestServer {
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create table accounts (id int, owner text, balance double); insert into accounts values (1, 'ann', 10.5), (2, 'ben', 20); create table audit (id int)",
+    )
+    .expect_ok();
+    server
+}
+
+#[test]
+fn a_user_without_a_grant_gets_42501_and_grants_and_revokes_take_effect() {
+    let server = setup();
+    psql(&server.admin(), "create user kim with password 'Kim-pw-1'").expect_ok();
+    let kim = server.password_conn("kim");
+    let err = psql_pw(&kim, "Kim-pw-1", "select * from accounts").expect_err("42501");
+    assert!(err.contains("GRANT SELECT ON public.accounts TO kim"), "{err}");
+    psql(&server.admin(), "grant select on accounts to kim").expect_ok();
+    assert_eq!(psql_pw(&kim, "Kim-pw-1", "select count(*) from accounts").expect_ok().trim(), "2");
+    psql_pw(&kim, "Kim-pw-1", "insert into accounts values (3, 'kim', 0)").expect_err("42501");
+    psql_pw(&kim, "Kim-pw-1", "update accounts set balance = 0 where id = 1").expect_err("42501");
+    psql_pw(&kim, "Kim-pw-1", "delete from accounts where id = 1").expect_err("42501");
+    // A join needs SELECT on both tables.
+    psql_pw(&kim, "Kim-pw-1", "select * from accounts a join audit b on a.id = b.id").expect_err("public.audit");
+    // Subqueries are checked too.
+    psql_pw(&kim, "Kim-pw-1", "select * from accounts where id in (select id from audit)").expect_err("public.audit");
+    psql(&server.admin(), "grant all on accounts to kim").expect_ok();
+    psql_pw(&kim, "Kim-pw-1", "insert into accounts values (3, 'kim', 0); update accounts set balance = 1 where id = 3; delete from accounts where id = 3").expect_ok();
+    psql(&server.admin(), "revoke all on accounts from kim").expect_ok();
+    psql_pw(&kim, "Kim-pw-1", "select * from accounts").expect_err("42501");
+}
+
+#[test]
+fn grants_on_all_tables_and_through_roles() {
+    let server = setup();
+    psql(&server.admin(), "create role readers; grant select on all tables in schema public to readers; create user lou with password 'Lou-pw-1'; grant readers to lou").expect_ok();
+    let lou = server.password_conn("lou");
+    psql_pw(&lou, "Lou-pw-1", "select * from accounts; select * from audit").expect_ok();
+    psql_pw(&lou, "Lou-pw-1", "insert into audit values (1)").expect_err("42501");
+    let grants = psql(&server.admin(), "select grantee, object, privilege from sys.grants order by grantee").expect_ok();
+    assert!(grants.contains("readers|ALL TABLES|SELECT"), "{grants}");
+    psql(&server.admin(), "revoke readers from lou").expect_ok();
+    psql_pw(&lou, "Lou-pw-1", "select * from accounts").expect_err("42501");
+    // A role cannot log in.
+    psql_pw(&server.password_conn("readers"), "x", "select 1").expect_err("password authentication failed");
+}
+
+#[test]
+fn only_administrators_manage_users_and_read_other_sessions() {
+    let server = setup();
+    psql(&server.admin(), "create user max with password 'Max-pw-1'").expect_ok();
+    let max = server.password_conn("max");
+    psql_pw(&max, "Max-pw-1", "create user evil with password 'x'").expect_err("42501");
+    psql_pw(&max, "Max-pw-1", "grant select on accounts to max").expect_err("42501");
+    psql_pw(&max, "Max-pw-1", "select * from sys.users").expect_err("42501");
+    psql_pw(&max, "Max-pw-1", "select * from sys.certificates").expect_err("42501");
+    psql_pw(&max, "Max-pw-1", "create table mine (a int)").expect_err("42501");
+    psql_pw(&max, "Max-pw-1", "alter system reload tls").expect_err("42501");
+    // Own sessions only; an admin session is open at the same time.
+    let mut admin = LongSession::open(&server.admin());
+    assert_eq!(admin.query("select 1"), "1");
+    let seen = psql_pw(&max, "Max-pw-1", "select distinct user_name from sys.sessions").expect_ok();
+    assert_eq!(seen.trim(), "max");
+    let all = psql(&server.admin(), "select count(*) from sys.sessions where user_name = 'admin'").expect_ok();
+    assert_eq!(all.trim(), "2");
+    // A user may change their own password, and nothing else.
+    psql_pw(&max, "Max-pw-1", "alter user max with password 'Max-pw-2'").expect_ok();
+    psql_pw(&max, "Max-pw-2", "alter user max superuser").expect_err("42501");
+    psql(&server.admin(), "drop user max").expect_ok();
+    psql_pw(&max, "Max-pw-2", "select 1").expect_err("password authentication failed");
+}
+
+#[test]
+fn psql_describe_commands_answer() {
+    let server = setup();
+    let out = psql(&server.admin(), "\\dt").expect_ok();
+    assert!(out.contains("public|accounts|table") && out.contains("public|audit|table"), "{out}");
+    let out = psql(&server.admin(), "\\d accounts").expect_ok();
+    assert!(out.contains("id|integer") && out.contains("owner|text") && out.contains("balance|double precision"), "{out}");
+}
+
+#[test]
+fn sys_tables_show_sessions_users_and_certificates() {
+    let server = setup();
+    psql(&server.admin(), "create user nan with password 'Nan-pw-1' require ssl").expect_ok();
+    let out = psql(&server.admin(), "select user_name, superuser, can_login, has_password, require from sys.users order by user_name").expect_ok();
+    assert_eq!(out.trim(), "admin|t|t|f|NONE\nnan|f|t|t|SSL");
+    let out = psql(
+        &server.admin(),
+        "select auth_method, ssl, tls_version, client_cert_subject, client_cert_serial is not null, client_cert_not_after is not null, application_name from sys.sessions",
+    )
+    .expect_ok();
+    assert_eq!(out.trim(), "certificate|t|TLSv1_3|O=sealdb, CN=admin|t|t|psql");
+    let out = psql(&server.admin(), "select role, days_left > 300 from sys.certificates order by role").expect_ok();
+    assert_eq!(out.trim(), "server|t\nserver-chain|t\ntrusted-ca|t");
+    assert_eq!(psql(&server.admin(), "show ssl").expect_ok().trim(), "on");
+}
+
+#[test]
+fn transactions_are_accepted_and_queries_work_in_them() {
+    let server = setup();
+    let out = psql(&server.admin(), "begin; insert into audit values (7); commit; start transaction; select count(*) from audit; rollback").expect_ok();
+    assert!(out.contains("COMMIT") && out.contains("\n1\n") && out.contains("ROLLBACK"), "{out}");
+}
+
+#[test]
+fn server_files_are_off_limits_even_to_administrators() {
+    let server = setup();
+    psql(&server.admin(), "copy accounts to '/tmp/sealdb-leak.csv'").expect_err("42501");
+    psql(&server.admin(), "create external table x stored as csv location '/etc/passwd'").expect_err("42501");
+    assert!(!std::path::Path::new("/tmp/sealdb-leak.csv").exists());
+}
+
+#[test]
+fn joins_aggregates_and_window_functions_run() {
+    let server = setup();
+    let out = psql(
+        &server.admin(),
+        "select owner, sum(balance) over (order by id) as running, rank() over (order by balance desc) from accounts order by id",
+    )
+    .expect_ok();
+    assert_eq!(out.trim(), "ann|10.5|2\nben|30.5|1");
+}
+
+/// A psql process kept open, fed one statement at a time.
+#[allow(missing_debug_implementations)]
+pub struct LongSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LongSession {
+    pub fn open(conninfo: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("psql")
+            .arg(conninfo)
+            .args(["-X", "-At", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    pub fn query(&mut self, sql: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{sql};").expect("write to psql");
+        self.stdin.flush().expect("flush");
+        self.lines.recv_timeout(std::time::Duration::from_secs(20)).expect("psql answered")
+    }
+}
+
+impl Drop for LongSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
