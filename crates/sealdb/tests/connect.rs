@@ -153,7 +153,7 @@ fn revoked_certificate_is_refused_by_the_crl() {
     psql(&conn_with_cert(&first, "admin", &crt, &key), "select 1").expect_ok();
     let data_dir = first.dir.path().to_path_buf();
     let server_dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&data_dir.join("data"), &server_dir.path().join("data"));
+    copy_tree(&data_dir.join("data"), &server_dir.path().join("data"));
     drop(first);
     let server = TestServer::start_in(server_dir, &["--ssl-crl", crl.to_str().expect("utf8")]);
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select 1").expect_err("has been revoked");
@@ -190,16 +190,4 @@ fn pki_db_client_auth_requires_certificates_and_cert_user_map_maps_them() {
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select current_user").expect_ok();
     let conn = format!("host=localhost port={} user=admin dbname=sealdb sslmode=verify-full sslrootcert={}", server.port, server.ca());
     psql_pw(&conn, "x", "select 1").expect_err("pki-db-client-auth");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }

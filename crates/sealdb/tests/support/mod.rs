@@ -373,3 +373,61 @@ pub fn plaintext_startup_error(port: u16, user: &str) -> std::collections::BTree
     }
     fields
 }
+
+/// A psql process kept open, fed one statement at a time.
+#[allow(missing_debug_implementations)]
+pub struct LongSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LongSession {
+    pub fn open(conninfo: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("psql")
+            .arg(conninfo)
+            .args(["-X", "-At", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    pub fn query(&mut self, sql: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{sql};").expect("write to psql");
+        self.stdin.flush().expect("flush");
+        self.lines.recv_timeout(std::time::Duration::from_secs(20)).expect("psql answered")
+    }
+}
+
+impl Drop for LongSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies a directory tree (for restarting on a copy of a data directory).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
