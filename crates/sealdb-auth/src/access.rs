@@ -199,7 +199,10 @@ impl AccessControl {
     pub fn alter(&self, name: &str, options: UserOptions) -> Result<(), AccessError> {
         let mut s = self.state.write().map_err(|_| AccessError::Poisoned)?;
         let is_bootstrap = s.bootstrap.as_deref() == Some(name);
-        let user = s.users.get_mut(name).ok_or_else(|| AccessError::NoSuchRole(name.to_owned()))?;
+        let user = s
+            .users
+            .get_mut(name)
+            .ok_or_else(|| AccessError::NoSuchRole(name.to_owned()))?;
         if is_bootstrap && (options.superuser == Some(false) || options.login == Some(false)) {
             return Err(AccessError::Bootstrap(name.to_owned()));
         }
@@ -213,7 +216,9 @@ impl AccessControl {
         if s.bootstrap.as_deref() == Some(name) {
             return Err(AccessError::Bootstrap(name.to_owned()));
         }
-        s.users.remove(name).ok_or_else(|| AccessError::NoSuchRole(name.to_owned()))?;
+        s.users
+            .remove(name)
+            .ok_or_else(|| AccessError::NoSuchRole(name.to_owned()))?;
         s.grants.retain(|g| g.grantee != name);
         for u in s.users.values_mut() {
             u.member_of.remove(name);
@@ -227,7 +232,10 @@ impl AccessControl {
         if !s.users.contains_key(role) {
             return Err(AccessError::NoSuchRole(role.to_owned()));
         }
-        let user = s.users.get_mut(member).ok_or_else(|| AccessError::NoSuchRole(member.to_owned()))?;
+        let user = s
+            .users
+            .get_mut(member)
+            .ok_or_else(|| AccessError::NoSuchRole(member.to_owned()))?;
         user.member_of.insert(role.to_owned());
         Ok(())
     }
@@ -235,19 +243,33 @@ impl AccessControl {
     /// `REVOKE role FROM user`.
     pub fn revoke_role(&self, role: &str, member: &str) -> Result<(), AccessError> {
         let mut s = self.state.write().map_err(|_| AccessError::Poisoned)?;
-        let user = s.users.get_mut(member).ok_or_else(|| AccessError::NoSuchRole(member.to_owned()))?;
+        let user = s
+            .users
+            .get_mut(member)
+            .ok_or_else(|| AccessError::NoSuchRole(member.to_owned()))?;
         user.member_of.remove(role);
         Ok(())
     }
 
     /// `GRANT privileges ON object TO grantee`.
-    pub fn grant(&self, grantee: &str, object: GrantObject, privileges: &[Privilege], grantor: &str) -> Result<(), AccessError> {
+    pub fn grant(
+        &self,
+        grantee: &str,
+        object: GrantObject,
+        privileges: &[Privilege],
+        grantor: &str,
+    ) -> Result<(), AccessError> {
         let mut s = self.state.write().map_err(|_| AccessError::Poisoned)?;
         if !s.users.contains_key(grantee) {
             return Err(AccessError::NoSuchRole(grantee.to_owned()));
         }
         for p in privileges {
-            s.grants.insert(Grant { grantee: grantee.to_owned(), object: object.clone(), privilege: *p, grantor: grantor.to_owned() });
+            s.grants.insert(Grant {
+                grantee: grantee.to_owned(),
+                object: object.clone(),
+                privilege: *p,
+                grantor: grantor.to_owned(),
+            });
         }
         Ok(())
     }
@@ -258,7 +280,8 @@ impl AccessControl {
         if !s.users.contains_key(grantee) {
             return Err(AccessError::NoSuchRole(grantee.to_owned()));
         }
-        s.grants.retain(|g| !(g.grantee == grantee && &g.object == object && privileges.contains(&g.privilege)));
+        s.grants
+            .retain(|g| !(g.grantee == grantee && &g.object == object && privileges.contains(&g.privilege)));
         Ok(())
     }
 
@@ -276,18 +299,26 @@ impl AccessControl {
 
     /// Every user and role.
     pub fn users(&self) -> Vec<User> {
-        self.state.read().map(|s| s.users.values().cloned().collect()).unwrap_or_default()
+        self.state
+            .read()
+            .map(|s| s.users.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every grant.
     pub fn grants(&self) -> Vec<Grant> {
-        self.state.read().map(|s| s.grants.iter().cloned().collect()).unwrap_or_default()
+        self.state
+            .read()
+            .map(|s| s.grants.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether `user` is an administrator, directly or through a role.
     pub fn is_superuser(&self, user: &str) -> bool {
         let Ok(s) = self.state.read() else { return false };
-        roles_of(&s, user).iter().any(|r| s.users.get(r).is_some_and(|u| u.superuser))
+        roles_of(&s, user)
+            .iter()
+            .any(|r| s.users.get(r).is_some_and(|u| u.superuser))
     }
 
     /// Whether `user` holds `privilege` on `table`: as an administrator, or
@@ -366,14 +397,22 @@ mod tests {
         ac.create("alice", true, UserOptions::default()).unwrap();
         ac.create("readers", false, UserOptions::default()).unwrap();
         assert!(!ac.has_privilege("alice", "public.t", Privilege::Select));
-        ac.grant("readers", GrantObject::Table("public.t".into()), &[Privilege::Select], "admin").unwrap();
+        ac.grant(
+            "readers",
+            GrantObject::Table("public.t".into()),
+            &[Privilege::Select],
+            "admin",
+        )
+        .unwrap();
         ac.grant_role("readers", "alice").unwrap();
         assert!(ac.has_privilege("alice", "public.t", Privilege::Select));
         assert!(!ac.has_privilege("alice", "public.t", Privilege::Insert));
         assert!(!ac.has_privilege("alice", "public.u", Privilege::Select));
-        ac.grant("alice", GrantObject::AllTables, &[Privilege::Insert], "admin").unwrap();
+        ac.grant("alice", GrantObject::AllTables, &[Privilege::Insert], "admin")
+            .unwrap();
         assert!(ac.has_privilege("alice", "public.u", Privilege::Insert));
-        ac.revoke("alice", &GrantObject::AllTables, &[Privilege::Insert]).unwrap();
+        ac.revoke("alice", &GrantObject::AllTables, &[Privilege::Insert])
+            .unwrap();
         assert!(!ac.has_privilege("alice", "public.u", Privilege::Insert));
         assert!(ac.has_privilege("admin", "public.u", Privilege::Delete));
     }
@@ -382,7 +421,10 @@ mod tests {
     fn bootstrap_admin_cannot_be_dropped_or_demoted() {
         let ac = AccessControl::with_bootstrap_admin("admin");
         assert_eq!(ac.drop_role("admin"), Err(AccessError::Bootstrap("admin".into())));
-        let demote = UserOptions { superuser: Some(false), ..Default::default() };
+        let demote = UserOptions {
+            superuser: Some(false),
+            ..Default::default()
+        };
         assert!(ac.alter("admin", demote).is_err());
         assert!(ac.is_superuser("admin"));
     }
@@ -395,7 +437,8 @@ mod tests {
         ac.grant_role("a", "b").unwrap();
         ac.grant_role("b", "a").unwrap();
         assert!(!ac.has_privilege("a", "t", Privilege::Select));
-        ac.grant("b", GrantObject::AllTables, &[Privilege::Select], "admin").unwrap();
+        ac.grant("b", GrantObject::AllTables, &[Privilege::Select], "admin")
+            .unwrap();
         ac.drop_role("b").unwrap();
         assert!(ac.grants().is_empty());
         assert!(ac.user("a").unwrap().member_of.is_empty());

@@ -10,7 +10,11 @@ pub fn subject_matches(required: &str, actual: &str) -> bool {
 
 fn normalize_dn(dn: &str) -> Vec<(String, String)> {
     let dn = dn.trim();
-    let parts: Vec<&str> = if let Some(rest) = dn.strip_prefix('/') { rest.split('/').collect() } else { dn.split(',').collect() };
+    let parts: Vec<&str> = if let Some(rest) = dn.strip_prefix('/') {
+        rest.split('/').collect()
+    } else {
+        dn.split(',').collect()
+    };
     let mut pairs: Vec<(String, String)> = parts
         .iter()
         .filter_map(|p| {
@@ -34,7 +38,6 @@ fn canonical_attr(k: &str) -> String {
         other => other.to_owned(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

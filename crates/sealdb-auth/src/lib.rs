@@ -19,4 +19,4 @@ mod scram;
 pub use access::{AccessControl, AccessError, Grant, GrantObject, Privilege, Requirement, User, UserOptions};
 pub use dn::subject_matches;
 pub use policy::{AuthPlan, CertFacts, ConnectionFacts, decide, password_verifier};
-pub use scram::{ScramVerifier, SCRAM_ITERATIONS};
+pub use scram::{SCRAM_ITERATIONS, ScramVerifier};

@@ -62,12 +62,17 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
     }
     let Some(user) = user.filter(|u| u.login) else {
         return match &facts.certificate {
-            Some(_) => refuse(format!("user \"{requested}\" does not exist or may not log in; an administrator can run CREATE USER {requested}")),
+            Some(_) => refuse(format!(
+                "user \"{requested}\" does not exist or may not log in; an administrator can run CREATE USER {requested}"
+            )),
             None => AuthPlan::Password(dummy_verifier(requested)),
         };
     };
     if facts.certificate_required && facts.certificate.is_none() {
-        return refuse(certificate_needed(requested, "this server requires a client certificate of every user (pki-db-client-auth = true)"));
+        return refuse(certificate_needed(
+            requested,
+            "this server requires a client certificate of every user (pki-db-client-auth = true)",
+        ));
     }
     match &user.require {
         Requirement::None => {}
@@ -80,12 +85,18 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
         }
         Requirement::X509 => {
             if facts.certificate.is_none() {
-                return refuse(certificate_needed(requested, &format!("user \"{requested}\" requires a client certificate (REQUIRE X509)")));
+                return refuse(certificate_needed(
+                    requested,
+                    &format!("user \"{requested}\" requires a client certificate (REQUIRE X509)"),
+                ));
             }
         }
         Requirement::Subject { subject, issuer } => {
             let Some(cert) = &facts.certificate else {
-                return refuse(certificate_needed(requested, &format!("user \"{requested}\" requires a client certificate ({})", user.require)));
+                return refuse(certificate_needed(
+                    requested,
+                    &format!("user \"{requested}\" requires a client certificate ({})", user.require),
+                ));
             };
             if let Some(want) = subject
                 && !subject_matches(want, &cert.subject)
@@ -124,7 +135,9 @@ fn certificate_needed(user: &str, why: &str) -> String {
 /// verifier no password matches. Used by [`decide`] and by the SCRAM
 /// exchange so both see the same thing.
 pub fn password_verifier(name: &str, user: Option<&User>) -> ScramVerifier {
-    user.filter(|u| u.login).and_then(|u| u.password.clone()).unwrap_or_else(|| dummy_verifier(name))
+    user.filter(|u| u.login)
+        .and_then(|u| u.password.clone())
+        .unwrap_or_else(|| dummy_verifier(name))
 }
 
 /// A verifier no password matches, stable per user name so that repeated
@@ -132,7 +145,12 @@ pub fn password_verifier(name: &str, user: Option<&User>) -> ScramVerifier {
 fn dummy_verifier(user: &str) -> ScramVerifier {
     use sha2::{Digest, Sha256};
     let salt = Sha256::digest(format!("sealdb-unknown-user:{user}").as_bytes());
-    ScramVerifier { iterations: crate::SCRAM_ITERATIONS, salt: salt[..16].to_vec(), stored_key: rand::random(), server_key: rand::random() }
+    ScramVerifier {
+        iterations: crate::SCRAM_ITERATIONS,
+        salt: salt[..16].to_vec(),
+        stored_key: rand::random(),
+        server_key: rand::random(),
+    }
 }
 
 #[cfg(test)]
@@ -154,11 +172,23 @@ mod tests {
 
     fn catalog() -> AccessControl {
         let ac = AccessControl::with_bootstrap_admin("admin");
-        let pw = |r: Requirement| UserOptions { password: Some(Some(ScramVerifier::new("pw", 16))), require: Some(r), ..Default::default() };
+        let pw = |r: Requirement| UserOptions {
+            password: Some(Some(ScramVerifier::new("pw", 16))),
+            require: Some(r),
+            ..Default::default()
+        };
         ac.create("plain", true, pw(Requirement::None)).unwrap();
         ac.create("ssl", true, pw(Requirement::Ssl)).unwrap();
         ac.create("x509", true, pw(Requirement::X509)).unwrap();
-        ac.create("pinned", true, pw(Requirement::Subject { subject: Some("/O=sealdb/CN=pinned".into()), issuer: None })).unwrap();
+        ac.create(
+            "pinned",
+            true,
+            pw(Requirement::Subject {
+                subject: Some("/O=sealdb/CN=pinned".into()),
+                issuer: None,
+            }),
+        )
+        .unwrap();
         ac
     }
 
@@ -171,26 +201,41 @@ mod tests {
         let ac = catalog();
         let f = facts(true, Some(("O=sealdb, CN=plain", Some("plain"))));
         assert!(matches!(plan(&ac, "plain", &f), AuthPlan::Certificate));
-        let AuthPlan::Refuse(msg) = plan(&ac, "admin", &f) else { panic!() };
+        let AuthPlan::Refuse(msg) = plan(&ac, "admin", &f) else {
+            panic!()
+        };
         assert!(msg.contains("is for user \"plain\", not \"admin\""), "{msg}");
     }
 
     #[test]
     fn require_ssl_refuses_plaintext_and_require_x509_refuses_passwords_alone() {
         let ac = catalog();
-        let AuthPlan::Refuse(msg) = plan(&ac, "ssl", &facts(false, None)) else { panic!() };
+        let AuthPlan::Refuse(msg) = plan(&ac, "ssl", &facts(false, None)) else {
+            panic!()
+        };
         assert!(msg.contains("REQUIRE SSL"), "{msg}");
         assert!(matches!(plan(&ac, "ssl", &facts(true, None)), AuthPlan::Password(_)));
-        let AuthPlan::Refuse(msg) = plan(&ac, "x509", &facts(true, None)) else { panic!() };
+        let AuthPlan::Refuse(msg) = plan(&ac, "x509", &facts(true, None)) else {
+            panic!()
+        };
         assert!(msg.contains("REQUIRE X509") && msg.contains("sslcert"), "{msg}");
     }
 
     #[test]
     fn require_subject_compares_the_certificate_subject() {
         let ac = catalog();
-        assert!(matches!(plan(&ac, "pinned", &facts(true, Some(("O=sealdb, CN=pinned", Some("pinned"))))), AuthPlan::Certificate));
+        assert!(matches!(
+            plan(
+                &ac,
+                "pinned",
+                &facts(true, Some(("O=sealdb, CN=pinned", Some("pinned"))))
+            ),
+            AuthPlan::Certificate
+        ));
         let mut other = facts(true, Some(("O=other, CN=pinned", Some("pinned"))));
-        let AuthPlan::Refuse(msg) = plan(&ac, "pinned", &other) else { panic!() };
+        let AuthPlan::Refuse(msg) = plan(&ac, "pinned", &other) else {
+            panic!()
+        };
         assert!(msg.contains("REQUIRE SUBJECT"), "{msg}");
         other.certificate = None;
         assert!(matches!(plan(&ac, "pinned", &other), AuthPlan::Refuse(_)));
@@ -208,7 +253,9 @@ mod tests {
         let ac = catalog();
         let mut f = facts(true, None);
         f.certificate_required = true;
-        let AuthPlan::Refuse(msg) = plan(&ac, "plain", &f) else { panic!() };
+        let AuthPlan::Refuse(msg) = plan(&ac, "plain", &f) else {
+            panic!()
+        };
         assert!(msg.contains("pki-db-client-auth"), "{msg}");
     }
 }

@@ -31,7 +31,10 @@ pub struct ScramVerifier {
 
 impl std::fmt::Debug for ScramVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScramVerifier").field("iterations", &self.iterations).field("keys", &"<redacted>").finish()
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .field("keys", &"<redacted>")
+            .finish()
     }
 }
 
@@ -47,7 +50,9 @@ impl ScramVerifier {
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> Self {
         // Clients normalize with SASLprep (RFC 4013) and fall back to the raw
         // bytes when it fails, as PostgreSQL does.
-        let prepared = stringprep::saslprep(password).map(|p| p.into_owned()).unwrap_or_else(|_| password.to_owned());
+        let prepared = stringprep::saslprep(password)
+            .map(|p| p.into_owned())
+            .unwrap_or_else(|_| password.to_owned());
         let prepared = Zeroizing::new(prepared);
         let salted = salted_password(prepared.as_bytes(), salt, iterations);
         let client_key = hmac(&salted[..], b"Client Key");
@@ -89,7 +94,8 @@ impl ScramVerifier {
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // Hmac accepts keys of every length; the error case cannot happen.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -137,7 +143,10 @@ mod tests {
         let auth = b"n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let proof = B64.decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=").unwrap();
         assert!(v.verify_proof(auth, &proof));
-        assert_eq!(B64.encode(v.server_signature(auth)), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            B64.encode(v.server_signature(auth)),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
         let mut bad = proof.clone();
         bad[0] ^= 1;
         assert!(!v.verify_proof(auth, &bad));

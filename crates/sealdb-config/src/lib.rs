@@ -249,12 +249,18 @@ pub struct Settings {
 impl Settings {
     /// Parses TOML text; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text, path)
     }
 
@@ -267,7 +273,9 @@ impl Settings {
         for (key, value) in to_table(self)? {
             merged.insert(key, value);
         }
-        merged.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(format!("cannot merge settings: {e}")))
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("cannot merge settings: {e}")))
     }
 
     /// Renders as TOML (for `kms set` and for showing the effective config).
@@ -278,16 +286,15 @@ impl Settings {
 
 /// Reads a secret: the direct value, else the `*-file` key, else the
 /// environment variable. The file's trailing newline is dropped.
-pub fn read_secret(
-    direct: Option<&str>,
-    file: Option<&Path>,
-    env_var: &str,
-) -> Result<Option<String>, ConfigError> {
+pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> Result<Option<String>, ConfigError> {
     if let Some(v) = direct {
         return Ok(Some(v.to_owned()));
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
     }
     Ok(std::env::var(env_var).ok())
@@ -313,7 +320,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_name_and_line() {
-        let err = parse("port = 6000\n\nssl-certificate = \"x\"\n").unwrap_err().to_string();
+        let err = parse("port = 6000\n\nssl-certificate = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ssl-certificate"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -329,7 +338,10 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let file = parse("port = 6000\nhost = \"0.0.0.0\"\n").unwrap();
-        let flags = Settings { port: Some(7000), ..Default::default() };
+        let flags = Settings {
+            port: Some(7000),
+            ..Default::default()
+        };
         let merged = flags.merged_over(&file).unwrap();
         assert_eq!(merged.port, Some(7000));
         assert_eq!(merged.host.as_deref(), Some("0.0.0.0"));

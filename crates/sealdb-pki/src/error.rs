@@ -40,7 +40,9 @@ pub enum PkiError {
         mode: u32,
     },
     /// A PKCS#12 file could not be opened (wrong password or damaged file).
-    #[error("{path}: cannot open PKCS#12 file: {reason}; check the password (from the *-password-file key or SEALDB_* variable) and the file")]
+    #[error(
+        "{path}: cannot open PKCS#12 file: {reason}; check the password (from the *-password-file key or SEALDB_* variable) and the file"
+    )]
     Pkcs12 {
         /// The file.
         path: PathBuf,
@@ -70,10 +72,16 @@ pub enum PkiError {
 
 impl PkiError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn bad(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Self::BadFile { path: path.into(), what: what.into() }
+        Self::BadFile {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use p12_keystore::{Certificate as P12Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -79,7 +79,10 @@ pub struct Written {
 impl CertsDir {
     /// The directory `dir`; files that exist are refused unless `overwrite`.
     pub fn new(dir: impl Into<PathBuf>, overwrite: bool) -> Self {
-        Self { dir: dir.into(), overwrite }
+        Self {
+            dir: dir.into(),
+            overwrite,
+        }
     }
 
     /// The directory.
@@ -129,11 +132,19 @@ impl CertsDir {
         let cn = format!("sealdb CA {:02x}{:02x}{:02x}{:02x}", tag[0], tag[1], tag[2], tag[3]);
         params.distinguished_name = dn(&[(DnType::OrganizationName, "sealdb"), (DnType::CommonName, cn.as_str())]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
         write_file(&self.ca_cert(), cert.pem().as_bytes(), 0o644)?;
         write_file(&self.ca_key(), Zeroizing::new(key.serialize_pem()).as_bytes(), 0o600)?;
-        Ok(Written { files: vec![self.ca_cert(), self.ca_key()] })
+        Ok(Written {
+            files: vec![self.ca_cert(), self.ca_key()],
+        })
     }
 
     /// Makes a node (server) certificate for `hosts` (DNS names or IP
@@ -153,11 +164,15 @@ impl CertsDir {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).map_err(|e| PkiError::Generate(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
         let chain = format!("{}{}", cert.pem(), ca_pem);
         write_file(&self.node_cert(), chain.as_bytes(), 0o644)?;
         write_file(&self.node_key(), Zeroizing::new(key.serialize_pem()).as_bytes(), 0o600)?;
-        Ok(Written { files: vec![self.node_cert(), self.node_key()] })
+        Ok(Written {
+            files: vec![self.node_cert(), self.node_key()],
+        })
     }
 
     /// Makes a client certificate whose common name is `user`, signed by the
@@ -183,9 +198,15 @@ impl CertsDir {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).map_err(|e| PkiError::Generate(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
         write_file(&self.client_cert(user), cert.pem().as_bytes(), 0o644)?;
-        write_file(&self.client_key(user), Zeroizing::new(key.serialize_pem()).as_bytes(), 0o600)?;
+        write_file(
+            &self.client_key(user),
+            Zeroizing::new(key.serialize_pem()).as_bytes(),
+            0o600,
+        )?;
         if let Some(password) = pkcs12_password {
             let ca_der = pem_to_der(&self.ca_cert(), &ca_pem)?;
             let p12 = pkcs12_bytes(&key.serialize_der(), cert.der(), &ca_der, user, password)?;
@@ -196,10 +217,17 @@ impl CertsDir {
 
     fn load_issuer(&self) -> Result<(Issuer<'static, KeyPair>, String), PkiError> {
         let ca_pem = fs::read_to_string(self.ca_cert()).map_err(|e| {
-            PkiError::bad(self.ca_cert(), format!("cannot read the CA certificate ({e}); run `sealdb cert create-ca --certs-dir {}` first", self.dir.display()))
+            PkiError::bad(
+                self.ca_cert(),
+                format!(
+                    "cannot read the CA certificate ({e}); run `sealdb cert create-ca --certs-dir {}` first",
+                    self.dir.display()
+                ),
+            )
         })?;
         let key_pem = Zeroizing::new(fs::read_to_string(self.ca_key()).map_err(|e| PkiError::io(self.ca_key(), e))?);
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::bad(self.ca_key(), format!("not a usable private key: {e}")))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| PkiError::bad(self.ca_key(), format!("not a usable private key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
             .map_err(|e| PkiError::bad(self.ca_cert(), format!("not a usable CA certificate: {e}")))?;
         Ok((issuer, ca_pem))
@@ -223,19 +251,33 @@ impl CertsDir {
 /// Encodes a PKCS#12 file holding `key_pkcs8_der`, `cert_der` and the CA,
 /// under `password` (PBES2 AES-256, HMAC-SHA-256 MAC: read by OpenSSL 3 and
 /// Java's keytool).
-pub fn pkcs12_bytes(key_pkcs8_der: &[u8], cert_der: &[u8], ca_der: &[u8], alias: &str, password: &str) -> Result<Vec<u8>, PkiError> {
+pub fn pkcs12_bytes(
+    key_pkcs8_der: &[u8],
+    cert_der: &[u8],
+    ca_der: &[u8],
+    alias: &str,
+    password: &str,
+) -> Result<Vec<u8>, PkiError> {
     let p12err = |e: p12_keystore::error::Error| PkiError::Generate(format!("PKCS#12: {e}"));
     let key = PrivateKey::from_der(key_pkcs8_der).map_err(p12err)?;
-    let certs = [P12Certificate::from_der(cert_der).map_err(p12err)?, P12Certificate::from_der(ca_der).map_err(p12err)?];
+    let certs = [
+        P12Certificate::from_der(cert_der).map_err(p12err)?,
+        P12Certificate::from_der(ca_der).map_err(p12err)?,
+    ];
     let mut store = KeyStore::new();
-    store.add_entry(alias, KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(alias.as_bytes().to_vec(), key, certs)));
+    store.add_entry(
+        alias,
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(alias.as_bytes().to_vec(), key, certs)),
+    );
     store.writer(password).write().map_err(p12err)
 }
 
 fn validate_user_name(user: &str) -> Result<(), PkiError> {
     let ok = !user.is_empty()
         && user.len() <= 63
-        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
     if ok {
         Ok(())
     } else {
@@ -253,7 +295,9 @@ fn base_params(days: u32) -> Result<CertificateParams, PkiError> {
 
 fn apply_validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
     if days == 0 || days > 36_500 {
-        return Err(PkiError::Config(format!("--days {days} is out of range; use 1 to 36500")));
+        return Err(PkiError::Config(format!(
+            "--days {days} is out of range; use 1 to 36500"
+        )));
     }
     let now = OffsetDateTime::now_utc();
     // Backdate a little so a client whose clock is slightly behind accepts it.
@@ -292,7 +336,9 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Pki
         .mode(mode)
         .open(&tmp)
         .map_err(|e| PkiError::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| PkiError::io(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| PkiError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| PkiError::io(path, e))?;
     if let Some(dir) = path.parent()
         && let Ok(d) = fs::File::open(dir)

@@ -42,7 +42,8 @@ impl std::str::FromStr for UserMapRule {
             ))
         };
         let mut parts = text.split_whitespace();
-        let (Some(field), Some(pattern), Some(user), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(field), Some(pattern), Some(user), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad("expected exactly three space-separated parts"));
         };
         let field = match field {
@@ -55,7 +56,15 @@ impl std::str::FromStr for UserMapRule {
         };
         let anchored = format!("^(?:{})$", pattern.trim_start_matches('^').trim_end_matches('$'));
         let regex = Regex::new(&anchored).map_err(|e| bad(&format!("bad regex: {e}")))?;
-        Ok(Self { field, regex, user: user.replace("\\1", "${1}").replace("\\2", "${2}").replace("\\3", "${3}"), text: text.to_owned() })
+        Ok(Self {
+            field,
+            regex,
+            user: user
+                .replace("\\1", "${1}")
+                .replace("\\2", "${2}")
+                .replace("\\3", "${3}"),
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -71,8 +80,18 @@ impl UserMapRule {
             MapField::CommonName => info.common_name.iter().cloned().collect(),
             MapField::Subject => vec![info.subject.clone()],
             MapField::AnySan => info.sans.clone(),
-            MapField::Email => info.sans.iter().filter_map(|s| s.strip_prefix("email:")).map(str::to_owned).collect(),
-            MapField::Dns => info.sans.iter().filter_map(|s| s.strip_prefix("DNS:")).map(str::to_owned).collect(),
+            MapField::Email => info
+                .sans
+                .iter()
+                .filter_map(|s| s.strip_prefix("email:"))
+                .map(str::to_owned)
+                .collect(),
+            MapField::Dns => info
+                .sans
+                .iter()
+                .filter_map(|s| s.strip_prefix("DNS:"))
+                .map(str::to_owned)
+                .collect(),
         };
         candidates.iter().find_map(|value| {
             let caps = self.regex.captures(value)?;
@@ -94,7 +113,9 @@ pub struct CertUserMap {
 impl CertUserMap {
     /// Parses rules in `FIELD REGEX USER` form.
     pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, PkiError> {
-        Ok(Self { rules: rules.iter().map(|r| r.as_ref().parse()).collect::<Result<_, _>>()? })
+        Ok(Self {
+            rules: rules.iter().map(|r| r.as_ref().parse()).collect::<Result<_, _>>()?,
+        })
     }
 
     /// The user a certificate names, if any.
@@ -130,13 +151,19 @@ mod tests {
 
     #[test]
     fn without_rules_the_common_name_is_the_user() {
-        assert_eq!(CertUserMap::default().user_for(&info("alice", &[])), Some("alice".into()));
+        assert_eq!(
+            CertUserMap::default().user_for(&info("alice", &[])),
+            Some("alice".into())
+        );
     }
 
     #[test]
     fn email_rule_maps_local_part_and_unmatched_certificates_name_nobody() {
         let map = CertUserMap::parse(&[r"email ^(.*)@example\.com$ \1"]).unwrap();
-        assert_eq!(map.user_for(&info("x", &["DNS:h", "email:bob@example.com"])), Some("bob".into()));
+        assert_eq!(
+            map.user_for(&info("x", &["DNS:h", "email:bob@example.com"])),
+            Some("bob".into())
+        );
         assert_eq!(map.user_for(&info("x", &["email:bob@evil.com"])), None);
     }
 
@@ -154,5 +181,4 @@ mod tests {
         let err = CertUserMap::parse(&["cn ( x"]).unwrap_err().to_string();
         assert!(err.contains("bad regex"), "{err}");
     }
-
 }

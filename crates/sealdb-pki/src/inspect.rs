@@ -64,7 +64,12 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
             });
         }
     }
-    let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         common_name,
@@ -83,7 +88,10 @@ pub fn cert_info_pem_file(path: &Path) -> Result<Vec<CertInfo>, PkiError> {
         .map_err(|e| PkiError::bad(path, format!("cannot read PEM: {e}")))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::bad(path, format!("bad PEM: {e}")))?;
-    certs.iter().map(|c| cert_info(c).map_err(|e| PkiError::bad(path, e))).collect()
+    certs
+        .iter()
+        .map(|c| cert_info(c).map_err(|e| PkiError::bad(path, e)))
+        .collect()
 }
 
 fn ip_text(bytes: &[u8]) -> String {

@@ -33,6 +33,6 @@ pub use identity::{CertUserMap, ClientCertificate, UserMapRule};
 pub use inspect::{CertInfo, cert_info, cert_info_pem_file};
 pub use load::check_private_key_permissions;
 pub use tls::{
-    MinTlsVersion, TlsFiles, TlsMaterial, TlsReloader, ServerIdentitySource, TrustSource,
-    LoadedCertificate, install_crypto_provider, supported_cipher_suite_names,
+    LoadedCertificate, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
+    install_crypto_provider, supported_cipher_suite_names,
 };

@@ -15,7 +15,10 @@ pub fn check_private_key_permissions(path: &Path) -> Result<(), PkiError> {
     let meta = std::fs::metadata(path).map_err(|e| PkiError::io(path, e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(PkiError::KeyFileTooOpen { path: path.to_path_buf(), mode });
+        return Err(PkiError::KeyFileTooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -27,7 +30,10 @@ pub(crate) fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pki
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::bad(path, format!("bad PEM certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(PkiError::bad(path, "no certificate found; expected PEM blocks starting with -----BEGIN CERTIFICATE-----"));
+        return Err(PkiError::bad(
+            path,
+            "no certificate found; expected PEM blocks starting with -----BEGIN CERTIFICATE-----",
+        ));
     }
     Ok(certs)
 }
@@ -47,7 +53,10 @@ pub(crate) fn pem_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::bad(path, format!("bad PEM CRL: {e}")))?;
     if crls.is_empty() {
-        return Err(PkiError::bad(path, "no CRL found; expected PEM blocks starting with -----BEGIN X509 CRL-----"));
+        return Err(PkiError::bad(
+            path,
+            "no CRL found; expected PEM blocks starting with -----BEGIN X509 CRL-----",
+        ));
     }
     Ok(crls)
 }
@@ -61,9 +70,16 @@ pub(crate) fn pkcs12_identity(
     let (_, chain) = store
         .private_key_chain()
         .ok_or_else(|| PkiError::bad(path, "the PKCS#12 keystore holds no private key with a certificate"))?;
-    let certs: Vec<CertificateDer<'static>> = chain.certs().iter().map(|c| CertificateDer::from(c.as_der().to_vec())).collect();
+    let certs: Vec<CertificateDer<'static>> = chain
+        .certs()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_der().to_vec()))
+        .collect();
     if certs.is_empty() {
-        return Err(PkiError::bad(path, "the PKCS#12 keystore's private key has no certificate"));
+        return Err(PkiError::bad(
+            path,
+            "the PKCS#12 keystore's private key has no certificate",
+        ));
     }
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(chain.key().as_der().to_vec()));
     Ok((certs, key))
@@ -73,9 +89,15 @@ pub(crate) fn pkcs12_identity(
 /// OpenSSL's plain certificate bags alike.
 pub(crate) fn pkcs12_trust(path: &Path, password: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| PkiError::io(path, e))?);
-    let archive = Pkcs12Archive::from_pkcs12(&bytes, password)
-        .map_err(|e| PkiError::Pkcs12 { path: path.to_path_buf(), reason: e.to_string() })?;
-    let certs: Vec<CertificateDer<'static>> = archive.certs.iter().map(|b| CertificateDer::from(b.cert.as_der().to_vec())).collect();
+    let archive = Pkcs12Archive::from_pkcs12(&bytes, password).map_err(|e| PkiError::Pkcs12 {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let certs: Vec<CertificateDer<'static>> = archive
+        .certs
+        .iter()
+        .map(|b| CertificateDer::from(b.cert.as_der().to_vec()))
+        .collect();
     if certs.is_empty() {
         return Err(PkiError::bad(path, "the PKCS#12 trust store holds no certificate"));
     }
@@ -84,5 +106,8 @@ pub(crate) fn pkcs12_trust(path: &Path, password: &str) -> Result<Vec<Certificat
 
 fn open_pkcs12(path: &Path, password: &str, policy: Pkcs12ImportPolicy) -> Result<KeyStore, PkiError> {
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| PkiError::io(path, e))?);
-    KeyStore::from_pkcs12(&bytes, password, policy).map_err(|e| PkiError::Pkcs12 { path: path.to_path_buf(), reason: e.to_string() })
+    KeyStore::from_pkcs12(&bytes, password, policy).map_err(|e| PkiError::Pkcs12 {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }

@@ -11,7 +11,9 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -49,7 +51,11 @@ impl std::fmt::Debug for ServerIdentitySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Pem { cert, key } => f.debug_struct("Pem").field("cert", cert).field("key", key).finish(),
-            Self::Pkcs12 { path, .. } => f.debug_struct("Pkcs12").field("path", path).field("password", &"<redacted>").finish(),
+            Self::Pkcs12 { path, .. } => f
+                .debug_struct("Pkcs12")
+                .field("path", path)
+                .field("password", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -72,7 +78,11 @@ impl std::fmt::Debug for TrustSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Pem(p) => f.debug_tuple("Pem").field(p).finish(),
-            Self::Pkcs12 { path, .. } => f.debug_struct("Pkcs12").field("path", path).field("password", &"<redacted>").finish(),
+            Self::Pkcs12 { path, .. } => f
+                .debug_struct("Pkcs12")
+                .field("path", path)
+                .field("password", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -93,7 +103,9 @@ impl std::str::FromStr for MinTlsVersion {
         match s.trim().trim_start_matches("TLSv").trim_start_matches("tls") {
             "1.2" => Ok(Self::Tls12),
             "1.3" => Ok(Self::Tls13),
-            _ => Err(PkiError::Config(format!("ssl-min-version {s:?} is not supported; use \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are broken and never offered)"))),
+            _ => Err(PkiError::Config(format!(
+                "ssl-min-version {s:?} is not supported; use \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are broken and never offered)"
+            ))),
         }
     }
 }
@@ -154,10 +166,17 @@ impl TlsMaterial {
                 (chain, key, path.clone())
             }
         };
-        let server_leaf = chain.first().cloned().ok_or_else(|| PkiError::bad(&chain_path, "no server certificate"))?;
+        let server_leaf = chain
+            .first()
+            .cloned()
+            .ok_or_else(|| PkiError::bad(&chain_path, "no server certificate"))?;
         for (i, der) in chain.iter().enumerate() {
             let info = cert_info(der).map_err(|e| PkiError::bad(&chain_path, e))?;
-            certificates.push(LoadedCertificate { role: if i == 0 { "server" } else { "server-chain" }, path: chain_path.clone(), info });
+            certificates.push(LoadedCertificate {
+                role: if i == 0 { "server" } else { "server-chain" },
+                path: chain_path.clone(),
+                info,
+            });
         }
 
         let (client_verifier, crl_count) = match &files.trust {
@@ -169,9 +188,15 @@ impl TlsMaterial {
                 };
                 let mut store = RootCertStore::empty();
                 for der in &roots {
-                    store.add(der.clone()).map_err(|e| PkiError::bad(&path, format!("not a usable CA certificate: {e}")))?;
+                    store
+                        .add(der.clone())
+                        .map_err(|e| PkiError::bad(&path, format!("not a usable CA certificate: {e}")))?;
                     let info = cert_info(der).map_err(|e| PkiError::bad(&path, e))?;
-                    certificates.push(LoadedCertificate { role: "trusted-ca", path: path.clone(), info });
+                    certificates.push(LoadedCertificate {
+                        role: "trusted-ca",
+                        path: path.clone(),
+                        info,
+                    });
                 }
                 let mut crls = Vec::new();
                 for crl_path in &files.crls {
@@ -215,19 +240,34 @@ impl TlsMaterial {
         match signing_key.public_key() {
             Some(spki) if spki.as_ref() == leaf_spki.as_slice() => {}
             Some(_) => {
-                return Err(PkiError::KeyMismatch { cert: chain_path.clone(), key: key_path, reason: "different public keys".into() });
+                return Err(PkiError::KeyMismatch {
+                    cert: chain_path.clone(),
+                    key: key_path,
+                    reason: "different public keys".into(),
+                });
             }
             None => {}
         }
         let certified = Arc::new(CertifiedKey::new(chain, signing_key));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
-            .map_err(|e| PkiError::Config(format!("ssl-cipher-suites and ssl-min-version leave nothing to negotiate: {e}")))?
+            .map_err(|e| {
+                PkiError::Config(format!(
+                    "ssl-cipher-suites and ssl-min-version leave nothing to negotiate: {e}"
+                ))
+            })?
             .with_client_cert_verifier(tls_verifier)
             .with_cert_resolver(Arc::new(OneCertificate(certified)));
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         config.ignore_client_order = true;
-        Ok(Self { server_config: Arc::new(config), server_leaf, client_verifier, certificates, crl_count, loaded_at: OffsetDateTime::now_utc() })
+        Ok(Self {
+            server_config: Arc::new(config),
+            server_leaf,
+            client_verifier,
+            certificates,
+            crl_count,
+            loaded_at: OffsetDateTime::now_utc(),
+        })
     }
 
     /// The rustls configuration for new connections.
@@ -275,7 +315,9 @@ impl TlsMaterial {
         let Some(verifier) = &self.client_verifier else {
             return Err("this server trusts no CA for client certificates (set ssl-trust-ca); connect without a client certificate".into());
         };
-        let (leaf, intermediates) = chain.split_first().ok_or("the client sent an empty certificate chain")?;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or("the client sent an empty certificate chain")?;
         let info = cert_info(leaf).map_err(|e| format!("the client certificate is unreadable: {e}"))?;
         match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
             Ok(_) => Ok(ClientCertificate { info }),
@@ -298,9 +340,9 @@ fn describe_refusal(info: &CertInfo, error: &rustls::Error) -> String {
             "{who} is not valid before {}; check the clocks of client and server, or use a certificate that is valid now",
             format_time(info.not_before)
         ),
-        CertificateError::Revoked => format!(
-            "{who} has been revoked: it is listed in a CRL from ssl-crl; ask for a new certificate"
-        ),
+        CertificateError::Revoked => {
+            format!("{who} has been revoked: it is listed in a CRL from ssl-crl; ask for a new certificate")
+        }
         CertificateError::UnknownIssuer => format!(
             "{who} is signed by \"{}\", which this server does not trust; use a certificate signed by a CA in ssl-trust-ca",
             info.issuer
@@ -390,11 +432,18 @@ fn leaf_public_key(der: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Names of the cipher suites `ssl-cipher-suites` accepts.
 pub fn supported_cipher_suite_names() -> Vec<String> {
-    rustls::crypto::aws_lc_rs::default_provider().cipher_suites.iter().map(|s| suite_name(s.suite())).collect()
+    rustls::crypto::aws_lc_rs::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| suite_name(s.suite()))
+        .collect()
 }
 
 fn suite_name(suite: rustls::CipherSuite) -> String {
-    suite.as_str().map(str::to_owned).unwrap_or_else(|| format!("{suite:?}"))
+    suite
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{suite:?}"))
 }
 
 fn provider_with_suites(names: &[String]) -> Result<CryptoProvider, PkiError> {
@@ -411,7 +460,9 @@ fn provider_with_suites(names: &[String]) -> Result<CryptoProvider, PkiError> {
             )));
         }
     }
-    provider.cipher_suites.retain(|s| wanted.contains(&suite_name(s.suite())));
+    provider
+        .cipher_suites
+        .retain(|s| wanted.contains(&suite_name(s.suite())));
     Ok(provider)
 }
 
@@ -436,7 +487,10 @@ impl TlsReloader {
     /// Loads the files once; fails if any is bad.
     pub fn new(files: TlsFiles) -> Result<Self, PkiError> {
         let material = TlsMaterial::load(&files)?;
-        Ok(Self { files, current: ArcSwap::from_pointee(material) })
+        Ok(Self {
+            files,
+            current: ArcSwap::from_pointee(material),
+        })
     }
 
     /// The material for the next connection.
@@ -457,4 +511,3 @@ impl TlsReloader {
         &self.files
     }
 }
-

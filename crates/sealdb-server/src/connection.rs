@@ -44,7 +44,8 @@ pub(crate) struct Handlers {
 impl Handlers {
     pub(crate) fn new(state: Arc<ServerState>, engine: Arc<Engine>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
-        let driver = AuthDriver::new(ParameterProvider::new(state.access.clone())).with_connection_manager(connections.clone());
+        let driver =
+            AuthDriver::new(ParameterProvider::new(state.access.clone())).with_connection_manager(connections.clone());
         Self {
             startup: Arc::new(StartupHandler::new(state, engine.clone(), driver)),
             query: Arc::new(QueryHandler::new(engine)),
@@ -90,10 +91,16 @@ impl ErrorHandler for EscalateStartupErrors {
     fn on_error<C: ClientInfo>(&self, client: &C, error: &mut PgWireError) {
         let in_startup = matches!(
             client.state(),
-            PgWireConnectionState::AwaitingSslRequest | PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+            PgWireConnectionState::AwaitingSslRequest
+                | PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
         );
         if let PgWireError::InvalidPassword(_) = error {
-            let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+            let user = client
+                .metadata()
+                .get(pgwire::api::METADATA_USER)
+                .cloned()
+                .unwrap_or_default();
             tracing::warn!(%user, peer = %client.socket_addr(), "password authentication failed");
             *error = fatal("28P01", format!("password authentication failed for user \"{user}\""));
             return;
@@ -132,9 +139,19 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<Server
     };
     if let (MaybeTls::Tls(tls), Some(material)) = (socket.get_ref(), material) {
         let (_, conn) = tls.get_ref();
-        let version = conn.protocol_version().map(|v| v.as_str().unwrap_or("TLS").to_owned()).unwrap_or_default();
-        let cipher = conn.negotiated_cipher_suite().map(|s| s.suite().as_str().unwrap_or("unknown").to_owned()).unwrap_or_default();
-        socket.session_extensions().insert(ConnectionTls { material, version, cipher });
+        let version = conn
+            .protocol_version()
+            .map(|v| v.as_str().unwrap_or("TLS").to_owned())
+            .unwrap_or_default();
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| s.suite().as_str().unwrap_or("unknown").to_owned())
+            .unwrap_or_default();
+        socket.session_extensions().insert(ConnectionTls {
+            material,
+            version,
+            cipher,
+        });
     }
 
     let startup = handlers.startup_handler();
@@ -144,7 +161,10 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<Server
     let cancel = handlers.cancel_handler();
     let errors = handlers.error_handler();
     loop {
-        let in_startup = matches!(socket.state(), PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress);
+        let in_startup = matches!(
+            socket.state(),
+            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+        );
         let message = if in_startup {
             tokio::select! {
                 _ = &mut deadline => {
@@ -172,7 +192,17 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<Server
             _ => message.is_extended_query(),
         };
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        if let Err(mut e) = process_message(message, &mut socket, startup.clone(), simple.clone(), extended.clone(), copy.clone(), cancel.clone()).await {
+        if let Err(mut e) = process_message(
+            message,
+            &mut socket,
+            startup.clone(),
+            simple.clone(),
+            extended.clone(),
+            copy.clone(),
+            cancel.clone(),
+        )
+        .await
+        {
             errors.on_error(&socket, &mut e);
             let fatal = e.is_fatal();
             if process_error(&mut socket, e, extended_query).await.is_err() || fatal {

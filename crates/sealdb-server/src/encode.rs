@@ -48,7 +48,15 @@ pub(crate) fn fields(schema: &Schema, format: &Format) -> Arc<Vec<FieldInfo>> {
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format_for(format, i)))
+            .map(|(i, f)| {
+                FieldInfo::new(
+                    f.name().clone(),
+                    None,
+                    None,
+                    pg_type(f.data_type()),
+                    format_for(format, i),
+                )
+            })
             .collect(),
     )
 }
@@ -91,11 +99,23 @@ fn api<E: std::error::Error + Send + Sync + 'static>(e: E) -> PgWireError {
     PgWireError::ApiError(Box::new(e))
 }
 
-fn encode_value(enc: &mut DataRowEncoder, column: &ArrayRef, row: usize, formatter: &ArrayFormatter) -> PgWireResult<()> {
+fn encode_value(
+    enc: &mut DataRowEncoder,
+    column: &ArrayRef,
+    row: usize,
+    formatter: &ArrayFormatter,
+) -> PgWireResult<()> {
     macro_rules! prim {
         ($arr:ty, $conv:expr) => {{
-            let a = column.as_any().downcast_ref::<$arr>().ok_or_else(|| PgWireError::ApiError("column type mismatch".into()))?;
-            let v = if a.is_null(row) { None } else { Some($conv(a.value(row))) };
+            let a = column
+                .as_any()
+                .downcast_ref::<$arr>()
+                .ok_or_else(|| PgWireError::ApiError("column type mismatch".into()))?;
+            let v = if a.is_null(row) {
+                None
+            } else {
+                Some($conv(a.value(row)))
+            };
             enc.encode_field(&v)
         }};
     }
@@ -115,16 +135,30 @@ fn encode_value(enc: &mut DataRowEncoder, column: &ArrayRef, row: usize, formatt
         DataType::Utf8View => prim!(StringViewArray, |v: &str| v.to_owned()),
         DataType::Binary => prim!(BinaryArray, |v: &[u8]| v.to_vec()),
         DataType::LargeBinary => prim!(LargeBinaryArray, |v: &[u8]| v.to_vec()),
-        DataType::Date32 => prim!(Date32Array, |v: i32| NaiveDate::from_num_days_from_ce_opt(v + 719_163).unwrap_or_default()),
+        DataType::Date32 => prim!(Date32Array, |v: i32| NaiveDate::from_num_days_from_ce_opt(v + 719_163)
+            .unwrap_or_default()),
         DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondArray, |v: i64| {
-            NaiveTime::from_num_seconds_from_midnight_opt((v / 1_000_000) as u32, ((v % 1_000_000) * 1000) as u32).unwrap_or_default()
+            NaiveTime::from_num_seconds_from_midnight_opt((v / 1_000_000) as u32, ((v % 1_000_000) * 1000) as u32)
+                .unwrap_or_default()
         }),
         DataType::Timestamp(unit, tz) => {
             let micros = match unit {
-                TimeUnit::Second => column.as_any().downcast_ref::<TimestampSecondArray>().map(|a| (!a.is_null(row)).then(|| a.value(row).saturating_mul(1_000_000))),
-                TimeUnit::Millisecond => column.as_any().downcast_ref::<TimestampMillisecondArray>().map(|a| (!a.is_null(row)).then(|| a.value(row).saturating_mul(1000))),
-                TimeUnit::Microsecond => column.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| (!a.is_null(row)).then(|| a.value(row))),
-                TimeUnit::Nanosecond => column.as_any().downcast_ref::<TimestampNanosecondArray>().map(|a| (!a.is_null(row)).then(|| a.value(row) / 1000)),
+                TimeUnit::Second => column
+                    .as_any()
+                    .downcast_ref::<TimestampSecondArray>()
+                    .map(|a| (!a.is_null(row)).then(|| a.value(row).saturating_mul(1_000_000))),
+                TimeUnit::Millisecond => column
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .map(|a| (!a.is_null(row)).then(|| a.value(row).saturating_mul(1000))),
+                TimeUnit::Microsecond => column
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .map(|a| (!a.is_null(row)).then(|| a.value(row))),
+                TimeUnit::Nanosecond => column
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>()
+                    .map(|a| (!a.is_null(row)).then(|| a.value(row) / 1000)),
             }
             .ok_or_else(|| PgWireError::ApiError("timestamp column type mismatch".into()))?;
             let utc = micros.and_then(DateTime::from_timestamp_micros);
@@ -137,15 +171,28 @@ fn encode_value(enc: &mut DataRowEncoder, column: &ArrayRef, row: usize, formatt
         DataType::Decimal128(_, scale) => {
             let a = column.as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
             let _: &Decimal128Array = a;
-            let v = if a.is_null(row) { None } else { Decimal::try_from_i128_with_scale(a.value(row), (*scale).max(0) as u32).ok() };
+            let v = if a.is_null(row) {
+                None
+            } else {
+                Decimal::try_from_i128_with_scale(a.value(row), (*scale).max(0) as u32).ok()
+            };
             if v.is_none() && !a.is_null(row) {
                 // Too wide for rust_decimal: send the exact text.
-                return enc.encode_field_with_type_and_format(&Some(formatter.value(row).to_string()), &Type::TEXT, FieldFormat::Text, &Default::default());
+                return enc.encode_field_with_type_and_format(
+                    &Some(formatter.value(row).to_string()),
+                    &Type::TEXT,
+                    FieldFormat::Text,
+                    &Default::default(),
+                );
             }
             enc.encode_field(&v)
         }
         _ => {
-            let v = if column.is_null(row) { None } else { Some(formatter.value(row).to_string()) };
+            let v = if column.is_null(row) {
+                None
+            } else {
+                Some(formatter.value(row).to_string())
+            };
             enc.encode_field(&v)
         }
     }
@@ -158,14 +205,23 @@ pub(crate) fn param_type(data_type: Option<&DataType>) -> Type {
 
 /// Decodes parameter `i` into a value of `target` (the type DataFusion
 /// inferred), reading text or binary as the client sent it with `declared`.
-pub(crate) fn decode_param(bytes: Option<&Bytes>, binary: bool, declared: Option<&Type>, target: Option<&DataType>) -> Result<ScalarValue, String> {
+pub(crate) fn decode_param(
+    bytes: Option<&Bytes>,
+    binary: bool,
+    declared: Option<&Type>,
+    target: Option<&DataType>,
+) -> Result<ScalarValue, String> {
     let target = target.cloned().unwrap_or(DataType::Utf8);
     let Some(bytes) = bytes else {
         return ScalarValue::try_from(&target).map_err(|e| e.to_string());
     };
     let value = if !binary {
         let text = std::str::from_utf8(bytes).map_err(|_| "parameter is not valid UTF-8".to_owned())?;
-        let text = if target == DataType::Boolean { normalize_bool(text) } else { text.to_owned() };
+        let text = if target == DataType::Boolean {
+            normalize_bool(text)
+        } else {
+            text.to_owned()
+        };
         ScalarValue::Utf8(Some(text))
     } else {
         decode_binary(bytes, declared.unwrap_or(&Type::TEXT))?
@@ -173,7 +229,9 @@ pub(crate) fn decode_param(bytes: Option<&Bytes>, binary: bool, declared: Option
     if value.data_type() == target {
         return Ok(value);
     }
-    value.cast_to(&target).map_err(|e| format!("cannot use {value} as {target}: {e}"))
+    value
+        .cast_to(&target)
+        .map_err(|e| format!("cannot use {value} as {target}: {e}"))
 }
 
 fn normalize_bool(text: &str) -> String {
@@ -186,7 +244,14 @@ fn normalize_bool(text: &str) -> String {
 
 fn decode_binary(bytes: &[u8], declared: &Type) -> Result<ScalarValue, String> {
     let fixed = |n: usize| -> Result<&[u8], String> {
-        if bytes.len() == n { Ok(bytes) } else { Err(format!("binary {declared} parameter has {} bytes, expected {n}", bytes.len())) }
+        if bytes.len() == n {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "binary {declared} parameter has {} bytes, expected {n}",
+                bytes.len()
+            ))
+        }
     };
     Ok(match *declared {
         Type::BOOL => ScalarValue::Boolean(Some(fixed(1)?[0] != 0)),
@@ -196,7 +261,10 @@ fn decode_binary(bytes: &[u8], declared: &Type) -> Result<ScalarValue, String> {
         Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(4)?.try_into().map_err(|_| "float4")?))),
         Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(8)?.try_into().map_err(|_| "float8")?))),
         Type::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
-        _ => ScalarValue::Utf8(Some(String::from_utf8(bytes.to_vec()).map_err(|_| format!("binary {declared} parameter is not supported; send it as text"))?)),
+        _ => {
+            ScalarValue::Utf8(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                format!("binary {declared} parameter is not supported; send it as text")
+            })?))
+        }
     })
 }
-

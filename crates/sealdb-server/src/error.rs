@@ -31,7 +31,11 @@ pub(crate) fn sql_error_to_wire(error: &SqlError) -> PgWireError {
 
 /// A wire error with a severity, SQLSTATE and message.
 pub(crate) fn wire_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(severity.to_owned(), code.to_owned(), message.into())))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_owned(),
+        code.to_owned(),
+        message.into(),
+    )))
 }
 
 /// A FATAL error that ends the connection during startup.

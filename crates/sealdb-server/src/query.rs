@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use futures::{Sink, stream};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
@@ -33,7 +35,10 @@ impl Debug for QueryHandler {
 
 impl QueryHandler {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        Self { engine: engine.clone(), parser: Arc::new(Parser { engine }) }
+        Self {
+            engine: engine.clone(),
+            parser: Arc::new(Parser { engine }),
+        }
     }
 }
 
@@ -64,7 +69,9 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
             Response::Execution(t)
         }
         Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
-        Output::End { rolled_back } => Response::TransactionEnd(Tag::new(if rolled_back { "ROLLBACK" } else { "COMMIT" })),
+        Output::End { rolled_back } => {
+            Response::TransactionEnd(Tag::new(if rolled_back { "ROLLBACK" } else { "COMMIT" }))
+        }
         Output::Empty => Response::EmptyQuery,
     })
 }
@@ -80,7 +87,11 @@ impl SimpleQueryHandler for QueryHandler {
     {
         let slot = session_of(client)?;
         let mut session = slot.session.lock().await;
-        let outputs = self.engine.execute(&mut session, query).await.map_err(|e| log_error(&session, e))?;
+        let outputs = self
+            .engine
+            .execute(&mut session, query)
+            .await
+            .map_err(|e| log_error(&session, e))?;
         outputs.into_iter().map(|o| response(o, &Format::UnifiedText)).collect()
     }
 }
@@ -107,7 +118,12 @@ impl Debug for Parser {
 impl QueryParser for Parser {
     type Statement = Arc<Prepared>;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -146,7 +162,12 @@ impl ExtendedQueryHandler for QueryHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -159,21 +180,42 @@ impl ExtendedQueryHandler for QueryHandler {
         let mut values = Vec::new();
         if let Prepared::Plan { params, .. } = prepared.as_ref() {
             if portal.parameters.len() != params.len() {
-                return Err(wire_error("ERROR", "08P01", format!("bind message supplies {} parameters, but the statement needs {}", portal.parameters.len(), params.len())));
+                return Err(wire_error(
+                    "ERROR",
+                    "08P01",
+                    format!(
+                        "bind message supplies {} parameters, but the statement needs {}",
+                        portal.parameters.len(),
+                        params.len()
+                    ),
+                ));
             }
             for (i, target) in params.iter().enumerate() {
                 let declared = portal.statement.parameter_types.get(i).cloned().flatten();
                 let binary = matches!(encode::format_for(&portal.parameter_format, i), FieldFormat::Binary);
-                let value = encode::decode_param(portal.parameters[i].as_ref(), binary, declared.as_ref(), target.as_ref())
-                    .map_err(|m| wire_error("ERROR", "22P02", format!("parameter ${}: {m}", i + 1)))?;
+                let value = encode::decode_param(
+                    portal.parameters[i].as_ref(),
+                    binary,
+                    declared.as_ref(),
+                    target.as_ref(),
+                )
+                .map_err(|m| wire_error("ERROR", "22P02", format!("parameter ${}: {m}", i + 1)))?;
                 values.push(value);
             }
         }
-        let output = self.engine.execute_prepared(&mut session, &prepared, values).await.map_err(|e| log_error(&session, e))?;
+        let output = self
+            .engine
+            .execute_prepared(&mut session, &prepared, values)
+            .await
+            .map_err(|e| log_error(&session, e))?;
         response(output, &portal.result_column_format)
     }
 
-    async fn do_describe_statement<C>(&self, _client: &mut C, statement: &StoredStatement<Self::Statement>) -> PgWireResult<DescribeStatementResponse>
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        statement: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -185,20 +227,34 @@ impl ExtendedQueryHandler for QueryHandler {
         let params = params
             .into_iter()
             .enumerate()
-            .map(|(i, t)| statement.parameter_types.get(i).cloned().flatten().filter(|d| *d != Type::UNKNOWN).unwrap_or(t))
+            .map(|(i, t)| {
+                statement
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|d| *d != Type::UNKNOWN)
+                    .unwrap_or(t)
+            })
             .collect();
         let fields = self.parser.get_result_schema(&statement.statement, None)?;
         Ok(DescribeStatementResponse::new(params, fields))
     }
 
-    async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<Self::Statement>) -> PgWireResult<DescribePortalResponse>
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let fields = self.parser.get_result_schema(&portal.statement.statement, Some(&portal.result_column_format))?;
+        let fields = self
+            .parser
+            .get_result_schema(&portal.statement.statement, Some(&portal.result_column_format))?;
         Ok(DescribePortalResponse::new(fields))
     }
 }

@@ -125,7 +125,10 @@ impl StartupHandler {
         };
         let tls = client.session_extensions().get::<ConnectionTls>();
         let Some(tls) = tls else {
-            return Err(fatal("28000", "internal error: TLS state of this connection is missing"));
+            return Err(fatal(
+                "28000",
+                "internal error: TLS state of this connection is missing",
+            ));
         };
         match tls.material.verify_client(chain) {
             Ok(cert) => Ok(Some(cert)),
@@ -139,16 +142,19 @@ impl StartupHandler {
     fn establish<C: ClientInfo>(&self, client: &C, auth_method: &str, cert: Option<&ClientCertificate>) {
         let metadata = client.metadata();
         let user = metadata.get(METADATA_USER).cloned().unwrap_or_default();
-        let tls = client.session_extensions().get::<ConnectionTls>().map(|t| TlsSessionInfo {
-            version: t.version.clone(),
-            cipher: t.cipher.clone(),
-            client_cert: cert.map(|c| ClientCertSummary {
-                subject: c.info.subject.clone(),
-                issuer: c.info.issuer.clone(),
-                serial: c.info.serial.clone(),
-                not_after: c.info.not_after_text(),
-            }),
-        });
+        let tls = client
+            .session_extensions()
+            .get::<ConnectionTls>()
+            .map(|t| TlsSessionInfo {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+                client_cert: cert.map(|c| ClientCertSummary {
+                    subject: c.info.subject.clone(),
+                    issuer: c.info.issuer.clone(),
+                    serial: c.info.serial.clone(),
+                    not_after: c.info.not_after_text(),
+                }),
+            });
         let id = self.state.new_session_id();
         let info = SessionInfo {
             id,
@@ -163,7 +169,10 @@ impl StartupHandler {
         tracing::info!(session = id, %user, peer = %client.socket_addr(), auth = auth_method, tls = info.tls.is_some(), "session started");
         let session = self.engine.session(info);
         self.state.register_session(session.info().clone());
-        client.session_extensions().insert(SessionSlot { id, session: tokio::sync::Mutex::new(session) });
+        client.session_extensions().insert(SessionSlot {
+            id,
+            session: tokio::sync::Mutex::new(session),
+        });
     }
 }
 
@@ -184,7 +193,11 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                     tracing::warn!(peer = %client.socket_addr(), "plaintext connection refused");
                     return Err(self.plaintext_refusal());
                 }
-                let user = client.metadata().get(METADATA_USER).cloned().ok_or(PgWireError::UserNameRequired)?;
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .ok_or(PgWireError::UserNameRequired)?;
                 let cert = self.verify_certificate(client)?;
                 let facts = ConnectionFacts {
                     tls: secure,
@@ -208,7 +221,11 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                         if let Some(c) = cert {
                             client.session_extensions().insert(VerifiedCertificate(c));
                         }
-                        let scram = if secure { self.state.scram_tls() } else { self.state.scram_plain.clone() };
+                        let scram = if secure {
+                            self.state.scram_tls()
+                        } else {
+                            self.state.scram_plain.clone()
+                        };
                         match self.driver.begin_authentication(client, scram.create()).await? {
                             AuthOutcome::InProgress => Ok(()),
                             AuthOutcome::Authenticated { final_message, .. } => {
@@ -219,14 +236,16 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                     }
                 }
             }
-            PgWireFrontendMessage::PasswordMessageFamily(msg) => match self.driver.advance_authentication(client, msg).await? {
-                AuthOutcome::InProgress => Ok(()),
-                AuthOutcome::Authenticated { final_message, .. } => {
-                    let cert = client.session_extensions().get::<VerifiedCertificate>();
-                    self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0));
-                    self.driver.complete_authentication(client, final_message).await
+            PgWireFrontendMessage::PasswordMessageFamily(msg) => {
+                match self.driver.advance_authentication(client, msg).await? {
+                    AuthOutcome::InProgress => Ok(()),
+                    AuthOutcome::Authenticated { final_message, .. } => {
+                        let cert = client.session_extensions().get::<VerifiedCertificate>();
+                        self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0));
+                        self.driver.complete_authentication(client, final_message).await
+                    }
                 }
-            },
+            }
             _ => Ok(()),
         }
     }

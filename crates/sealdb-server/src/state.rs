@@ -55,17 +55,23 @@ pub(crate) struct ServerState {
 
 impl std::fmt::Debug for ServerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerState").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("ServerState")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl ServerState {
     fn new(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
-        let tls = match (&settings.ssl_mode, &settings.tls) {
-            (SslMode::Disabled, _) => None,
-            (_, Some(files)) => Some(TlsReloader::new(files.clone())?),
-            (_, None) => return Err(ServerError::Settings("TLS is required but no certificate is configured (ssl-cert and ssl-private-key, or ssl-keystore)".into())),
-        };
+        let tls =
+            match (&settings.ssl_mode, &settings.tls) {
+                (SslMode::Disabled, _) => None,
+                (_, Some(files)) => Some(TlsReloader::new(files.clone())?),
+                (_, None) => return Err(ServerError::Settings(
+                    "TLS is required but no certificate is configured (ssl-cert and ssl-private-key, or ssl-keystore)"
+                        .into(),
+                )),
+            };
         let source = Arc::new(VerifierSource { access: access.clone() });
         let scram_plain = Arc::new(ScramAuth::new(source.clone()));
         let scram_tls = match &tls {
@@ -120,11 +126,16 @@ fn scram_for(source: &Arc<VerifierSource>, material: &TlsMaterial) -> ScramAuth 
 
 impl ServerHooks for ServerState {
     fn sessions(&self) -> Vec<Arc<SessionInfo>> {
-        self.sessions.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+        self.sessions
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn certificates(&self) -> Vec<CertificateRow> {
-        let Some(material) = self.tls_material() else { return Vec::new() };
+        let Some(material) = self.tls_material() else {
+            return Vec::new();
+        };
         let now = time::OffsetDateTime::now_utc();
         material
             .certificates()
@@ -149,14 +160,22 @@ impl ServerHooks for ServerState {
         };
         match tls.reload() {
             Ok(material) => {
-                let source = Arc::new(VerifierSource { access: self.access.clone() });
+                let source = Arc::new(VerifierSource {
+                    access: self.access.clone(),
+                });
                 self.scram_tls.store(Arc::new(scram_for(&source, &material)));
-                tracing::info!(certificates = material.certificates().len(), crls = material.crl_count(), "TLS material reloaded");
+                tracing::info!(
+                    certificates = material.certificates().len(),
+                    crls = material.crl_count(),
+                    "TLS material reloaded"
+                );
                 Ok(())
             }
             Err(e) => {
                 tracing::error!("TLS reload refused, the previous certificates stay in use: {e}");
-                Err(format!("TLS reload refused, the previous certificates stay in use: {e}"))
+                Err(format!(
+                    "TLS reload refused, the previous certificates stay in use: {e}"
+                ))
             }
         }
     }
@@ -181,8 +200,14 @@ impl Server {
         let address = format!("{}:{}", settings.host, settings.port);
         let state = Arc::new(ServerState::new(settings, access.clone())?);
         let engine = Arc::new(Engine::new(access, state.clone())?);
-        let listener = TcpListener::bind(&address).await.map_err(|source| ServerError::Listen { address, source })?;
-        Ok(Self { listener, state, engine })
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| ServerError::Listen { address, source })?;
+        Ok(Self {
+            listener,
+            state,
+            engine,
+        })
     }
 
     /// The bound address.
@@ -199,7 +224,10 @@ impl Server {
     /// Serves until the process ends.
     pub async fn run(self) {
         let permits = Arc::new(Semaphore::new(self.state.settings.max_connections));
-        let handlers = Arc::new(crate::connection::Handlers::new(self.state.clone(), self.engine.clone()));
+        let handlers = Arc::new(crate::connection::Handlers::new(
+            self.state.clone(),
+            self.engine.clone(),
+        ));
         loop {
             let (socket, peer) = match self.listener.accept().await {
                 Ok(pair) => pair,
@@ -224,4 +252,3 @@ impl Server {
         }
     }
 }
-

@@ -9,12 +9,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::{ParamValues, ScalarValue};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp, create_udf, ColumnarValue, Volatility};
+use datafusion::logical_expr::{ColumnarValue, DdlStatement, LogicalPlan, Volatility, WriteOp, create_udf};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use sealdb_auth::{AccessControl, GrantObject, ScramVerifier, UserOptions, SCRAM_ITERATIONS};
+use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
 
 use crate::security::{self, SecurityStatement, Target};
 use crate::sys::{self, ServerHooks};
@@ -80,7 +80,10 @@ pub struct SqlSession {
 
 impl std::fmt::Debug for SqlSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlSession").field("info", &self.info).field("in_transaction", &self.in_transaction).finish_non_exhaustive()
+        f.debug_struct("SqlSession")
+            .field("info", &self.info)
+            .field("in_transaction", &self.in_transaction)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,7 +162,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("hooks", &self.hooks).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,12 +177,20 @@ impl Engine {
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
         let base = SessionContext::new_with_config(config);
-        datafusion_pg_catalog::setup_pg_catalog(&base, CATALOG, EmptyContextProvider).map_err(|e| SqlError::from(*e))?;
-        let catalog = base.catalog(CATALOG).ok_or_else(|| SqlError::ServerState("default catalog missing".into()))?;
+        datafusion_pg_catalog::setup_pg_catalog(&base, CATALOG, EmptyContextProvider)
+            .map_err(|e| SqlError::from(*e))?;
+        let catalog = base
+            .catalog(CATALOG)
+            .ok_or_else(|| SqlError::ServerState("default catalog missing".into()))?;
         let sys_schema = Arc::new(MemorySchemaProvider::new());
         catalog.register_schema("sys", sys_schema.clone())?;
         sys::register(&sys_schema, access.clone(), hooks.clone())?;
-        Ok(Self { base, access, hooks, parser: PostgresCompatibilityParser::new() })
+        Ok(Self {
+            base,
+            access,
+            hooks,
+            parser: PostgresCompatibilityParser::new(),
+        })
     }
 
     /// Users and grants.
@@ -194,7 +207,12 @@ impl Engine {
         ctx.register_udf(session_user_udf(&info.user));
         let mut settings = BTreeMap::new();
         settings.insert("application_name".to_owned(), info.application_name.clone());
-        SqlSession { info, ctx, settings, in_transaction: false }
+        SqlSession {
+            info,
+            ctx,
+            settings,
+            in_transaction: false,
+        }
     }
 
     /// Runs a simple-protocol query string: zero or more statements.
@@ -216,36 +234,67 @@ impl Engine {
         let piece = match pieces.as_slice() {
             [] => return Ok(Prepared::Empty),
             [one] => *one,
-            _ => return Err(SqlError::Syntax("cannot insert multiple commands into a prepared statement".into())),
+            _ => {
+                return Err(SqlError::Syntax(
+                    "cannot insert multiple commands into a prepared statement".into(),
+                ));
+            }
         };
         if let Some(statement) = security::parse(piece)? {
             let schema = match &statement {
                 SecurityStatement::Show(name) => show_schema(name),
                 _ => Arc::new(Schema::empty()),
             };
-            return Ok(Prepared::Text { sql: piece.to_owned(), schema });
+            return Ok(Prepared::Text {
+                sql: piece.to_owned(),
+                schema,
+            });
         }
         let plan = self.plan(session, piece).await?;
         let types = plan.get_parameter_types()?;
         let mut params = vec![None; types.len()];
         for (name, ty) in types {
-            let index = name.trim_start_matches('$').parse::<usize>().ok().filter(|i| *i >= 1 && *i <= params.len());
+            let index = name
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i >= 1 && *i <= params.len());
             let Some(index) = index else {
-                return Err(SqlError::Syntax(format!("parameter {name} is not a positional parameter $1..${}", params.len())));
+                return Err(SqlError::Syntax(format!(
+                    "parameter {name} is not a positional parameter $1..${}",
+                    params.len()
+                )));
             };
             params[index - 1] = ty;
         }
-        let schema = if returns_rows(&plan) { Arc::new(plan.schema().as_arrow().clone()) } else { Arc::new(Schema::empty()) };
-        Ok(Prepared::Plan { plan: Arc::new(plan), params, schema })
+        let schema = if returns_rows(&plan) {
+            Arc::new(plan.schema().as_arrow().clone())
+        } else {
+            Arc::new(Schema::empty())
+        };
+        Ok(Prepared::Plan {
+            plan: Arc::new(plan),
+            params,
+            schema,
+        })
     }
 
     /// Runs a prepared statement with parameter values.
-    pub async fn execute_prepared(&self, session: &mut SqlSession, prepared: &Prepared, params: Vec<ScalarValue>) -> Result<Output, SqlError> {
+    pub async fn execute_prepared(
+        &self,
+        session: &mut SqlSession,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output, SqlError> {
         match prepared {
             Prepared::Empty => Ok(Output::Empty),
             Prepared::Text { sql, .. } => self.execute_one(session, sql).await,
             Prepared::Plan { plan, .. } => {
-                let plan = if params.is_empty() { plan.as_ref().clone() } else { plan.as_ref().clone().with_param_values(ParamValues::from(params))? };
+                let plan = if params.is_empty() {
+                    plan.as_ref().clone()
+                } else {
+                    plan.as_ref().clone().with_param_values(ParamValues::from(params))?
+                };
                 self.run_plan(session, plan).await
             }
         }
@@ -267,7 +316,9 @@ impl Engine {
             _ => return Err(SqlError::Syntax("one statement at a time".into())),
         };
         let state = session.ctx.state();
-        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await?;
         privileges::check(&self.access, &session.info.user, &plan)?;
         Ok(plan)
     }
@@ -288,13 +339,27 @@ impl Engine {
             self.access.forget_table(&table);
         }
         Ok(match kind {
-            OutputKind::Rows => Output::Rows { schema, batches, tag: "SELECT" },
-            OutputKind::Count(tag) => Output::Command { tag: tag.to_owned(), rows: Some(count_of(&batches)) },
-            OutputKind::Command(tag) => Output::Command { tag: tag.to_owned(), rows: None },
+            OutputKind::Rows => Output::Rows {
+                schema,
+                batches,
+                tag: "SELECT",
+            },
+            OutputKind::Count(tag) => Output::Command {
+                tag: tag.to_owned(),
+                rows: Some(count_of(&batches)),
+            },
+            OutputKind::Command(tag) => Output::Command {
+                tag: tag.to_owned(),
+                rows: None,
+            },
         })
     }
 
-    async fn execute_security(&self, session: &mut SqlSession, statement: SecurityStatement) -> Result<Output, SqlError> {
+    async fn execute_security(
+        &self,
+        session: &mut SqlSession,
+        statement: SecurityStatement,
+    ) -> Result<Output, SqlError> {
         let me = session.info.user.clone();
         let admin_only = |what: &str| -> Result<(), SqlError> {
             if self.access.is_superuser(&me) {
@@ -312,17 +377,26 @@ impl Engine {
             SecurityStatement::CreateUser { name, login, options } => {
                 admin_only("create users and roles")?;
                 let login = options.login.unwrap_or(login);
-                self.access.create(&name, login, user_options(options)?).map_err(access_err)?;
-                Output::Command { tag: if login { "CREATE USER" } else { "CREATE ROLE" }.into(), rows: None }
+                self.access
+                    .create(&name, login, user_options(options)?)
+                    .map_err(access_err)?;
+                Output::Command {
+                    tag: if login { "CREATE USER" } else { "CREATE ROLE" }.into(),
+                    rows: None,
+                }
             }
             SecurityStatement::AlterUser { name, options } => {
                 // Users may change their own password; everything else is for administrators.
-                let own_password_only = name == me && options.require.is_none() && options.superuser.is_none() && options.login.is_none();
+                let own_password_only =
+                    name == me && options.require.is_none() && options.superuser.is_none() && options.login.is_none();
                 if !own_password_only {
                     admin_only("alter users")?;
                 }
                 self.access.alter(&name, user_options(options)?).map_err(access_err)?;
-                Output::Command { tag: "ALTER ROLE".into(), rows: None }
+                Output::Command {
+                    tag: "ALTER ROLE".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::DropUser { names, if_exists } => {
                 admin_only("drop users")?;
@@ -335,55 +409,96 @@ impl Engine {
                         other => other.map_err(access_err)?,
                     }
                 }
-                Output::Command { tag: "DROP ROLE".into(), rows: None }
+                Output::Command {
+                    tag: "DROP ROLE".into(),
+                    rows: None,
+                }
             }
-            SecurityStatement::Grant { privileges, target, grantees } => {
+            SecurityStatement::Grant {
+                privileges,
+                target,
+                grantees,
+            } => {
                 admin_only("grant privileges")?;
                 for object in self.grant_objects(session, target).await? {
                     for grantee in &grantees {
-                        self.access.grant(grantee, object.clone(), &privileges, &me).map_err(access_err)?;
+                        self.access
+                            .grant(grantee, object.clone(), &privileges, &me)
+                            .map_err(access_err)?;
                     }
                 }
-                Output::Command { tag: "GRANT".into(), rows: None }
+                Output::Command {
+                    tag: "GRANT".into(),
+                    rows: None,
+                }
             }
-            SecurityStatement::Revoke { privileges, target, grantees } => {
+            SecurityStatement::Revoke {
+                privileges,
+                target,
+                grantees,
+            } => {
                 admin_only("revoke privileges")?;
                 for object in self.grant_objects(session, target).await? {
                     for grantee in &grantees {
                         self.access.revoke(grantee, &object, &privileges).map_err(access_err)?;
                     }
                 }
-                Output::Command { tag: "REVOKE".into(), rows: None }
+                Output::Command {
+                    tag: "REVOKE".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::GrantRole { role, members } => {
                 admin_only("grant roles")?;
                 for m in members {
                     self.access.grant_role(&role, &m).map_err(access_err)?;
                 }
-                Output::Command { tag: "GRANT ROLE".into(), rows: None }
+                Output::Command {
+                    tag: "GRANT ROLE".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::RevokeRole { role, members } => {
                 admin_only("revoke roles")?;
                 for m in members {
                     self.access.revoke_role(&role, &m).map_err(access_err)?;
                 }
-                Output::Command { tag: "REVOKE ROLE".into(), rows: None }
+                Output::Command {
+                    tag: "REVOKE ROLE".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::ReloadTls => {
                 admin_only("reload TLS material")?;
                 self.hooks.reload_tls().map_err(SqlError::ServerState)?;
-                Output::Command { tag: "ALTER SYSTEM".into(), rows: None }
+                Output::Command {
+                    tag: "ALTER SYSTEM".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::Show(name) => {
                 let value = self.show_value(session, &name)?;
                 let schema = show_schema(&name);
-                let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value])) as ArrayRef])
-                    .map_err(|e| SqlError::Query { message: e.to_string(), plan: false })?;
-                Output::Rows { schema, batches: vec![batch], tag: "SHOW" }
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
+                )
+                .map_err(|e| SqlError::Query {
+                    message: e.to_string(),
+                    plan: false,
+                })?;
+                Output::Rows {
+                    schema,
+                    batches: vec![batch],
+                    tag: "SHOW",
+                }
             }
             SecurityStatement::Set(name, value) => {
                 session.settings.insert(name, value);
-                Output::Command { tag: "SET".into(), rows: None }
+                Output::Command {
+                    tag: "SET".into(),
+                    rows: None,
+                }
             }
             SecurityStatement::Begin => {
                 session.in_transaction = true;
@@ -406,7 +521,11 @@ impl Engine {
             Target::Tables(names) => {
                 let mut out = Vec::new();
                 for name in names {
-                    let qualified = if name.contains('.') { name.clone() } else { format!("{SCHEMA}.{name}") };
+                    let qualified = if name.contains('.') {
+                        name.clone()
+                    } else {
+                        format!("{SCHEMA}.{name}")
+                    };
                     if !session.ctx.table_exist(qualified.as_str())? {
                         return Err(SqlError::UndefinedTable(format!("relation \"{name}\" does not exist")));
                     }
@@ -422,7 +541,13 @@ impl Engine {
             return Ok(v.clone());
         }
         let fixed = match name {
-            "ssl" => if self.hooks.ssl_enabled() { "on" } else { "off" },
+            "ssl" => {
+                if self.hooks.ssl_enabled() {
+                    "on"
+                } else {
+                    "off"
+                }
+            }
             "server_version" => sys::SERVER_VERSION,
             "server_encoding" | "client_encoding" => "UTF8",
             "transaction_isolation" | "default_transaction_isolation" => "read committed",
@@ -430,11 +555,21 @@ impl Engine {
             "datestyle" => "ISO, MDY",
             "timezone" => "UTC",
             "search_path" => "public",
-            "is_superuser" => if self.access.is_superuser(&session.info.user) { "on" } else { "off" },
+            "is_superuser" => {
+                if self.access.is_superuser(&session.info.user) {
+                    "on"
+                } else {
+                    "off"
+                }
+            }
             "session_authorization" => session.info.user.as_str(),
             "max_identifier_length" => "63",
             "default_transaction_read_only" | "transaction_read_only" => "off",
-            _ => return Err(SqlError::UndefinedObject(format!("unrecognized configuration parameter \"{name}\""))),
+            _ => {
+                return Err(SqlError::UndefinedObject(format!(
+                    "unrecognized configuration parameter \"{name}\""
+                )));
+            }
         };
         Ok(fixed.to_owned())
     }
@@ -446,13 +581,22 @@ fn user_options(options: security::Options) -> Result<UserOptions, SqlError> {
         Some(None) => Some(None),
         Some(Some(text)) => {
             if text.is_empty() {
-                return Err(SqlError::InvalidValue("empty passwords are not allowed; use PASSWORD NULL to remove the password".into()));
+                return Err(SqlError::InvalidValue(
+                    "empty passwords are not allowed; use PASSWORD NULL to remove the password".into(),
+                ));
             }
             // A verifier made elsewhere is taken as it is; a password becomes a verifier now.
-            Some(Some(ScramVerifier::parse_pg_string(&text).unwrap_or_else(|| ScramVerifier::new(&text, SCRAM_ITERATIONS))))
+            Some(Some(
+                ScramVerifier::parse_pg_string(&text).unwrap_or_else(|| ScramVerifier::new(&text, SCRAM_ITERATIONS)),
+            ))
         }
     };
-    Ok(UserOptions { password, require: options.require, superuser: options.superuser, login: options.login })
+    Ok(UserOptions {
+        password,
+        require: options.require,
+        superuser: options.superuser,
+        login: options.login,
+    })
 }
 
 fn show_schema(name: &str) -> SchemaRef {
@@ -478,7 +622,9 @@ impl OutputKind {
                 _ => Self::Command("OK"),
             },
             LogicalPlan::Ddl(d) => match d {
-                DdlStatement::CreateMemoryTable(c) if c.input.schema().fields().is_empty() => Self::Command("CREATE TABLE"),
+                DdlStatement::CreateMemoryTable(c) if c.input.schema().fields().is_empty() => {
+                    Self::Command("CREATE TABLE")
+                }
                 DdlStatement::CreateMemoryTable(_) => Self::Command("CREATE TABLE AS"),
                 DdlStatement::CreateView(_) => Self::Command("CREATE VIEW"),
                 DdlStatement::CreateCatalogSchema(_) => Self::Command("CREATE SCHEMA"),
@@ -501,7 +647,12 @@ fn returns_rows(plan: &LogicalPlan) -> bool {
 fn count_of(batches: &[RecordBatch]) -> usize {
     batches
         .iter()
-        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().map(|a| (0..a.len()).map(|i| a.value(i) as usize).sum::<usize>()))
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .map(|a| (0..a.len()).map(|i| a.value(i) as usize).sum::<usize>())
+        })
         .sum()
 }
 
@@ -599,9 +750,15 @@ mod tests {
 
     #[test]
     fn statements_split_outside_quotes_and_comments() {
-        assert_eq!(split_statements("select 1; select ';'"), vec!["select 1", " select ';'"]);
+        assert_eq!(
+            split_statements("select 1; select ';'"),
+            vec!["select 1", " select ';'"]
+        );
         assert_eq!(split_statements("select 'a'';b'; -- x;y\n"), vec!["select 'a'';b'"]);
-        assert_eq!(split_statements("select $$a;b$$; select \"x;\""), vec!["select $$a;b$$", " select \"x;\""]);
+        assert_eq!(
+            split_statements("select $$a;b$$; select \"x;\""),
+            vec!["select $$a;b$$", " select \"x;\""]
+        );
         assert!(split_statements(" ; ;/* c */").is_empty());
         assert_eq!(split_statements("select $1; select 2"), vec!["select $1", " select 2"]);
     }

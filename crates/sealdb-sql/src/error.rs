@@ -62,14 +62,24 @@ impl From<DataFusionError> for SqlError {
         let message = e.to_string();
         match &e {
             DataFusionError::SQL(..) => Self::Syntax(strip_prefix(&message)),
-            DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => Self::UndefinedTable(m.clone()),
-            DataFusionError::Plan(m) => Self::Query { message: m.clone(), plan: true },
-            DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => Self::Query { message, plan: true },
+            DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => {
+                Self::UndefinedTable(m.clone())
+            }
+            DataFusionError::Plan(m) => Self::Query {
+                message: m.clone(),
+                plan: true,
+            },
+            DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+                Self::Query { message, plan: true }
+            }
             _ => Self::Query { message, plan: false },
         }
     }
 }
 
 fn strip_prefix(m: &str) -> String {
-    m.trim_start_matches("SQL error: ").trim_start_matches("ParserError(\"").trim_end_matches("\")").to_owned()
+    m.trim_start_matches("SQL error: ")
+        .trim_start_matches("ParserError(\"")
+        .trim_end_matches("\")")
+        .to_owned()
 }

@@ -22,6 +22,6 @@ mod privileges;
 pub mod security;
 mod sys;
 
-pub use engine::{Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo, ClientCertSummary};
+pub use engine::{ClientCertSummary, Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo};
 pub use error::SqlError;
 pub use sys::{CertificateRow, SERVER_VERSION, ServerHooks};

@@ -24,10 +24,15 @@ pub(crate) fn check(access: &AccessControl, user: &str, plan: &LogicalPlan) -> R
     // data enters and leaves through the client connection only.
     match plan {
         LogicalPlan::Copy(_) => {
-            return Err(SqlError::PermissionDenied("COPY to or from server files is not allowed; use COPY ... FROM STDIN or TO STDOUT".into()));
+            return Err(SqlError::PermissionDenied(
+                "COPY to or from server files is not allowed; use COPY ... FROM STDIN or TO STDOUT".into(),
+            ));
         }
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) => {
-            return Err(SqlError::PermissionDenied("CREATE EXTERNAL TABLE reads server files and is not allowed; load data with INSERT or COPY FROM STDIN".into()));
+            return Err(SqlError::PermissionDenied(
+                "CREATE EXTERNAL TABLE reads server files and is not allowed; load data with INSERT or COPY FROM STDIN"
+                    .into(),
+            ));
         }
         _ => {}
     }
@@ -37,7 +42,9 @@ pub(crate) fn check(access: &AccessControl, user: &str, plan: &LogicalPlan) -> R
     }
     match plan {
         LogicalPlan::Ddl(_) => {
-            return Err(SqlError::PermissionDenied("only administrators can create, alter or drop tables, views and schemas".into()));
+            return Err(SqlError::PermissionDenied(
+                "only administrators can create, alter or drop tables, views and schemas".into(),
+            ));
         }
         LogicalPlan::Statement(_) => return Ok(()),
         _ => {}
@@ -53,7 +60,10 @@ pub(crate) fn check(access: &AccessControl, user: &str, plan: &LogicalPlan) -> R
         }
         if schema == "sys" {
             if !(privilege == Privilege::Select && SELF_SERVICE_SYS_TABLES.contains(&table.table())) {
-                denied = Some(SqlError::PermissionDenied(format!("sys.{} is readable by administrators only", table.table())));
+                denied = Some(SqlError::PermissionDenied(format!(
+                    "sys.{} is readable by administrators only",
+                    table.table()
+                )));
             }
             return;
         }
@@ -92,10 +102,10 @@ pub(crate) fn check(access: &AccessControl, user: &str, plan: &LogicalPlan) -> R
                 };
                 need(&dml.table_name, privilege);
             }
-            LogicalPlan::TableScan(scan) => {
-                if unconditional_target.as_deref() != Some(qualified_name(&scan.table_name).as_str()) {
-                    need(&scan.table_name, Privilege::Select);
-                }
+            LogicalPlan::TableScan(scan)
+                if unconditional_target.as_deref() != Some(qualified_name(&scan.table_name).as_str()) =>
+            {
+                need(&scan.table_name, Privilege::Select);
             }
             _ => {}
         }

@@ -136,7 +136,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 2;
                 let name = p.ident("a user name")?;
                 p.eat_word("WITH");
-                SecurityStatement::AlterUser { name, options: p.options()? }
+                SecurityStatement::AlterUser {
+                    name,
+                    options: p.options()?,
+                }
             }
             Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("RELOAD") => {
                 p.pos += 3;
@@ -149,7 +152,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
             Some("USER") | Some("ROLE") => {
                 p.pos += 2;
                 let if_exists = p.eat_word("IF") && p.expect_word("EXISTS").is_ok();
-                SecurityStatement::DropUser { names: p.ident_list("a user name")?, if_exists }
+                SecurityStatement::DropUser {
+                    names: p.ident_list("a user name")?,
+                    if_exists,
+                }
             }
             _ => return Ok(None),
         },
@@ -163,7 +169,12 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         }
         Some("SHOW") => {
             let name = p.peek_word(1).unwrap_or_default().to_ascii_lowercase();
-            if name.starts_with("datafusion") || name == "all" || name == "columns" || name == "tables" || name == "functions" {
+            if name.starts_with("datafusion")
+                || name == "all"
+                || name == "columns"
+                || name == "tables"
+                || name == "functions"
+            {
                 return Ok(None);
             }
             p.pos += 2;
@@ -175,7 +186,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 if p.eat_word("CHARACTERISTICS") {
                     // SET SESSION CHARACTERISTICS AS TRANSACTION ...: accepted, one isolation level.
                     p.pos = p.tokens.len();
-                    return Ok(Some(SecurityStatement::Set("transaction_characteristics".into(), String::new())));
+                    return Ok(Some(SecurityStatement::Set(
+                        "transaction_characteristics".into(),
+                        String::new(),
+                    )));
                 }
             } else {
                 p.eat_word("LOCAL");
@@ -201,9 +215,14 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         Some("COPY") => {
             let to_client = p.tokens.iter().any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("STDIN") || w.value.eq_ignore_ascii_case("STDOUT")));
             return Err(if to_client {
-                SqlError::NotSupported("COPY ... FROM STDIN / TO STDOUT is not available yet; use INSERT ... VALUES or SELECT".into())
+                SqlError::NotSupported(
+                    "COPY ... FROM STDIN / TO STDOUT is not available yet; use INSERT ... VALUES or SELECT".into(),
+                )
             } else {
-                SqlError::PermissionDenied("COPY to or from server files is not allowed; data enters and leaves through the client connection".into())
+                SqlError::PermissionDenied(
+                    "COPY to or from server files is not allowed; data enters and leaves through the client connection"
+                        .into(),
+                )
             });
         }
         Some("BEGIN") | Some("START") => {
@@ -222,7 +241,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
     };
     while p.eat_token(&Token::SemiColon) {}
     if p.pos < p.tokens.len() && !matches!(p.tokens[p.pos], Token::EOF) {
-        return Err(SqlError::Syntax(format!("unexpected {} after the end of the statement", p.tokens[p.pos])));
+        return Err(SqlError::Syntax(format!(
+            "unexpected {} after the end of the statement",
+            p.tokens[p.pos]
+        )));
     }
     Ok(Some(statement))
 }
@@ -274,7 +296,11 @@ impl P {
     }
 
     fn expect_word(&mut self, word: &str) -> Result<(), SqlError> {
-        if self.eat_word(word) { Ok(()) } else { Err(self.unexpected(word)) }
+        if self.eat_word(word) {
+            Ok(())
+        } else {
+            Err(self.unexpected(word))
+        }
     }
 
     fn unexpected(&self, wanted: &str) -> SqlError {
@@ -288,7 +314,11 @@ impl P {
     fn ident(&mut self, what: &str) -> Result<String, SqlError> {
         match self.peek(0) {
             Some(Token::Word(w)) => {
-                let v = if w.quote_style.is_some() { w.value.clone() } else { w.value.to_ascii_lowercase() };
+                let v = if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_ascii_lowercase()
+                };
                 self.pos += 1;
                 Ok(v)
             }
@@ -338,11 +368,17 @@ impl P {
 
     fn create_user(&mut self, login: bool) -> Result<SecurityStatement, SqlError> {
         if self.eat_word("IF") {
-            return Err(SqlError::NotSupported("CREATE USER IF NOT EXISTS; check sys.users first".into()));
+            return Err(SqlError::NotSupported(
+                "CREATE USER IF NOT EXISTS; check sys.users first".into(),
+            ));
         }
         let name = self.ident("a user name")?;
         self.eat_word("WITH");
-        Ok(SecurityStatement::CreateUser { name, login, options: self.options()? })
+        Ok(SecurityStatement::CreateUser {
+            name,
+            login,
+            options: self.options()?,
+        })
     }
 
     fn options(&mut self) -> Result<Options, SqlError> {
@@ -351,7 +387,11 @@ impl P {
             match self.word_upper().as_deref() {
                 Some("PASSWORD") => {
                     self.pos += 1;
-                    o.password = Some(if self.eat_word("NULL") { None } else { Some(self.string("a quoted password")?) });
+                    o.password = Some(if self.eat_word("NULL") {
+                        None
+                    } else {
+                        Some(self.string("a quoted password")?)
+                    });
                 }
                 Some("ENCRYPTED") => {
                     self.pos += 1;
@@ -463,7 +503,11 @@ impl P {
             let role = self.ident("a privilege (SELECT, INSERT, UPDATE, DELETE, ALL) or a role name")?;
             self.expect_word(if grant { "TO" } else { "FROM" })?;
             let members = self.ident_list("a user name")?;
-            return Ok(if grant { SecurityStatement::GrantRole { role, members } } else { SecurityStatement::RevokeRole { role, members } });
+            return Ok(if grant {
+                SecurityStatement::GrantRole { role, members }
+            } else {
+                SecurityStatement::RevokeRole { role, members }
+            });
         };
         self.expect_word("ON")?;
         let target = if self.eat_word("ALL") {
@@ -472,7 +516,9 @@ impl P {
                 self.expect_word("SCHEMA")?;
                 let schema = self.ident("a schema name")?;
                 if schema != "public" {
-                    return Err(SqlError::NotSupported(format!("schema {schema}: tables live in schema public")));
+                    return Err(SqlError::NotSupported(format!(
+                        "schema {schema}: tables live in schema public"
+                    )));
                 }
             }
             Target::AllTables
@@ -487,9 +533,17 @@ impl P {
         self.expect_word(if grant { "TO" } else { "FROM" })?;
         let grantees = self.ident_list("a user or role name")?;
         Ok(if grant {
-            SecurityStatement::Grant { privileges, target, grantees }
+            SecurityStatement::Grant {
+                privileges,
+                target,
+                grantees,
+            }
         } else {
-            SecurityStatement::Revoke { privileges, target, grantees }
+            SecurityStatement::Revoke {
+                privileges,
+                target,
+                grantees,
+            }
         })
     }
 }
@@ -504,11 +558,23 @@ mod tests {
 
     #[test]
     fn create_user_with_password_and_requirements() {
-        let SecurityStatement::CreateUser { name, login, options } = ok("CREATE USER Alice WITH PASSWORD 'p''w' REQUIRE SUBJECT '/CN=alice' AND ISSUER '/CN=ca';") else { panic!() };
+        let SecurityStatement::CreateUser { name, login, options } =
+            ok("CREATE USER Alice WITH PASSWORD 'p''w' REQUIRE SUBJECT '/CN=alice' AND ISSUER '/CN=ca';")
+        else {
+            panic!()
+        };
         assert_eq!((name.as_str(), login), ("alice", true));
         assert_eq!(options.password, Some(Some("p'w".into())));
-        assert_eq!(options.require, Some(Requirement::Subject { subject: Some("/CN=alice".into()), issuer: Some("/CN=ca".into()) }));
-        let SecurityStatement::CreateUser { options, .. } = ok("create user bob require x509") else { panic!() };
+        assert_eq!(
+            options.require,
+            Some(Requirement::Subject {
+                subject: Some("/CN=alice".into()),
+                issuer: Some("/CN=ca".into())
+            })
+        );
+        let SecurityStatement::CreateUser { options, .. } = ok("create user bob require x509") else {
+            panic!()
+        };
         assert_eq!(options.require, Some(Requirement::X509));
     }
 
@@ -524,19 +590,35 @@ mod tests {
         );
         assert_eq!(
             ok("REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM alice"),
-            SecurityStatement::Revoke { privileges: Privilege::ALL.to_vec(), target: Target::AllTables, grantees: vec!["alice".into()] }
+            SecurityStatement::Revoke {
+                privileges: Privilege::ALL.to_vec(),
+                target: Target::AllTables,
+                grantees: vec!["alice".into()]
+            }
         );
-        assert_eq!(ok("GRANT readers TO alice"), SecurityStatement::GrantRole { role: "readers".into(), members: vec!["alice".into()] });
+        assert_eq!(
+            ok("GRANT readers TO alice"),
+            SecurityStatement::GrantRole {
+                role: "readers".into(),
+                members: vec!["alice".into()]
+            }
+        );
     }
 
     #[test]
     fn other_statements_are_left_to_datafusion_and_garbage_is_a_syntax_error() {
         assert_eq!(parse("SELECT 1").unwrap(), None);
         assert_eq!(parse("CREATE TABLE t (a int)").unwrap(), None);
-        assert!(matches!(parse("CREATE USER alice REQUIRE FOO"), Err(SqlError::Syntax(_))));
+        assert!(matches!(
+            parse("CREATE USER alice REQUIRE FOO"),
+            Err(SqlError::Syntax(_))
+        ));
         assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
         assert_eq!(ok("show SSL"), SecurityStatement::Show("ssl".into()));
-        assert_eq!(ok("SET application_name = 'x'"), SecurityStatement::Set("application_name".into(), "x".into()));
+        assert_eq!(
+            ok("SET application_name = 'x'"),
+            SecurityStatement::Set("application_name".into(), "x".into())
+        );
     }
 }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::catalog::SchemaProvider;
+use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
@@ -96,10 +96,16 @@ impl TableProvider for SysTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let viewer = state.config().get_extension::<SessionInfo>();
-        let ctx = SysContext { access: &self.access, hooks: self.hooks.as_ref(), viewer: viewer.as_deref() };
+        let ctx = SysContext {
+            access: &self.access,
+            hooks: self.hooks.as_ref(),
+            viewer: viewer.as_deref(),
+        };
         let columns = (self.build)(&ctx)?;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
@@ -108,7 +114,11 @@ fn text(name: &str) -> Field {
 }
 
 fn timestamp(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    )
 }
 
 fn micros(t: SystemTime) -> i64 {
@@ -127,9 +137,19 @@ fn times<I: IntoIterator<Item = SystemTime>>(values: I) -> ArrayRef {
 }
 
 /// Registers every `sys` table.
-pub(crate) fn register(schema: &Arc<datafusion::catalog::MemorySchemaProvider>, access: Arc<AccessControl>, hooks: Arc<dyn ServerHooks>) -> DfResult<()> {
+pub(crate) fn register(
+    schema: &Arc<datafusion::catalog::MemorySchemaProvider>,
+    access: Arc<AccessControl>,
+    hooks: Arc<dyn ServerHooks>,
+) -> DfResult<()> {
     let add = |name: &'static str, fields: Vec<Field>, build: Box<Builder>| -> DfResult<()> {
-        let table = SysTable { name, schema: Arc::new(Schema::new(fields)), access: access.clone(), hooks: hooks.clone(), build };
+        let table = SysTable {
+            name,
+            schema: Arc::new(Schema::new(fields)),
+            access: access.clone(),
+            hooks: hooks.clone(),
+            build,
+        };
         schema.register_table(name.to_owned(), Arc::new(table))?;
         Ok(())
     };
@@ -155,17 +175,29 @@ pub(crate) fn register(schema: &Arc<datafusion::catalog::MemorySchemaProvider>, 
         Box::new(|c: &SysContext| {
             // Administrators see every session, other users their own.
             let admin = c.viewer.is_some_and(|v| c.access.is_superuser(&v.user));
-            let rows: Vec<Arc<SessionInfo>> =
-                c.hooks.sessions().into_iter().filter(|s| admin || c.viewer.is_some_and(|v| v.user == s.user)).collect();
-            let cert = |s: &SessionInfo, f: fn(&crate::ClientCertSummary) -> String| s.tls.as_ref().and_then(|t| t.client_cert.as_ref()).map(f);
+            let rows: Vec<Arc<SessionInfo>> = c
+                .hooks
+                .sessions()
+                .into_iter()
+                .filter(|s| admin || c.viewer.is_some_and(|v| v.user == s.user))
+                .collect();
+            let cert = |s: &SessionInfo, f: fn(&crate::ClientCertSummary) -> String| {
+                s.tls.as_ref().and_then(|t| t.client_cert.as_ref()).map(f)
+            };
             Ok(vec![
-                Arc::new(Int64Array::from(rows.iter().map(|s| i64::try_from(s.id).unwrap_or(i64::MAX)).collect::<Vec<_>>())) as ArrayRef,
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|s| i64::try_from(s.id).unwrap_or(i64::MAX))
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
                 strings(rows.iter().map(|s| Some(s.user.clone()))),
                 strings(rows.iter().map(|s| Some(s.database.clone()))),
                 strings(rows.iter().map(|s| Some(s.application_name.clone()))),
                 strings(rows.iter().map(|s| Some(s.client_addr.clone()))),
                 strings(rows.iter().map(|s| Some(s.auth_method.clone()))),
-                Arc::new(BooleanArray::from(rows.iter().map(|s| s.tls.is_some()).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|s| s.tls.is_some()).collect::<Vec<_>>(),
+                )),
                 strings(rows.iter().map(|s| s.tls.as_ref().map(|t| t.version.clone()))),
                 strings(rows.iter().map(|s| s.tls.as_ref().map(|t| t.cipher.clone()))),
                 strings(rows.iter().map(|s| cert(s, |c| c.subject.clone()))),
@@ -193,12 +225,24 @@ pub(crate) fn register(schema: &Arc<datafusion::catalog::MemorySchemaProvider>, 
             let users = c.access.users();
             Ok(vec![
                 strings(users.iter().map(|u| Some(u.name.clone()))),
-                Arc::new(BooleanArray::from(users.iter().map(|u| u.superuser).collect::<Vec<_>>())) as ArrayRef,
+                Arc::new(BooleanArray::from(
+                    users.iter().map(|u| u.superuser).collect::<Vec<_>>(),
+                )) as ArrayRef,
                 Arc::new(BooleanArray::from(users.iter().map(|u| u.login).collect::<Vec<_>>())),
-                Arc::new(BooleanArray::from(users.iter().map(|u| u.password.is_some()).collect::<Vec<_>>())),
-                strings(users.iter().map(|u| u.password.as_ref().map(|v| format!("SCRAM-SHA-256 verifier, {} iterations", v.iterations)))),
+                Arc::new(BooleanArray::from(
+                    users.iter().map(|u| u.password.is_some()).collect::<Vec<_>>(),
+                )),
+                strings(users.iter().map(|u| {
+                    u.password
+                        .as_ref()
+                        .map(|v| format!("SCRAM-SHA-256 verifier, {} iterations", v.iterations))
+                })),
                 strings(users.iter().map(|u| Some(u.require.to_string()))),
-                strings(users.iter().map(|u| Some(u.member_of.iter().cloned().collect::<Vec<_>>().join(",")))),
+                strings(
+                    users
+                        .iter()
+                        .map(|u| Some(u.member_of.iter().cloned().collect::<Vec<_>>().join(","))),
+                ),
                 times(users.iter().map(|u| u.created)),
             ])
         }),

@@ -77,8 +77,16 @@ impl CertCommon {
 pub(crate) fn run(command: CertCommand) -> Result<()> {
     let written = match command {
         CertCommand::CreateCa { common, days } => common.dir().create_ca(common.key_type()?, days)?,
-        CertCommand::CreateNode { hosts, common, days } => common.dir().create_node(&hosts, common.key_type()?, days)?,
-        CertCommand::CreateClient { user, common, days, pkcs12, password_file } => {
+        CertCommand::CreateNode { hosts, common, days } => {
+            common.dir().create_node(&hosts, common.key_type()?, days)?
+        }
+        CertCommand::CreateClient {
+            user,
+            common,
+            days,
+            pkcs12,
+            password_file,
+        } => {
             let password = if pkcs12 {
                 let p = sealdb_config::read_secret(None, password_file.as_deref(), "SEALDB_PKCS12_PASSWORD")?
                     .map(Zeroizing::new)
@@ -93,7 +101,9 @@ pub(crate) fn run(command: CertCommand) -> Result<()> {
                 }
                 None
             };
-            common.dir().create_client(&user, common.key_type()?, days, password.as_deref().map(String::as_str))?
+            common
+                .dir()
+                .create_client(&user, common.key_type()?, days, password.as_deref().map(String::as_str))?
         }
         CertCommand::List { certs_dir } => return list(&certs_dir),
     };
@@ -123,13 +133,29 @@ fn list(dir: &std::path::Path) -> Result<()> {
                 continue;
             }
         };
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (i, info) in infos.iter().enumerate() {
             let days = info.days_left(now);
-            let state = if days < 0 { "  EXPIRED" } else if days <= 30 { "  EXPIRES SOON" } else { "" };
+            let state = if days < 0 {
+                "  EXPIRED"
+            } else if days <= 30 {
+                "  EXPIRES SOON"
+            } else {
+                ""
+            };
             println!("{name}{}", if i > 0 { format!(" (chain #{i})") } else { String::new() });
             println!("  subject:   {}", info.subject);
-            println!("  sans:      {}", if info.sans.is_empty() { "-".to_owned() } else { info.sans.join(", ") });
+            println!(
+                "  sans:      {}",
+                if info.sans.is_empty() {
+                    "-".to_owned()
+                } else {
+                    info.sans.join(", ")
+                }
+            );
             println!("  issuer:    {}", info.issuer);
             println!("  serial:    {}", info.serial);
             println!("  not after: {}", info.not_after_text());

@@ -30,20 +30,30 @@ pub(crate) struct StartArgs {
 
 pub(crate) fn run(args: StartArgs) -> Result<()> {
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(start(args))
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALDB_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The settings in force: flags over the config file over defaults.
 fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
     let flag_data = args.settings.data.clone();
     let explicit_config = args.common.config.clone();
-    let guessed_config = flag_data.clone().unwrap_or_else(|| PathBuf::from("sealdb-data")).join("sealdb.conf");
+    let guessed_config = flag_data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("sealdb-data"))
+        .join("sealdb.conf");
     let file = match &explicit_config {
         Some(path) => Settings::from_file(path)?,
         None if guessed_config.exists() => Settings::from_file(&guessed_config)?,
@@ -63,16 +73,24 @@ async fn start(args: StartArgs) -> Result<()> {
 
     let ssl_mode = settings.ssl_mode.unwrap_or_default();
     if ssl_mode == SslMode::Disabled && settings.insecure != Some(true) {
-        bail!("ssl-mode = disabled sends passwords and data in the clear; it is refused unless --insecure (or insecure = true) is given as well");
+        bail!(
+            "ssl-mode = disabled sends passwords and data in the clear; it is refused unless --insecure (or insecure = true) is given as well"
+        );
     }
     let certs = CertsDir::new(data.join("certs"), false);
     let uses_own_identity = settings.ssl_cert.is_some() || settings.ssl_keystore.is_some();
     if !uses_own_identity && ssl_mode != SslMode::Disabled {
         bootstrap_certificates(&certs)?;
     }
-    let tls = if ssl_mode == SslMode::Disabled { None } else { Some(tls_files(&settings, &certs)?) };
+    let tls = if ssl_mode == SslMode::Disabled {
+        None
+    } else {
+        Some(tls_files(&settings, &certs)?)
+    };
     if settings.ssl_keystore_password.is_some() || settings.ssl_trust_password.is_some() {
-        tracing::warn!("a password was given directly; prefer *-password-file or the SEALDB_* variable, which do not show in process listings");
+        tracing::warn!(
+            "a password was given directly; prefer *-password-file or the SEALDB_* variable, which do not show in process listings"
+        );
     }
     let server_settings = ServerSettings {
         host: settings.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
@@ -91,7 +109,9 @@ async fn start(args: StartArgs) -> Result<()> {
 
     let reload = server.reloader();
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading TLS material");
             let _ = reload();
@@ -107,7 +127,11 @@ async fn start(args: StartArgs) -> Result<()> {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
     Ok(joined.components().collect())
 }
 
@@ -126,11 +150,18 @@ fn bootstrap_certificates(certs: &CertsDir) -> Result<()> {
             hosts.push(h);
         }
         certs.create_node(&hosts, KeyType::EcdsaP256, 365)?;
-        eprintln!("created node certificate {} for {}", certs.node_cert().display(), hosts.join(", "));
+        eprintln!(
+            "created node certificate {} for {}",
+            certs.node_cert().display(),
+            hosts.join(", ")
+        );
     }
     if !certs.client_cert(ADMIN).exists() {
         certs.create_client(ADMIN, KeyType::EcdsaP256, 365, None)?;
-        eprintln!("created client certificate {} for user {ADMIN}", certs.client_cert(ADMIN).display());
+        eprintln!(
+            "created client certificate {} for user {ADMIN}",
+            certs.client_cert(ADMIN).display()
+        );
     }
     Ok(())
 }
@@ -138,34 +169,58 @@ fn bootstrap_certificates(certs: &CertsDir) -> Result<()> {
 fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
-    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')).then(|| name.to_owned())
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .then(|| name.to_owned())
 }
 
 fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
     let identity = match (&settings.ssl_keystore, &settings.ssl_cert) {
         (Some(_), Some(_)) => bail!("set either ssl-keystore or ssl-cert/ssl-private-key, not both"),
         (Some(path), None) => {
-            let password = read_secret(settings.ssl_keystore_password.as_deref(), settings.ssl_keystore_password_file.as_deref(), "SEALDB_SSL_KEYSTORE_PASSWORD")?
-                .context("ssl-keystore needs a password: ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD")?;
-            ServerIdentitySource::Pkcs12 { path: path.clone(), password: Zeroizing::new(password) }
+            let password = read_secret(
+                settings.ssl_keystore_password.as_deref(),
+                settings.ssl_keystore_password_file.as_deref(),
+                "SEALDB_SSL_KEYSTORE_PASSWORD",
+            )?
+            .context("ssl-keystore needs a password: ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD")?;
+            ServerIdentitySource::Pkcs12 {
+                path: path.clone(),
+                password: Zeroizing::new(password),
+            }
         }
         (None, Some(cert)) => {
-            let key = settings.ssl_private_key.clone().context("ssl-cert is set but ssl-private-key is not; give the key file of that certificate")?;
-            ServerIdentitySource::Pem { cert: cert.clone(), key }
+            let key = settings
+                .ssl_private_key
+                .clone()
+                .context("ssl-cert is set but ssl-private-key is not; give the key file of that certificate")?;
+            ServerIdentitySource::Pem {
+                cert: cert.clone(),
+                key,
+            }
         }
         (None, None) => {
             if settings.ssl_private_key.is_some() {
                 bail!("ssl-private-key is set but ssl-cert is not; give the certificate file as well");
             }
-            ServerIdentitySource::Pem { cert: certs.node_cert(), key: certs.node_key() }
+            ServerIdentitySource::Pem {
+                cert: certs.node_cert(),
+                key: certs.node_key(),
+            }
         }
     };
     let trust = match (&settings.ssl_trust_store, &settings.ssl_trust_ca) {
         (Some(_), Some(_)) => bail!("set either ssl-trust-store or ssl-trust-ca, not both"),
         (Some(path), None) => {
-            let password = read_secret(settings.ssl_trust_password.as_deref(), settings.ssl_trust_password_file.as_deref(), "SEALDB_SSL_TRUST_PASSWORD")?
-                .context("ssl-trust-store needs a password: ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD")?;
-            Some(TrustSource::Pkcs12 { path: path.clone(), password: Zeroizing::new(password) })
+            let password = read_secret(
+                settings.ssl_trust_password.as_deref(),
+                settings.ssl_trust_password_file.as_deref(),
+                "SEALDB_SSL_TRUST_PASSWORD",
+            )?
+            .context("ssl-trust-store needs a password: ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD")?;
+            Some(TrustSource::Pkcs12 {
+                path: path.clone(),
+                password: Zeroizing::new(password),
+            })
         }
         (None, Some(ca)) => Some(TrustSource::Pem(ca.clone())),
         (None, None) => certs.ca_cert().exists().then(|| TrustSource::Pem(certs.ca_cert())),
@@ -174,7 +229,13 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
         Some(v) => v.parse()?,
         None => Default::default(),
     };
-    Ok(TlsFiles { identity, trust, crls: settings.ssl_crl.clone(), min_version, cipher_suites: settings.ssl_cipher_suites.clone() })
+    Ok(TlsFiles {
+        identity,
+        trust,
+        crls: settings.ssl_crl.clone(),
+        min_version,
+        cipher_suites: settings.ssl_cipher_suites.clone(),
+    })
 }
 
 fn print_banner(settings: &ServerSettings, port: u16, certs: &CertsDir, own_identity: bool) {

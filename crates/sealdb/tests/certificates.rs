@@ -23,21 +23,65 @@ fn cert_commands_write_the_naming_scheme_with_private_keys_0600_and_openssl_veri
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8");
     sealdb(&["cert", "create-ca", "--certs-dir", d]);
-    sealdb(&["cert", "create-node", "localhost", "127.0.0.1", "db1.example", "--certs-dir", d]);
-    sealdb(&["cert", "create-client", "alice", "--certs-dir", d, "--key-type", "rsa-2048"]);
-    for (f, m) in [("ca.crt", 0o644), ("ca.key", 0o600), ("node.crt", 0o644), ("node.key", 0o600), ("client.alice.crt", 0o644), ("client.alice.key", 0o600)] {
+    sealdb(&[
+        "cert",
+        "create-node",
+        "localhost",
+        "127.0.0.1",
+        "db1.example",
+        "--certs-dir",
+        d,
+    ]);
+    sealdb(&[
+        "cert",
+        "create-client",
+        "alice",
+        "--certs-dir",
+        d,
+        "--key-type",
+        "rsa-2048",
+    ]);
+    for (f, m) in [
+        ("ca.crt", 0o644),
+        ("ca.key", 0o600),
+        ("node.crt", 0o644),
+        ("node.key", 0o600),
+        ("client.alice.crt", 0o644),
+        ("client.alice.key", 0o600),
+    ] {
         assert_eq!(mode(&dir.path().join(f)), m, "{f}");
     }
     for f in ["node.crt", "client.alice.crt"] {
-        let out = run_ok(Command::new("openssl").args(["verify", "-CAfile", "ca.crt", f]).current_dir(dir.path()));
+        let out = run_ok(
+            Command::new("openssl")
+                .args(["verify", "-CAfile", "ca.crt", f])
+                .current_dir(dir.path()),
+        );
         assert!(out.contains(": OK"), "{out}");
     }
-    let text = run_ok(Command::new("openssl").args(["x509", "-noout", "-text", "-in", "node.crt"]).current_dir(dir.path()));
-    assert!(text.contains("DNS:localhost") && text.contains("IP Address:127.0.0.1") && text.contains("DNS:db1.example"), "{text}");
-    let text = run_ok(Command::new("openssl").args(["x509", "-noout", "-text", "-in", "client.alice.crt"]).current_dir(dir.path()));
-    assert!(text.contains("rsaEncryption") && text.contains("TLS Web Client Authentication"), "{text}");
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", "node.crt"])
+            .current_dir(dir.path()),
+    );
+    assert!(
+        text.contains("DNS:localhost") && text.contains("IP Address:127.0.0.1") && text.contains("DNS:db1.example"),
+        "{text}"
+    );
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", "client.alice.crt"])
+            .current_dir(dir.path()),
+    );
+    assert!(
+        text.contains("rsaEncryption") && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
     // No overwrite without asking.
-    let out = Command::new(sealdb_bin()).args(["cert", "create-ca", "--certs-dir", d]).output().expect("run");
+    let out = Command::new(sealdb_bin())
+        .args(["cert", "create-ca", "--certs-dir", d])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
 }
@@ -49,7 +93,15 @@ fn cert_list_shows_subject_sans_issuer_serial_expiry_and_days_left() {
     sealdb(&["cert", "create-ca", "--certs-dir", d]);
     sealdb(&["cert", "create-node", "localhost", "--certs-dir", d, "--days", "10"]);
     let out = sealdb(&["cert", "list", "--certs-dir", d]);
-    for needle in ["node.crt", "subject:   O=sealdb, CN=localhost", "sans:      DNS:localhost", "issuer:    O=sealdb, CN=sealdb CA", "serial:", "not after:", "days left: 9  EXPIRES SOON"] {
+    for needle in [
+        "node.crt",
+        "subject:   O=sealdb, CN=localhost",
+        "sans:      DNS:localhost",
+        "issuer:    O=sealdb, CN=sealdb CA",
+        "serial:",
+        "not after:",
+        "days left: 9  EXPIRES SOON",
+    ] {
         assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
     }
 }
@@ -61,7 +113,16 @@ fn pkcs12_client_bundle_is_read_by_openssl_and_keytool() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "p12-Secret\n").expect("pw");
     sealdb(&["cert", "create-ca", "--certs-dir", d]);
-    sealdb(&["cert", "create-client", "bob", "--certs-dir", d, "--pkcs12", "--password-file", pw.to_str().expect("utf8")]);
+    sealdb(&[
+        "cert",
+        "create-client",
+        "bob",
+        "--certs-dir",
+        d,
+        "--pkcs12",
+        "--password-file",
+        pw.to_str().expect("utf8"),
+    ]);
     let p12 = dir.path().join("client.bob.p12");
     assert_eq!(mode(&p12), 0o600);
     let out = Command::new("openssl")
@@ -69,14 +130,26 @@ fn pkcs12_client_bundle_is_read_by_openssl_and_keytool() {
         .arg(&p12)
         .output()
         .expect("openssl");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("CN=bob") && text.contains("MAC: sha256"), "{text}");
-    let bad = Command::new("openssl").args(["pkcs12", "-info", "-nokeys", "-passin", "pass:wrong", "-in"]).arg(&p12).output().expect("openssl");
+    let bad = Command::new("openssl")
+        .args(["pkcs12", "-info", "-nokeys", "-passin", "pass:wrong", "-in"])
+        .arg(&p12)
+        .output()
+        .expect("openssl");
     assert!(!bad.status.success());
     // Java's keytool, where a JDK is installed (it is not part of the CI baseline).
     if Command::new("keytool").arg("-help").output().is_ok() {
-        let out = run_ok(Command::new("keytool").args(["-list", "-storetype", "PKCS12", "-storepass", "p12-Secret", "-keystore"]).arg(&p12));
+        let out = run_ok(
+            Command::new("keytool")
+                .args(["-list", "-storetype", "PKCS12", "-storepass", "p12-Secret", "-keystore"])
+                .arg(&p12),
+        );
         assert!(out.contains("PrivateKeyEntry"), "{out}");
     } else {
         eprintln!("keytool not installed: the Java check is skipped");
@@ -88,9 +161,41 @@ fn pkcs12_client_bundle_is_read_by_openssl_and_keytool() {
 fn server_runs_on_an_openssl_rsa_2048_self_signed_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
-    run_ok(Command::new("openssl").args(["genrsa", "-out", "server.key", "2048"]).current_dir(p));
-    run_ok(Command::new("openssl").args(["req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]).current_dir(p));
-    run_ok(Command::new("openssl").args(["x509", "-req", "-days", "365", "-in", "server.csr", "-signkey", "server.key", "-out", "server.crt"]).current_dir(p));
+    run_ok(
+        Command::new("openssl")
+            .args(["genrsa", "-out", "server.key", "2048"])
+            .current_dir(p),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-key",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .current_dir(p),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-days",
+                "365",
+                "-in",
+                "server.csr",
+                "-signkey",
+                "server.key",
+                "-out",
+                "server.crt",
+            ])
+            .current_dir(p),
+    );
     std::fs::set_permissions(p.join("server.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let crt = p.join("server.crt").display().to_string();
     let key = p.join("server.key").display().to_string();
@@ -99,17 +204,39 @@ fn server_runs_on_an_openssl_rsa_2048_self_signed_certificate() {
     // The bootstrap admin has no password, so allow plaintext only to show TLS is served with this cert.
     let out = run_ok(
         Command::new("openssl")
-            .args(["s_client", "-starttls", "postgres", "-connect", &format!("127.0.0.1:{}", server.port), "-CAfile", &crt, "-verify_return_error", "-brief"])
+            .args([
+                "s_client",
+                "-starttls",
+                "postgres",
+                "-connect",
+                &format!("127.0.0.1:{}", server.port),
+                "-CAfile",
+                &crt,
+                "-verify_return_error",
+                "-brief",
+            ])
             .stdin(std::process::Stdio::null()),
     );
     let _ = out;
     let verify = Command::new("openssl")
-        .args(["s_client", "-starttls", "postgres", "-connect", &format!("127.0.0.1:{}", server.port), "-CAfile", &crt, "-verify_return_error"])
+        .args([
+            "s_client",
+            "-starttls",
+            "postgres",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port),
+            "-CAfile",
+            &crt,
+            "-verify_return_error",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl");
     let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(text.contains("Verify return code: 0 (ok)") && text.contains("CN = localhost"), "{text}");
+    assert!(
+        text.contains("Verify return code: 0 (ok)") && text.contains("CN = localhost"),
+        "{text}"
+    );
 }
 
 /// A CA-signed RSA certificate with a SAN, from openssl, and PKCS#12 keystore and trust store.
@@ -118,15 +245,106 @@ fn server_runs_on_pkcs12_keystore_and_truststore_with_passwords_from_file_and_en
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
     let ossl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(p));
-    ossl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/O=Example/CN=Example Root"]);
-    ossl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/O=Example/CN=Example Root",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     std::fs::write(p.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-    ossl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "san.ext", "-out", "server.crt"]);
-    ossl(&["pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-certfile", "ca.crt", "-out", "server.p12", "-passout", "pass:Keystore-pw"]);
-    ossl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/O=Example/CN=admin"]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    ossl(&[
+        "pkcs12",
+        "-export",
+        "-in",
+        "server.crt",
+        "-inkey",
+        "server.key",
+        "-certfile",
+        "ca.crt",
+        "-out",
+        "server.p12",
+        "-passout",
+        "pass:Keystore-pw",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/O=Example/CN=admin",
+    ]);
     std::fs::write(p.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    ossl(&["x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", "client.ext", "-out", "client.crt"]);
-    ossl(&["pkcs12", "-export", "-nokeys", "-in", "ca.crt", "-out", "trust.p12", "-passout", "pass:Trust-pw"]);
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.crt",
+    ]);
+    ossl(&[
+        "pkcs12",
+        "-export",
+        "-nokeys",
+        "-in",
+        "ca.crt",
+        "-out",
+        "trust.p12",
+        "-passout",
+        "pass:Trust-pw",
+    ]);
     std::fs::set_permissions(p.join("client.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::fs::set_permissions(p.join("server.p12"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::fs::write(p.join("keystore.pw"), "Keystore-pw\n").expect("pw");
@@ -156,7 +374,11 @@ fn start_with_env(args: &[&str], key: &str, value: &str) -> TestServer {
     // The server inherits the test's environment; a wrapper shell sets the one variable.
     let dir = tempfile::tempdir().expect("tempdir");
     let wrapper = dir.path().join("sealdb-with-env");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexport {key}='{value}'\nexec '{}' \"$@\"\n", sealdb_bin())).expect("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexport {key}='{value}'\nexec '{}' \"$@\"\n", sealdb_bin()),
+    )
+    .expect("wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     TestServer::start_with_binary(dir, &wrapper, args)
 }
@@ -170,8 +392,11 @@ fn private_key_readable_by_others_is_refused_with_the_chmod_fix() {
     let key = dir.path().join("node.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let crt = dir.path().join("node.crt").display().to_string();
-    let err = TestServer::try_start_in(tempfile::tempdir().expect("tempdir"), &["--ssl-cert", &crt, "--ssl-private-key", key.to_str().expect("utf8")])
-        .err()
-        .expect("must refuse");
+    let err = TestServer::try_start_in(
+        tempfile::tempdir().expect("tempdir"),
+        &["--ssl-cert", &crt, "--ssl-private-key", key.to_str().expect("utf8")],
+    )
+    .err()
+    .expect("must refuse");
     assert!(err.contains("chmod 600") && err.contains("node.key"), "{err}");
 }

@@ -10,22 +10,36 @@ use time::Duration as D;
 #[test]
 fn fresh_start_creates_certificates_and_the_printed_psql_command_connects() {
     let server = TestServer::start(&[]);
-    for f in ["ca.crt", "ca.key", "node.crt", "node.key", "client.admin.crt", "client.admin.key"] {
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "node.crt",
+        "node.key",
+        "client.admin.crt",
+        "client.admin.key",
+    ] {
         assert!(server.certs().join(f).exists(), "{f} missing");
     }
     let conninfo = server.banner_conninfo();
     for part in ["sslmode=verify-full", "sslrootcert=", "sslcert=", "sslkey="] {
         assert!(conninfo.contains(part), "banner lacks {part}: {conninfo}");
     }
-    let out = psql(&conninfo, "select current_user, ssl, auth_method, client_cert_subject from sys.sessions").expect_ok();
+    let out = psql(
+        &conninfo,
+        "select current_user, ssl, auth_method, client_cert_subject from sys.sessions",
+    )
+    .expect_ok();
     assert_eq!(out.trim(), "admin|t|certificate|O=sealdb, CN=admin");
 }
 
 #[test]
 fn plaintext_is_refused_with_28000_and_how_to_connect() {
     let server = TestServer::start(&[]);
-    let err = psql(&format!("host=localhost port={} user=admin sslmode=disable", server.port), "select 1")
-        .expect_err("accepts TLS connections only");
+    let err = psql(
+        &format!("host=localhost port={} user=admin sslmode=disable", server.port),
+        "select 1",
+    )
+    .expect_err("accepts TLS connections only");
     assert!(err.contains("sslmode=verify-full"), "{err}");
     let fields = plaintext_startup_error(server.port, "admin");
     assert_eq!(fields.get(&b'S').map(String::as_str), Some("FATAL"));
@@ -40,19 +54,38 @@ fn every_sslmode_behaves_as_libpq_documents() {
     psql_pw(&format!("{base} sslmode=disable"), "Carol-pw-1", "select 1").expect_err("accepts TLS connections only");
     // allow: libpq tries plaintext, is refused, and retries with TLS.
     for mode in ["allow", "prefer", "require"] {
-        let out = psql_pw(&format!("{base} sslmode={mode}"), "Carol-pw-1", "select ssl from sys.sessions where user_name = 'carol'").expect_ok();
+        let out = psql_pw(
+            &format!("{base} sslmode={mode}"),
+            "Carol-pw-1",
+            "select ssl from sys.sessions where user_name = 'carol'",
+        )
+        .expect_ok();
         assert_eq!(out.trim(), "t", "sslmode={mode}");
     }
     for mode in ["verify-ca", "verify-full"] {
-        psql_pw(&format!("{base} sslmode={mode} sslrootcert={}", server.ca()), "Carol-pw-1", "select 1").expect_ok();
+        psql_pw(
+            &format!("{base} sslmode={mode} sslrootcert={}", server.ca()),
+            "Carol-pw-1",
+            "select 1",
+        )
+        .expect_ok();
     }
 }
 
 #[test]
 fn ssl_mode_allowed_serves_plaintext_but_require_ssl_users_are_refused() {
     let server = TestServer::start(&["--ssl-mode", "allowed"]);
-    psql(&server.admin(), "create user pat with password 'Pat-pw-1'; create user sue with password 'Sue-pw-1' require ssl").expect_ok();
-    let plain = |u: &str| format!("host=localhost port={} user={u} dbname=sealdb sslmode=disable", server.port);
+    psql(
+        &server.admin(),
+        "create user pat with password 'Pat-pw-1'; create user sue with password 'Sue-pw-1' require ssl",
+    )
+    .expect_ok();
+    let plain = |u: &str| {
+        format!(
+            "host=localhost port={} user={u} dbname=sealdb sslmode=disable",
+            server.port
+        )
+    };
     let out = psql_pw(&plain("pat"), "Pat-pw-1", "select ssl from sys.sessions").expect_ok();
     assert_eq!(out.trim(), "f");
     psql_pw(&plain("sue"), "Sue-pw-1", "select 1").expect_err("REQUIRE SSL");
@@ -62,26 +95,45 @@ fn ssl_mode_allowed_serves_plaintext_but_require_ssl_users_are_refused() {
 #[test]
 fn ssl_mode_disabled_needs_insecure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = TestServer::try_start_in(dir, &["--ssl-mode", "disabled"]).err().expect("must refuse");
+    let err = TestServer::try_start_in(dir, &["--ssl-mode", "disabled"])
+        .err()
+        .expect("must refuse");
     assert!(err.contains("--insecure"), "{err}");
     let server = TestServer::start(&["--ssl-mode", "disabled", "--insecure"]);
     // Without TLS there is no certificate login; the bootstrap admin has no password.
-    psql_pw(&format!("host=localhost port={} user=admin sslmode=disable", server.port), "x", "select 1").expect_err("password authentication failed");
+    psql_pw(
+        &format!("host=localhost port={} user=admin sslmode=disable", server.port),
+        "x",
+        "select 1",
+    )
+    .expect_err("password authentication failed");
 }
 
 #[test]
 fn client_that_trusts_another_ca_fails_verification_on_its_side() {
     let server = TestServer::start(&[]);
     let other = tempfile::tempdir().expect("tempdir");
-    run_ok(std::process::Command::new(sealdb_bin()).args(["cert", "create-ca", "--certs-dir"]).arg(other.path()));
-    let conn = format!("host=localhost port={} user=admin sslmode=verify-full sslrootcert={}", server.port, other.path().join("ca.crt").display());
+    run_ok(
+        std::process::Command::new(sealdb_bin())
+            .args(["cert", "create-ca", "--certs-dir"])
+            .arg(other.path()),
+    );
+    let conn = format!(
+        "host=localhost port={} user=admin sslmode=verify-full sslrootcert={}",
+        server.port,
+        other.path().join("ca.crt").display()
+    );
     psql(&conn, "select 1").expect_err("certificate verify failed");
 }
 
 #[test]
 fn server_certificate_with_another_name_fails_verify_full() {
     let server = TestServer::start(&[]);
-    let conn = format!("host=not-this-server.example hostaddr=127.0.0.1 port={} user=admin sslmode=verify-full sslrootcert={}", server.port, server.ca());
+    let conn = format!(
+        "host=not-this-server.example hostaddr=127.0.0.1 port={} user=admin sslmode=verify-full sslrootcert={}",
+        server.port,
+        server.ca()
+    );
     psql(&conn, "select 1").expect_err("does not match host name");
 }
 
@@ -89,12 +141,23 @@ fn server_certificate_with_another_name_fails_verify_full() {
 fn scram_password_login_wrong_password_and_unknown_user_look_alike() {
     let server = TestServer::start(&[]);
     psql(&server.admin(), "create user dan with password 'Dan-pw-1'").expect_ok();
-    let out = psql_pw(&server.password_conn("dan"), "Dan-pw-1", "select auth_method from sys.sessions").expect_ok();
+    let out = psql_pw(
+        &server.password_conn("dan"),
+        "Dan-pw-1",
+        "select auth_method from sys.sessions",
+    )
+    .expect_ok();
     assert_eq!(out.trim(), "scram-sha-256");
     let wrong = psql_pw(&server.password_conn("dan"), "nope", "select 1").expect_err("FATAL");
-    assert!(wrong.contains("password authentication failed for user \"dan\""), "{wrong}");
+    assert!(
+        wrong.contains("password authentication failed for user \"dan\""),
+        "{wrong}"
+    );
     let unknown = psql_pw(&server.password_conn("nobody"), "nope", "select 1").expect_err("FATAL");
-    assert!(unknown.contains("password authentication failed for user \"nobody\""), "{unknown}");
+    assert!(
+        unknown.contains("password authentication failed for user \"nobody\""),
+        "{unknown}"
+    );
 }
 
 #[test]
@@ -109,8 +172,15 @@ fn channel_binding_scram_sha_256_plus_is_offered_over_tls() {
 fn passwords_are_stored_as_scram_verifiers_only() {
     let server = TestServer::start(&[]);
     psql(&server.admin(), "create user fay with password 'Fay-secret-pw'").expect_ok();
-    let out = psql(&server.admin(), "select password_storage from sys.users where user_name = 'fay'").expect_ok();
-    assert!(out.contains("SCRAM-SHA-256 verifier") && !out.contains("Fay-secret-pw"), "{out}");
+    let out = psql(
+        &server.admin(),
+        "select password_storage from sys.users where user_name = 'fay'",
+    )
+    .expect_ok();
+    assert!(
+        out.contains("SCRAM-SHA-256 verifier") && !out.contains("Fay-secret-pw"),
+        "{out}"
+    );
     assert!(!server.stderr().contains("Fay-secret-pw"), "password in the log");
 }
 
@@ -129,13 +199,41 @@ fn certificate_of_user_a_cannot_log_in_as_b() {
 fn expired_not_yet_valid_and_foreign_certificates_are_refused_with_the_reason() {
     let server = TestServer::start(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (crt, key) = client_cert_with(&server.certs(), dir.path(), "expired", "admin", D::days(-30), D::days(-1), 1001);
+    let (crt, key) = client_cert_with(
+        &server.certs(),
+        dir.path(),
+        "expired",
+        "admin",
+        D::days(-30),
+        D::days(-1),
+        1001,
+    );
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select 1").expect_err("expired on");
-    let (crt, key) = client_cert_with(&server.certs(), dir.path(), "future", "admin", D::days(2), D::days(30), 1002);
+    let (crt, key) = client_cert_with(
+        &server.certs(),
+        dir.path(),
+        "future",
+        "admin",
+        D::days(2),
+        D::days(30),
+        1002,
+    );
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select 1").expect_err("is not valid before");
     let foreign = tempfile::tempdir().expect("tempdir");
-    run_ok(std::process::Command::new(sealdb_bin()).args(["cert", "create-ca", "--certs-dir"]).arg(foreign.path()));
-    let (crt, key) = client_cert_with(foreign.path(), dir.path(), "foreign", "admin", D::hours(-1), D::days(30), 1003);
+    run_ok(
+        std::process::Command::new(sealdb_bin())
+            .args(["cert", "create-ca", "--certs-dir"])
+            .arg(foreign.path()),
+    );
+    let (crt, key) = client_cert_with(
+        foreign.path(),
+        dir.path(),
+        "foreign",
+        "admin",
+        D::hours(-1),
+        D::days(30),
+        1003,
+    );
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select 1").expect_err("which this server does not trust");
     // The server is still fine.
     psql(&server.admin(), "select 1").expect_ok();
@@ -163,7 +261,11 @@ fn revoked_certificate_is_refused_by_the_crl() {
 #[test]
 fn require_x509_and_require_subject_are_enforced() {
     let server = TestServer::start(&[]);
-    let ca_subject = psql(&server.admin(), "select subject from sys.certificates where role = 'trusted-ca'").expect_ok();
+    let ca_subject = psql(
+        &server.admin(),
+        "select subject from sys.certificates where role = 'trusted-ca'",
+    )
+    .expect_ok();
     psql(
         &server.admin(),
         &format!(
@@ -186,8 +288,20 @@ fn pki_db_client_auth_requires_certificates_and_cert_user_map_maps_them() {
     let server = TestServer::start(&["--pki-db-client-auth", "--cert-user-map", r"cn svc-(.*) \1"]);
     psql(&server.admin(), "select 1").expect_err("no cert-user-map rule matches");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (crt, key) = client_cert_with(&server.certs(), dir.path(), "svc", "svc-admin", D::hours(-1), D::days(30), 77);
+    let (crt, key) = client_cert_with(
+        &server.certs(),
+        dir.path(),
+        "svc",
+        "svc-admin",
+        D::hours(-1),
+        D::days(30),
+        77,
+    );
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select current_user").expect_ok();
-    let conn = format!("host=localhost port={} user=admin dbname=sealdb sslmode=verify-full sslrootcert={}", server.port, server.ca());
+    let conn = format!(
+        "host=localhost port={} user=admin dbname=sealdb sslmode=verify-full sslrootcert={}",
+        server.port,
+        server.ca()
+    );
     psql_pw(&conn, "x", "select 1").expect_err("pki-db-client-auth");
 }

@@ -9,13 +9,26 @@ use std::process::Command;
 use support::*;
 
 fn server_serial(server: &TestServer) -> String {
-    psql(&server.admin(), "select serial from sys.certificates where role = 'server'").expect_ok().trim().to_owned()
+    psql(
+        &server.admin(),
+        "select serial from sys.certificates where role = 'server'",
+    )
+    .expect_ok()
+    .trim()
+    .to_owned()
 }
 
 fn new_node_certificate(server: &TestServer) {
     run_ok(
         Command::new(sealdb_bin())
-            .args(["cert", "create-node", "localhost", "127.0.0.1", "--overwrite", "--certs-dir"])
+            .args([
+                "cert",
+                "create-node",
+                "localhost",
+                "127.0.0.1",
+                "--overwrite",
+                "--certs-dir",
+            ])
             .arg(server.certs()),
     );
 }
@@ -38,21 +51,41 @@ fn sighup_swaps_the_server_certificate_and_keeps_established_sessions() {
     let before = server_serial(&server);
     new_node_certificate(&server);
     server.signal("HUP");
-    assert!(wait_for(|| server_serial(&server) != before), "the new certificate was not loaded");
+    assert!(
+        wait_for(|| server_serial(&server) != before),
+        "the new certificate was not loaded"
+    );
     // The new certificate is what new clients see.
     let out = Command::new("openssl")
-        .args(["s_client", "-starttls", "postgres", "-connect", &format!("127.0.0.1:{}", server.port), "-CAfile", &server.ca()])
+        .args([
+            "s_client",
+            "-starttls",
+            "postgres",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port),
+            "-CAfile",
+            &server.ca(),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl");
     let pem = String::from_utf8_lossy(&out.stdout).into_owned();
-    let serial = Command::new("openssl").args(["x509", "-noout", "-serial"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
-        use std::io::Write;
-        c.stdin.take().expect("stdin").write_all(pem.as_bytes())?;
-        c.wait_with_output()
-    });
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        });
     let serial = String::from_utf8_lossy(&serial.expect("openssl x509").stdout).to_lowercase();
-    assert!(serial.contains(&server_serial(&server)), "served {serial}, loaded {}", server_serial(&server));
+    assert!(
+        serial.contains(&server_serial(&server)),
+        "served {serial}, loaded {}",
+        server_serial(&server)
+    );
     // The old session was not dropped.
     assert_eq!(session.query("select 2"), "2");
 }
@@ -65,9 +98,16 @@ fn a_broken_new_file_is_refused_and_the_old_material_stays_in_use() {
     let before = server_serial(&server);
     let node = server.certs().join("node.crt");
     let good = std::fs::read(&node).expect("read");
-    std::fs::write(&node, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n").expect("write");
+    std::fs::write(
+        &node,
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
     let err = psql(&server.admin(), "alter system reload tls").expect_err("TLS reload refused");
-    assert!(err.contains("node.crt") && err.contains("previous certificates stay in use"), "{err}");
+    assert!(
+        err.contains("node.crt") && err.contains("previous certificates stay in use"),
+        "{err}"
+    );
     server.signal("HUP");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(server_serial(&server), before);
@@ -88,7 +128,15 @@ fn a_reloaded_crl_refuses_a_certificate_that_was_accepted_before() {
     copy_tree(&bootstrap.data, &data.path().join("data"));
     drop(bootstrap);
     let server = TestServer::start_in(data, &["--ssl-crl", crl.to_str().expect("utf8")]);
-    let (crt, key) = client_cert_with(&server.certs(), dir.path(), "soon-revoked", "admin", time::Duration::hours(-1), time::Duration::days(3), 9001);
+    let (crt, key) = client_cert_with(
+        &server.certs(),
+        dir.path(),
+        "soon-revoked",
+        "admin",
+        time::Duration::hours(-1),
+        time::Duration::days(3),
+        9001,
+    );
     let conn = conn_with_cert(&server, "admin", &crt, &key);
     psql(&conn, "select 1").expect_ok();
     write_crl(&server.certs(), &crl, &[9001]);

@@ -52,7 +52,11 @@ fn a_client_that_stalls_is_dropped_after_the_handshake_timeout() {
     let mut buf = [0u8; 16];
     let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
     assert_eq!(n, 0, "expected the server to close the connection");
-    assert!(started.elapsed() < Duration::from_secs(9), "closed only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed only after {:?}",
+        started.elapsed()
+    );
     still_serves(&server);
 }
 
@@ -63,18 +67,34 @@ fn s_client(port: u16, extra: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("openssl");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn openssl_starttls_postgres_negotiates_tls_1_3_and_1_2_but_never_1_0() {
     let server = TestServer::start(&[]);
     let ca = server.ca();
-    let (ok, text) = s_client(server.port, &["-starttls", "postgres", "-CAfile", &ca, "-verify_return_error"]);
-    assert!(ok && text.contains("TLSv1.3") && text.contains("Verify return code: 0 (ok)"), "{text}");
+    let (ok, text) = s_client(
+        server.port,
+        &["-starttls", "postgres", "-CAfile", &ca, "-verify_return_error"],
+    );
+    assert!(
+        ok && text.contains("TLSv1.3") && text.contains("Verify return code: 0 (ok)"),
+        "{text}"
+    );
     let (ok, text) = s_client(server.port, &["-starttls", "postgres", "-CAfile", &ca, "-tls1_2"]);
     assert!(ok && text.contains("TLSv1.2"), "{text}");
-    for old in [["-starttls", "postgres", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"], ["-alpn", "postgresql", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"]] {
+    for old in [
+        ["-starttls", "postgres", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"],
+        ["-alpn", "postgresql", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"],
+    ] {
         let (ok, text) = s_client(server.port, &old);
         assert!(!ok, "TLS 1.0 was accepted: {text}");
     }
@@ -83,7 +103,12 @@ fn openssl_starttls_postgres_negotiates_tls_1_3_and_1_2_but_never_1_0() {
 
 #[test]
 fn ssl_min_version_1_3_and_cipher_suites_are_honoured() {
-    let server = TestServer::start(&["--ssl-min-version", "1.3", "--ssl-cipher-suites", "TLS_AES_128_GCM_SHA256"]);
+    let server = TestServer::start(&[
+        "--ssl-min-version",
+        "1.3",
+        "--ssl-cipher-suites",
+        "TLS_AES_128_GCM_SHA256",
+    ]);
     let (ok, text) = s_client(server.port, &["-starttls", "postgres", "-tls1_2"]);
     assert!(!ok, "TLS 1.2 accepted: {text}");
     let (ok, text) = s_client(server.port, &["-starttls", "postgres"]);
@@ -94,8 +119,16 @@ fn ssl_min_version_1_3_and_cipher_suites_are_honoured() {
 
 #[test]
 fn unknown_cipher_suite_is_refused_with_the_list_of_valid_names() {
-    let err = TestServer::try_start_in(tempfile::tempdir().expect("tempdir"), &["--ssl-cipher-suites", "RC4-MD5"]).err().expect("must refuse");
-    assert!(err.contains("RC4-MD5") && err.contains("TLS13_AES_256_GCM_SHA384"), "{err}");
+    let err = TestServer::try_start_in(
+        tempfile::tempdir().expect("tempdir"),
+        &["--ssl-cipher-suites", "RC4-MD5"],
+    )
+    .err()
+    .expect("must refuse");
+    assert!(
+        err.contains("RC4-MD5") && err.contains("TLS13_AES_256_GCM_SHA384"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -110,7 +143,11 @@ fn postgresql_17_direct_tls_with_alpn_works() {
         .arg(c.join("client.admin.key"))
         .output()
         .expect("python3");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("answer 42"), "{text}");
 }
@@ -120,7 +157,9 @@ fn start_with_config(config: &str) -> String {
     let path = dir.path().join("sealdb.conf");
     std::fs::write(&path, config).expect("config");
     let p = path.display().to_string();
-    TestServer::try_start_in(dir, &["--config", &p]).err().expect("must refuse")
+    TestServer::try_start_in(dir, &["--config", &p])
+        .err()
+        .expect("must refuse")
 }
 
 #[test]
@@ -128,11 +167,17 @@ fn config_file_with_an_unknown_key_or_bad_value_names_the_key_and_line() {
     let err = start_with_config("port = 6543\n\nssl-certificate = \"x.crt\"\n");
     assert!(err.contains("ssl-certificate") && err.contains("line 3"), "{err}");
     let err = start_with_config("ssl-mode = \"sometimes\"\n");
-    assert!(err.contains("line 1") && err.contains("ssl-mode") || err.contains("required"), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("ssl-mode") || err.contains("required"),
+        "{err}"
+    );
     let err = start_with_config("max-connections = \"lots\"\n");
     assert!(err.contains("line 1") && err.contains("max-connections"), "{err}");
     let err = start_with_config("cert-user-map = [\"cn onlytwo\"]\n");
-    assert!(err.contains("cert-user-map") && err.contains("FIELD REGEX USER"), "{err}");
+    assert!(
+        err.contains("cert-user-map") && err.contains("FIELD REGEX USER"),
+        "{err}"
+    );
 }
 
 #[test]

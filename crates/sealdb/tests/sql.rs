@@ -23,14 +23,24 @@ fn a_user_without_a_grant_gets_42501_and_grants_and_revokes_take_effect() {
     let err = psql_pw(&kim, "Kim-pw-1", "select * from accounts").expect_err("42501");
     assert!(err.contains("GRANT SELECT ON public.accounts TO kim"), "{err}");
     psql(&server.admin(), "grant select on accounts to kim").expect_ok();
-    assert_eq!(psql_pw(&kim, "Kim-pw-1", "select count(*) from accounts").expect_ok().trim(), "2");
+    assert_eq!(
+        psql_pw(&kim, "Kim-pw-1", "select count(*) from accounts")
+            .expect_ok()
+            .trim(),
+        "2"
+    );
     psql_pw(&kim, "Kim-pw-1", "insert into accounts values (3, 'kim', 0)").expect_err("42501");
     psql_pw(&kim, "Kim-pw-1", "update accounts set balance = 0 where id = 1").expect_err("42501");
     psql_pw(&kim, "Kim-pw-1", "delete from accounts where id = 1").expect_err("42501");
     // A join needs SELECT on both tables.
     psql_pw(&kim, "Kim-pw-1", "select * from accounts a join audit b on a.id = b.id").expect_err("public.audit");
     // Subqueries are checked too.
-    psql_pw(&kim, "Kim-pw-1", "select * from accounts where id in (select id from audit)").expect_err("public.audit");
+    psql_pw(
+        &kim,
+        "Kim-pw-1",
+        "select * from accounts where id in (select id from audit)",
+    )
+    .expect_err("public.audit");
     psql(&server.admin(), "grant all on accounts to kim").expect_ok();
     psql_pw(&kim, "Kim-pw-1", "insert into accounts values (3, 'kim', 0); update accounts set balance = 1 where id = 3; delete from accounts where id = 3").expect_ok();
     psql(&server.admin(), "revoke all on accounts from kim").expect_ok();
@@ -44,7 +54,11 @@ fn grants_on_all_tables_and_through_roles() {
     let lou = server.password_conn("lou");
     psql_pw(&lou, "Lou-pw-1", "select * from accounts; select * from audit").expect_ok();
     psql_pw(&lou, "Lou-pw-1", "insert into audit values (1)").expect_err("42501");
-    let grants = psql(&server.admin(), "select grantee, object, privilege from sys.grants order by grantee").expect_ok();
+    let grants = psql(
+        &server.admin(),
+        "select grantee, object, privilege from sys.grants order by grantee",
+    )
+    .expect_ok();
     assert!(grants.contains("readers|ALL TABLES|SELECT"), "{grants}");
     psql(&server.admin(), "revoke readers from lou").expect_ok();
     psql_pw(&lou, "Lou-pw-1", "select * from accounts").expect_err("42501");
@@ -68,7 +82,11 @@ fn only_administrators_manage_users_and_read_other_sessions() {
     assert_eq!(admin.query("select 1"), "1");
     let seen = psql_pw(&max, "Max-pw-1", "select distinct user_name from sys.sessions").expect_ok();
     assert_eq!(seen.trim(), "max");
-    let all = psql(&server.admin(), "select count(*) from sys.sessions where user_name = 'admin'").expect_ok();
+    let all = psql(
+        &server.admin(),
+        "select count(*) from sys.sessions where user_name = 'admin'",
+    )
+    .expect_ok();
     assert_eq!(all.trim(), "2");
     // A user may change their own password, and nothing else.
     psql_pw(&max, "Max-pw-1", "alter user max with password 'Max-pw-2'").expect_ok();
@@ -81,16 +99,26 @@ fn only_administrators_manage_users_and_read_other_sessions() {
 fn psql_describe_commands_answer() {
     let server = setup();
     let out = psql(&server.admin(), "\\dt").expect_ok();
-    assert!(out.contains("public|accounts|table") && out.contains("public|audit|table"), "{out}");
+    assert!(
+        out.contains("public|accounts|table") && out.contains("public|audit|table"),
+        "{out}"
+    );
     let out = psql(&server.admin(), "\\d accounts").expect_ok();
-    assert!(out.contains("id|integer") && out.contains("owner|text") && out.contains("balance|double precision"), "{out}");
+    assert!(
+        out.contains("id|integer") && out.contains("owner|text") && out.contains("balance|double precision"),
+        "{out}"
+    );
 }
 
 #[test]
 fn sys_tables_show_sessions_users_and_certificates() {
     let server = setup();
     psql(&server.admin(), "create user nan with password 'Nan-pw-1' require ssl").expect_ok();
-    let out = psql(&server.admin(), "select user_name, superuser, can_login, has_password, require from sys.users order by user_name").expect_ok();
+    let out = psql(
+        &server.admin(),
+        "select user_name, superuser, can_login, has_password, require from sys.users order by user_name",
+    )
+    .expect_ok();
     assert_eq!(out.trim(), "admin|t|t|f|NONE\nnan|f|t|t|SSL");
     let out = psql(
         &server.admin(),
@@ -98,7 +126,11 @@ fn sys_tables_show_sessions_users_and_certificates() {
     )
     .expect_ok();
     assert_eq!(out.trim(), "certificate|t|TLSv1_3|O=sealdb, CN=admin|t|t|psql");
-    let out = psql(&server.admin(), "select role, days_left > 300 from sys.certificates order by role").expect_ok();
+    let out = psql(
+        &server.admin(),
+        "select role, days_left > 300 from sys.certificates order by role",
+    )
+    .expect_ok();
     assert_eq!(out.trim(), "server|t\nserver-chain|t\ntrusted-ca|t");
     assert_eq!(psql(&server.admin(), "show ssl").expect_ok().trim(), "on");
 }
@@ -106,15 +138,26 @@ fn sys_tables_show_sessions_users_and_certificates() {
 #[test]
 fn transactions_are_accepted_and_queries_work_in_them() {
     let server = setup();
-    let out = psql(&server.admin(), "begin; insert into audit values (7); commit; start transaction; select count(*) from audit; rollback").expect_ok();
-    assert!(out.contains("COMMIT") && out.contains("\n1\n") && out.contains("ROLLBACK"), "{out}");
+    let out = psql(
+        &server.admin(),
+        "begin; insert into audit values (7); commit; start transaction; select count(*) from audit; rollback",
+    )
+    .expect_ok();
+    assert!(
+        out.contains("COMMIT") && out.contains("\n1\n") && out.contains("ROLLBACK"),
+        "{out}"
+    );
 }
 
 #[test]
 fn server_files_are_off_limits_even_to_administrators() {
     let server = setup();
     psql(&server.admin(), "copy accounts to '/tmp/sealdb-leak.csv'").expect_err("42501");
-    psql(&server.admin(), "create external table x stored as csv location '/etc/passwd'").expect_err("42501");
+    psql(
+        &server.admin(),
+        "create external table x stored as csv location '/etc/passwd'",
+    )
+    .expect_err("42501");
     assert!(!std::path::Path::new("/tmp/sealdb-leak.csv").exists());
 }
 

@@ -28,7 +28,10 @@ pub struct TestServer {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl TestServer {
@@ -99,7 +102,14 @@ impl TestServer {
             let _ = tx.send(banner);
         });
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(banner) if banner.contains("listening") => Ok(Self { child, dir, data, port, banner, stderr: stderr_text }),
+            Ok(banner) if banner.contains("listening") => Ok(Self {
+                child,
+                dir,
+                data,
+                port,
+                banner,
+                stderr: stderr_text,
+            }),
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -124,7 +134,11 @@ impl TestServer {
 
     /// The exact psql connection string the banner printed.
     pub fn banner_conninfo(&self) -> String {
-        let line = self.banner.lines().find(|l| l.trim_start().starts_with("psql ")).expect("banner has a psql line");
+        let line = self
+            .banner
+            .lines()
+            .find(|l| l.trim_start().starts_with("psql "))
+            .expect("banner has a psql line");
         let quoted = line.trim().trim_start_matches("psql ").trim();
         quoted.trim_matches('"').to_owned()
     }
@@ -136,7 +150,11 @@ impl TestServer {
 
     /// verify-full as `user` with a password (given through PGPASSWORD by `psql_as`).
     pub fn password_conn(&self, user: &str) -> String {
-        format!("host=localhost port={} user={user} dbname=sealdb sslmode=verify-full sslrootcert={}", self.port, self.ca())
+        format!(
+            "host=localhost port={} user={user} dbname=sealdb sslmode=verify-full sslrootcert={}",
+            self.port,
+            self.ca()
+        )
     }
 
     /// verify-full as `user` with `client.USER.crt` from the server's certs directory.
@@ -158,11 +176,19 @@ impl TestServer {
             .arg(self.certs())
             .output()
             .expect("run sealdb cert");
-        assert!(out.status.success(), "create-client failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "create-client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -189,13 +215,26 @@ pub struct Psql {
 
 impl Psql {
     pub fn expect_ok(self) -> String {
-        assert!(self.ok, "psql failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(
+            self.ok,
+            "psql failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self.stdout
     }
 
     pub fn expect_err(self, needle: &str) -> String {
-        assert!(!self.ok || self.stderr.contains("ERROR"), "psql unexpectedly succeeded: {}", self.stdout);
-        assert!(self.stderr.contains(needle), "expected {needle:?} in psql's error, got:\n{}\n{}", self.stderr, self.stdout);
+        assert!(
+            !self.ok || self.stderr.contains("ERROR"),
+            "psql unexpectedly succeeded: {}",
+            self.stdout
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "expected {needle:?} in psql's error, got:\n{}\n{}",
+            self.stderr,
+            self.stdout
+        );
         self.stderr
     }
 }
@@ -213,7 +252,16 @@ pub fn psql_pw(conninfo: &str, password: &str, sql: &str) -> Psql {
 fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
     let mut cmd = Command::new("psql");
     cmd.arg(conninfo)
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c", sql])
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null());
@@ -221,12 +269,20 @@ fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
         cmd.env("PGPASSWORD", p);
     }
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    Psql { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Psql {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Runs a command, killing it after `limit`.
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -244,14 +300,21 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
 /// Runs a command and returns stdout, panicking with stderr on failure.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The Python of the test virtual environment that `scripts/setup-test-env.sh` creates.
 pub fn venv_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = std::env::var_os("SEALDB_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
+    let python = std::env::var_os("SEALDB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
     assert!(
         python.exists(),
         "{} is missing: run scripts/setup-test-env.sh (the README's test command does) to create the Python test environment with psycopg",
@@ -280,7 +343,15 @@ pub fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
 /// Makes a client certificate for `user` valid from `from` to `until`
 /// (relative to now), signed by the CA in `ca_dir` (`ca.crt`, `ca.key`),
 /// written as `NAME.crt` / `NAME.key` in `out_dir` (key mode 0600).
-pub fn client_cert_with(ca_dir: &Path, out_dir: &Path, name: &str, user: &str, from: time::Duration, until: time::Duration, serial: u64) -> (PathBuf, PathBuf) {
+pub fn client_cert_with(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    user: &str,
+    from: time::Duration,
+    until: time::Duration,
+    serial: u64,
+) -> (PathBuf, PathBuf) {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
     let ca_pem = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca.crt");
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key")).expect("ca key");
@@ -314,7 +385,12 @@ pub fn write_crl(ca_dir: &Path, path: &Path, serials: &[u64]) {
         issuing_distribution_point: None,
         revoked_certs: serials
             .iter()
-            .map(|s| RevokedCertParams { serial_number: SerialNumber::from(*s), revocation_time: now - time::Duration::minutes(5), reason_code: None, invalidity_date: None })
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from(*s),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: None,
+                invalidity_date: None,
+            })
             .collect(),
         key_identifier_method: KeyIdMethod::Sha256,
     };
@@ -408,7 +484,9 @@ impl LongSession {
         use std::io::Write;
         writeln!(self.stdin, "{sql};").expect("write to psql");
         self.stdin.flush().expect("flush");
-        self.lines.recv_timeout(std::time::Duration::from_secs(20)).expect("psql answered")
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("psql answered")
     }
 }
 
