@@ -268,3 +268,27 @@ fn decode_binary(bytes: &[u8], declared: &Type) -> Result<ScalarValue, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_format_lists_never_panic() {
+        assert_eq!(format_for(&Format::Individual(vec![]), 3), FieldFormat::Text);
+        assert_eq!(format_for(&Format::Individual(vec![1]), 3), FieldFormat::Binary);
+        assert_eq!(format_for(&Format::Individual(vec![0, 1]), 5), FieldFormat::Text);
+    }
+
+    #[test]
+    fn parameters_decode_from_text_and_binary_into_the_inferred_type() {
+        let text = Bytes::from_static(b"42");
+        assert_eq!(decode_param(Some(&text), false, None, Some(&DataType::Int64)), Ok(ScalarValue::Int64(Some(42))));
+        let bin = Bytes::copy_from_slice(&7i32.to_be_bytes());
+        assert_eq!(decode_param(Some(&bin), true, Some(&Type::INT4), Some(&DataType::Int64)), Ok(ScalarValue::Int64(Some(7))));
+        assert_eq!(decode_param(None, false, None, Some(&DataType::Utf8)), Ok(ScalarValue::Utf8(None)));
+        assert_eq!(decode_param(Some(&Bytes::from_static(b"t")), false, None, Some(&DataType::Boolean)), Ok(ScalarValue::Boolean(Some(true))));
+        assert!(decode_param(Some(&Bytes::from_static(b"abc")), false, None, Some(&DataType::Int32)).is_err());
+        assert!(decode_param(Some(&Bytes::from_static(b"\x00\x01")), true, Some(&Type::INT8), None).is_err());
+    }
+}

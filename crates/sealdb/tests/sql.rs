@@ -171,3 +171,14 @@ fn joins_aggregates_and_window_functions_run() {
     .expect_ok();
     assert_eq!(out.trim(), "ann|10.5|2\nben|30.5|1");
 }
+
+#[test]
+fn command_tags_are_the_ones_postgresql_sends() {
+    let server = TestServer::start(&[]);
+    let out = psql(
+        &server.admin(),
+        "create table t (a int); insert into t values (1), (2); update t set a = 3 where a = 1; delete from t where a = 2; drop table t",
+    )
+    .expect_ok();
+    assert_eq!(out.trim(), "CREATE TABLE\nINSERT 0 2\nUPDATE 1\nDELETE 1\nDROP TABLE");
+}
