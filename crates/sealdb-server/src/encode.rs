@@ -283,11 +283,23 @@ mod tests {
     #[test]
     fn parameters_decode_from_text_and_binary_into_the_inferred_type() {
         let text = Bytes::from_static(b"42");
-        assert_eq!(decode_param(Some(&text), false, None, Some(&DataType::Int64)), Ok(ScalarValue::Int64(Some(42))));
+        assert_eq!(
+            decode_param(Some(&text), false, None, Some(&DataType::Int64)),
+            Ok(ScalarValue::Int64(Some(42)))
+        );
         let bin = Bytes::copy_from_slice(&7i32.to_be_bytes());
-        assert_eq!(decode_param(Some(&bin), true, Some(&Type::INT4), Some(&DataType::Int64)), Ok(ScalarValue::Int64(Some(7))));
-        assert_eq!(decode_param(None, false, None, Some(&DataType::Utf8)), Ok(ScalarValue::Utf8(None)));
-        assert_eq!(decode_param(Some(&Bytes::from_static(b"t")), false, None, Some(&DataType::Boolean)), Ok(ScalarValue::Boolean(Some(true))));
+        assert_eq!(
+            decode_param(Some(&bin), true, Some(&Type::INT4), Some(&DataType::Int64)),
+            Ok(ScalarValue::Int64(Some(7)))
+        );
+        assert_eq!(
+            decode_param(None, false, None, Some(&DataType::Utf8)),
+            Ok(ScalarValue::Utf8(None))
+        );
+        assert_eq!(
+            decode_param(Some(&Bytes::from_static(b"t")), false, None, Some(&DataType::Boolean)),
+            Ok(ScalarValue::Boolean(Some(true)))
+        );
         assert!(decode_param(Some(&Bytes::from_static(b"abc")), false, None, Some(&DataType::Int32)).is_err());
         assert!(decode_param(Some(&Bytes::from_static(b"\x00\x01")), true, Some(&Type::INT8), None).is_err());
     }

@@ -29,7 +29,10 @@ impl ServerHooks for NoServer {
 const ITERATIONS: u32 = 2000;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let access = Arc::new(AccessControl::with_bootstrap_admin("admin"));
     let engine = Engine::new(access, Arc::new(NoServer)).expect("engine");
     let mut session = engine.session(SessionInfo {
@@ -43,12 +46,24 @@ fn main() {
         connected_at: SystemTime::now(),
     });
     rt.block_on(async {
-        engine.execute(&mut session, "create table t (id int, v text)").await.expect("create");
-        engine.execute(&mut session, "insert into t values (1, 'a'), (2, 'b'), (3, 'c')").await.expect("insert");
+        engine
+            .execute(&mut session, "create table t (id int, v text)")
+            .await
+            .expect("create");
+        engine
+            .execute(&mut session, "insert into t values (1, 'a'), (2, 'b'), (3, 'c')")
+            .await
+            .expect("insert");
     });
     let mut results = Vec::new();
     for sql in ["select 1", "select v from t where id = 2"] {
         let prepared = rt.block_on(engine.prepare(&session, sql)).expect("prepare");
+        let start = Instant::now();
+        for _ in 0..ITERATIONS {
+            rt.block_on(engine.execute(&mut session, sql)).expect("execute");
+        }
+        let first = start.elapsed() / ITERATIONS;
+        println!("{sql}: simple query measured first {first:?}");
         let start = Instant::now();
         for _ in 0..ITERATIONS {
             rt.block_on(engine.prepare(&session, sql)).expect("prepare");
@@ -56,7 +71,8 @@ fn main() {
         let plan = start.elapsed() / ITERATIONS;
         let start = Instant::now();
         for _ in 0..ITERATIONS {
-            rt.block_on(engine.execute_prepared(&mut session, &prepared, Vec::new())).expect("run");
+            rt.block_on(engine.execute_prepared(&mut session, &prepared, Vec::new()))
+                .expect("run");
         }
         let run = start.elapsed() / ITERATIONS;
         let start = Instant::now();

@@ -2,20 +2,26 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, DdlStatement, LogicalPlan, Volatility, WriteOp, create_udf};
+use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
 
+use crate::cache::StatementCache;
 use crate::security::{self, SecurityStatement, Target};
 use crate::sys::{self, ServerHooks};
 use crate::{SqlError, privileges};
@@ -74,8 +80,15 @@ pub struct SessionInfo {
 pub struct SqlSession {
     info: Arc<SessionInfo>,
     ctx: SessionContext,
+    /// A snapshot of `ctx`'s state and its task context, made once and
+    /// again only after statements that change settings: cloning them per
+    /// statement costs more than planning `SELECT 1`. Tables are shared, so
+    /// the snapshot always sees current data.
+    state: SessionState,
+    task: Arc<TaskContext>,
     settings: BTreeMap<String, String>,
     in_transaction: bool,
+    cache: StatementCache,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -88,6 +101,12 @@ impl std::fmt::Debug for SqlSession {
 }
 
 impl SqlSession {
+    fn refresh(&mut self) {
+        self.state = self.ctx.state();
+        self.task = Arc::new(TaskContext::from(&self.state));
+        self.cache.clear();
+    }
+
     /// Who this is.
     pub fn info(&self) -> &Arc<SessionInfo> {
         &self.info
@@ -158,6 +177,8 @@ pub struct Engine {
     access: Arc<AccessControl>,
     hooks: Arc<dyn ServerHooks>,
     parser: PostgresCompatibilityParser,
+    /// Bumped by every DDL statement; cached plans of older versions are stale.
+    catalog_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -190,6 +211,7 @@ impl Engine {
             access,
             hooks,
             parser: PostgresCompatibilityParser::new(),
+            catalog_version: AtomicU64::new(0),
         })
     }
 
@@ -207,11 +229,16 @@ impl Engine {
         ctx.register_udf(session_user_udf(&info.user));
         let mut settings = BTreeMap::new();
         settings.insert("application_name".to_owned(), info.application_name.clone());
+        let state = ctx.state();
+        let task = Arc::new(TaskContext::from(&state));
         SqlSession {
             info,
             ctx,
+            state,
+            task,
             settings,
             in_transaction: false,
+            cache: StatementCache::default(),
         }
     }
 
@@ -290,6 +317,7 @@ impl Engine {
             Prepared::Empty => Ok(Output::Empty),
             Prepared::Text { sql, .. } => self.execute_one(session, sql).await,
             Prepared::Plan { plan, .. } => {
+                session.state.mark_start_execution();
                 let plan = if params.is_empty() {
                     plan.as_ref().clone()
                 } else {
@@ -304,8 +332,47 @@ impl Engine {
         if let Some(statement) = security::parse(sql)? {
             return self.execute_security(session, statement).await;
         }
+        // The statement's clock: now() and friends read this instant.
+        session.state.mark_start_execution();
+        let version = self.catalog_version.load(Ordering::Acquire);
+        if let Some(cached) = session.cache.get(sql, version) {
+            privileges::check(&self.access, &session.info.user, &cached.plan)?;
+            let physical = match cached.physical {
+                Some(p) => p,
+                None => {
+                    session
+                        .state
+                        .query_planner()
+                        .create_physical_plan(&cached.plan, &session.state)
+                        .await?
+                }
+            };
+            let schema: SchemaRef = Arc::new(cached.plan.schema().as_arrow().clone());
+            let batches = collect(physical, session.task.clone()).await?;
+            return Ok(Output::Rows {
+                schema,
+                batches,
+                tag: "SELECT",
+            });
+        }
         let plan = self.plan(session, sql).await?;
-        self.run_plan(session, plan).await
+        if !returns_rows(&plan) {
+            return self.run_plan(session, plan).await;
+        }
+        let optimized = Arc::new(session.state.optimize(&plan)?);
+        let physical = session
+            .state
+            .query_planner()
+            .create_physical_plan(&optimized, &session.state)
+            .await?;
+        let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+        session.cache.insert(sql, &plan, optimized, &physical, version);
+        let batches = collect(physical, session.task.clone()).await?;
+        Ok(Output::Rows {
+            schema,
+            batches,
+            tag: "SELECT",
+        })
     }
 
     async fn plan(&self, session: &SqlSession, sql: &str) -> Result<LogicalPlan, SqlError> {
@@ -332,9 +399,29 @@ impl Engine {
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => Some(privileges::qualified_name(&d.name)),
             _ => None,
         };
-        let frame = session.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
+        let (schema, batches) = if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
+            // Catalog and settings changes go through the context, and the
+            // session's snapshot is taken again afterwards.
+            let is_ddl = matches!(plan, LogicalPlan::Ddl(_));
+            let result = match session.ctx.execute_logical_plan(plan).await {
+                Ok(frame) => {
+                    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                    frame.collect().await.map(|b| (schema, b))
+                }
+                Err(e) => Err(e),
+            };
+            // After the change, so that no plan made before it carries the new version.
+            if is_ddl {
+                self.catalog_version.fetch_add(1, Ordering::AcqRel);
+            }
+            let (schema, batches) = result?;
+            session.refresh();
+            (schema, batches)
+        } else {
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            let physical = session.state.create_physical_plan(&plan).await?;
+            (schema, collect(physical, session.task.clone()).await?)
+        };
         if let Some(table) = dropped_table {
             self.access.forget_table(&table);
         }
@@ -622,9 +709,7 @@ impl OutputKind {
                 _ => Self::Command("OK"),
             },
             LogicalPlan::Ddl(d) => match d {
-                DdlStatement::CreateMemoryTable(c) if c.input.schema().fields().is_empty() => {
-                    Self::Command("CREATE TABLE")
-                }
+                DdlStatement::CreateMemoryTable(c) if defines_columns_only(&c.input) => Self::Command("CREATE TABLE"),
                 DdlStatement::CreateMemoryTable(_) => Self::Command("CREATE TABLE AS"),
                 DdlStatement::CreateView(_) => Self::Command("CREATE VIEW"),
                 DdlStatement::CreateCatalogSchema(_) => Self::Command("CREATE SCHEMA"),
@@ -638,6 +723,19 @@ impl OutputKind {
             _ => Self::Rows,
         }
     }
+}
+
+/// `CREATE TABLE t (columns)` plans an input that produces no row at all,
+/// unlike `CREATE TABLE t AS SELECT ...`.
+fn defines_columns_only(input: &LogicalPlan) -> bool {
+    let mut only_empty = true;
+    let _ = input.apply(|node| {
+        if node.inputs().is_empty() && !matches!(node, LogicalPlan::EmptyRelation(e) if !e.produce_one_row) {
+            only_empty = false;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    only_empty
 }
 
 fn returns_rows(plan: &LogicalPlan) -> bool {

@@ -16,6 +16,7 @@
 //! It does not speak the wire protocol and does not know TLS.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod engine;
 mod error;
 mod privileges;

@@ -182,3 +182,34 @@ fn command_tags_are_the_ones_postgresql_sends() {
     .expect_ok();
     assert_eq!(out.trim(), "CREATE TABLE\nINSERT 0 2\nUPDATE 1\nDELETE 1\nDROP TABLE");
 }
+
+#[test]
+fn repeated_statements_see_new_rows_new_tables_the_clock_and_revoked_grants() {
+    // One long session, so that its statement cache is in play.
+    let server = TestServer::start(&[]);
+    psql(&server.admin(), "create table c (a int); insert into c values (1); create user ola with password 'Ola-pw-1'; grant select on c to ola")
+        .expect_ok();
+    let mut admin = LongSession::open(&server.admin());
+    assert_eq!(admin.query("select count(*) from c"), "1");
+    assert_eq!(admin.query("insert into c values (2); select 'inserted'"), "inserted");
+    assert_eq!(admin.query("select count(*) from c"), "2");
+    assert_eq!(admin.query("select 1"), "1");
+    assert_eq!(admin.query("select 1"), "1");
+    // The table is replaced from another session: the same text plans anew.
+    psql(
+        &server.admin(),
+        "drop table c; create table c (a text, b text); insert into c values ('x', 'y'); grant select on c to ola",
+    )
+    .expect_ok();
+    assert_eq!(admin.query("select * from c"), "x|y");
+    let first = admin.query("select to_char(now(), '%H:%M:%S%.6f')");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let second = admin.query("select to_char(now(), '%H:%M:%S%.6f')");
+    assert_ne!(first, second, "now() was served from a cached plan");
+    // Privileges are checked on every execution.
+    let mut ola = LongSession::open(&format!("{} password=Ola-pw-1", server.password_conn("ola")));
+    assert_eq!(ola.query("select count(*) from c"), "1");
+    psql(&server.admin(), "revoke select on c from ola").expect_ok();
+    let refused = ola.query("select count(*) from c");
+    assert!(refused.contains("permission denied"), "{refused}");
+}

@@ -471,10 +471,18 @@ impl LongSession {
             .expect("psql");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
+        let err_tx = tx.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
+            }
+        });
+        // Errors arrive on the same channel, so a refused statement answers too.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
             }
         });
         Self { child, stdin, lines }
