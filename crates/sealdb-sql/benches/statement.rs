@@ -1,6 +1,7 @@
-//! Where the time of one small statement goes: the engine's phases for
-//! `SELECT 1` and a point query, side by side in one run. Prints ratios
-//! against the cheapest phase; run with `cargo bench -p sealdb-sql`.
+//! Where the time of one small statement goes: planning, running a
+//! prepared plan, and the whole simple-query path (which uses the session's
+//! statement cache) for `SELECT 1` and a point query, side by side in one
+//! run. Prints ratios against the cheapest; run with `cargo bench -p sealdb-sql`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -58,12 +59,6 @@ fn main() {
     let mut results = Vec::new();
     for sql in ["select 1", "select v from t where id = 2"] {
         let prepared = rt.block_on(engine.prepare(&session, sql)).expect("prepare");
-        let start = Instant::now();
-        for _ in 0..ITERATIONS {
-            rt.block_on(engine.execute(&mut session, sql)).expect("execute");
-        }
-        let first = start.elapsed() / ITERATIONS;
-        println!("{sql}: simple query measured first {first:?}");
         let start = Instant::now();
         for _ in 0..ITERATIONS {
             rt.block_on(engine.prepare(&session, sql)).expect("prepare");
