@@ -40,6 +40,37 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A password or passphrase: never printed by `Debug`, wiped from memory on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// How TLS is required of clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -93,13 +124,13 @@ pub struct KmipGroup {
     /// Client PKCS#12 keystore.
     pub keystore: Option<PathBuf>,
     /// Its password.
-    pub keystore_password: Option<String>,
+    pub keystore_password: Option<Secret>,
     /// Its password, from a file.
     pub keystore_password_file: Option<PathBuf>,
     /// PKCS#12 trust store.
     pub truststore: Option<PathBuf>,
     /// Its password.
-    pub truststore_password: Option<String>,
+    pub truststore_password: Option<Secret>,
     /// Its password, from a file.
     pub truststore_password_file: Option<PathBuf>,
     /// `1.4` (the default), `1.2` or `2.0`.
@@ -146,7 +177,7 @@ pub struct Settings {
     /// Password of ssl-keystore (prefer ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssl_keystore_password: Option<String>,
+    pub ssl_keystore_password: Option<Secret>,
     /// File holding the password of ssl-keystore.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +193,7 @@ pub struct Settings {
     /// Password of ssl-trust-store (prefer ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssl_trust_password: Option<String>,
+    pub ssl_trust_password: Option<Secret>,
     /// File holding the password of ssl-trust-store.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

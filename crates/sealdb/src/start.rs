@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sealdb_auth::AccessControl;
-use sealdb_config::{Settings, SslMode, read_secret};
+use sealdb_config::{Secret, Settings, SslMode, read_secret};
 use sealdb_pki::{CertUserMap, CertsDir, KeyType, ServerIdentitySource, TlsFiles, TrustSource};
 use sealdb_server::{Server, ServerSettings};
 use zeroize::Zeroizing;
@@ -178,7 +178,7 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
         (Some(_), Some(_)) => bail!("set either ssl-keystore or ssl-cert/ssl-private-key, not both"),
         (Some(path), None) => {
             let password = read_secret(
-                settings.ssl_keystore_password.as_deref(),
+                settings.ssl_keystore_password.as_ref().map(Secret::expose),
                 settings.ssl_keystore_password_file.as_deref(),
                 "SEALDB_SSL_KEYSTORE_PASSWORD",
             )?
@@ -212,7 +212,7 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
         (Some(_), Some(_)) => bail!("set either ssl-trust-store or ssl-trust-ca, not both"),
         (Some(path), None) => {
             let password = read_secret(
-                settings.ssl_trust_password.as_deref(),
+                settings.ssl_trust_password.as_ref().map(Secret::expose),
                 settings.ssl_trust_password_file.as_deref(),
                 "SEALDB_SSL_TRUST_PASSWORD",
             )?
