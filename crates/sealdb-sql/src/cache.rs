@@ -120,15 +120,7 @@ fn is_deterministic(plan: &LogicalPlan) -> bool {
 }
 
 fn reads_no_table(plan: &LogicalPlan) -> bool {
-    let mut none = true;
-    let _ = plan.apply_with_subqueries(|node| {
-        if matches!(node, LogicalPlan::TableScan(_)) {
-            none = false;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    none
+    !crate::privileges::any_node(plan, |n| matches!(n, LogicalPlan::TableScan(_)))
 }
 
 fn is_reusable(plan: &dyn ExecutionPlan) -> bool {

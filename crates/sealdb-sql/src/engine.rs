@@ -9,7 +9,6 @@ use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
@@ -728,14 +727,9 @@ impl OutputKind {
 /// `CREATE TABLE t (columns)` plans an input that produces no row at all,
 /// unlike `CREATE TABLE t AS SELECT ...`.
 fn defines_columns_only(input: &LogicalPlan) -> bool {
-    let mut only_empty = true;
-    let _ = input.apply(|node| {
-        if node.inputs().is_empty() && !matches!(node, LogicalPlan::EmptyRelation(e) if !e.produce_one_row) {
-            only_empty = false;
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    only_empty
+    !privileges::any_node(input, |n| {
+        n.inputs().is_empty() && !matches!(n, LogicalPlan::EmptyRelation(e) if !e.produce_one_row)
+    })
 }
 
 fn returns_rows(plan: &LogicalPlan) -> bool {

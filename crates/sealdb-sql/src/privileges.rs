@@ -118,9 +118,14 @@ pub(crate) fn check(access: &AccessControl, user: &str, plan: &LogicalPlan) -> R
 }
 
 fn has_filter(plan: &LogicalPlan) -> bool {
+    any_node(plan, |n| matches!(n, LogicalPlan::Filter(_)))
+}
+
+/// Whether any node of the plan, subqueries included, satisfies `predicate`.
+pub(crate) fn any_node(plan: &LogicalPlan, predicate: impl Fn(&LogicalPlan) -> bool) -> bool {
     let mut found = false;
     let _ = plan.apply_with_subqueries(|n| {
-        if matches!(n, LogicalPlan::Filter(_)) {
+        if predicate(n) {
             found = true;
             return Ok(TreeNodeRecursion::Stop);
         }

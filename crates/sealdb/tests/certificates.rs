@@ -200,21 +200,11 @@ fn server_runs_on_an_openssl_rsa_2048_self_signed_certificate() {
     let crt = p.join("server.crt").display().to_string();
     let key = p.join("server.key").display().to_string();
     let server = TestServer::start(&["--ssl-cert", &crt, "--ssl-private-key", &key, "--ssl-mode", "allowed"]);
-    let verify = Command::new("openssl")
-        .args([
-            "s_client",
-            "-starttls",
-            "postgres",
-            "-connect",
-            &format!("127.0.0.1:{}", server.port),
-            "-CAfile",
-            &crt,
-            "-verify_return_error",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("openssl");
-    let text = String::from_utf8_lossy(&verify.stdout);
+    let port = server.port;
+    let (_, text) = s_client(
+        port,
+        &["-starttls", "postgres", "-CAfile", &crt, "-verify_return_error"],
+    );
     assert!(
         text.contains("Verify return code: 0 (ok)") && text.contains("CN = localhost"),
         "{text}"

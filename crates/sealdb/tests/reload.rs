@@ -56,20 +56,7 @@ fn sighup_swaps_the_server_certificate_and_keeps_established_sessions() {
         "the new certificate was not loaded"
     );
     // The new certificate is what new clients see.
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-starttls",
-            "postgres",
-            "-connect",
-            &format!("127.0.0.1:{}", server.port),
-            "-CAfile",
-            &server.ca(),
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("openssl");
-    let pem = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (_, pem) = s_client(server.port, &["-starttls", "postgres", "-CAfile", &server.ca()]);
     let serial = Command::new("openssl")
         .args(["x509", "-noout", "-serial"])
         .stdin(std::process::Stdio::piped())

@@ -517,3 +517,21 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `openssl s_client -connect 127.0.0.1:PORT EXTRA...`: success and stdout+stderr.
+pub fn s_client(port: u16, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
