@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::error::fatal;
 use crate::query::QueryHandler;
 use crate::startup::{ParameterProvider, SessionSlot, StartupHandler};
-use crate::state::ServerState;
+use crate::state::{Admission, ServerState};
 
 /// TLS facts of a connection, recorded right after the handshake.
 #[derive(Debug)]
@@ -113,7 +113,13 @@ impl ErrorHandler for EscalateStartupErrors {
 }
 
 /// Serves one TCP connection until the client leaves, fails or times out.
-pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<ServerState>, handlers: Arc<Handlers>) {
+pub(crate) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    handlers: Arc<Handlers>,
+    admission: Admission,
+) {
     let deadline = tokio::time::sleep(state.settings.handshake_timeout);
     tokio::pin!(deadline);
     let material = state.tls_material();
@@ -154,6 +160,9 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<Server
         });
     }
 
+    if admission == Admission::TooManyConnections {
+        socket.session_extensions().insert(Admission::TooManyConnections);
+    }
     let startup = handlers.startup_handler();
     let simple = handlers.simple_query_handler();
     let extended = handlers.extended_query_handler();

@@ -24,7 +24,7 @@ use sealdb_sql::{ClientCertSummary, Engine, SessionInfo, SqlSession, TlsSessionI
 
 use crate::connection::ConnectionTls;
 use crate::error::fatal;
-use crate::state::ServerState;
+use crate::state::{Admission, ServerState};
 
 /// The authenticated session of a connection.
 #[derive(Debug)]
@@ -188,6 +188,15 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                if client.session_extensions().get::<Admission>().is_some() {
+                    return Err(fatal(
+                        "53300",
+                        format!(
+                            "sorry, too many clients already: max-connections = {} is reached; retry later or raise max-connections",
+                            self.state.settings.max_connections
+                        ),
+                    ));
+                }
                 let secure = client.is_secure();
                 if !secure && self.state.settings.ssl_mode == SslMode::Required {
                     tracing::warn!(peer = %client.socket_addr(), "plaintext connection refused");

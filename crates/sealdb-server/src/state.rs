@@ -185,6 +185,18 @@ impl ServerHooks for ServerState {
     }
 }
 
+/// Connections over `max-connections` that are still told why they are refused.
+const MAX_REFUSALS_IN_FLIGHT: usize = 16;
+
+/// Whether a connection got a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// It is served.
+    Admitted,
+    /// It is refused with FATAL 53300 at its startup message.
+    TooManyConnections,
+}
+
 /// A bound, ready-to-run server.
 #[derive(Debug)]
 pub struct Server {
@@ -224,6 +236,7 @@ impl Server {
     /// Serves until the process ends.
     pub async fn run(self) {
         let permits = Arc::new(Semaphore::new(self.state.settings.max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
         let handlers = Arc::new(crate::connection::Handlers::new(
             self.state.clone(),
             self.engine.clone(),
@@ -238,15 +251,29 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = self.state.settings.max_connections, "connection refused: max-connections reached");
-                drop(socket);
-                continue;
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    tracing::warn!(%peer, max = self.state.settings.max_connections, "connection refused: max-connections reached");
+                    // Tell the client why, over TLS if it asks for it, with
+                    // a bounded number of such refusals in flight.
+                    let Ok(p) = refusals.clone().try_acquire_owned() else {
+                        drop(socket);
+                        continue;
+                    };
+                    let handlers = handlers.clone();
+                    let state = self.state.clone();
+                    tokio::spawn(async move {
+                        crate::connection::serve(socket, peer, state, handlers, Admission::TooManyConnections).await;
+                        drop(p);
+                    });
+                    continue;
+                }
             };
             let handlers = handlers.clone();
             let state = self.state.clone();
             tokio::spawn(async move {
-                crate::connection::serve(socket, peer, state, handlers).await;
+                crate::connection::serve(socket, peer, state, handlers, Admission::Admitted).await;
                 drop(permit);
             });
         }

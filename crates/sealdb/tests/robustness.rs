@@ -174,3 +174,18 @@ fn config_keys_equal_flag_names_and_the_flag_wins() {
     assert!(server.banner.contains("TLS optional"), "{}", server.banner);
     still_serves(&server);
 }
+
+#[test]
+fn a_client_over_max_connections_is_told_why() {
+    let server = TestServer::start(&["--max-connections", "1"]);
+    let mut first = LongSession::open(&server.admin());
+    assert_eq!(first.query("select 1"), "1");
+    psql(&server.admin(), "select 1").expect_err("too many clients already: max-connections = 1");
+    drop(first);
+    // The slot frees when the server sees the first client leave.
+    let freed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        psql(&server.admin(), "select 1").ok
+    });
+    assert!(freed, "the slot of a closed session was not given back");
+}
