@@ -14,7 +14,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
-use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::inspect::format_time;
@@ -144,7 +143,6 @@ pub struct TlsMaterial {
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     certificates: Vec<LoadedCertificate>,
     crl_count: usize,
-    loaded_at: OffsetDateTime,
 }
 
 impl TlsMaterial {
@@ -266,7 +264,6 @@ impl TlsMaterial {
             client_verifier,
             certificates,
             crl_count,
-            loaded_at: OffsetDateTime::now_utc(),
         })
     }
 
@@ -288,11 +285,6 @@ impl TlsMaterial {
         Some(pem)
     }
 
-    /// Whether clients may present certificates (a trusted CA is configured).
-    pub fn accepts_client_certificates(&self) -> bool {
-        self.client_verifier.is_some()
-    }
-
     /// Every loaded certificate.
     pub fn certificates(&self) -> &[LoadedCertificate] {
         &self.certificates
@@ -301,11 +293,6 @@ impl TlsMaterial {
     /// How many CRLs are in force.
     pub fn crl_count(&self) -> usize {
         self.crl_count
-    }
-
-    /// When this material was loaded.
-    pub fn loaded_at(&self) -> OffsetDateTime {
-        self.loaded_at
     }
 
     /// Checks a client's certificate chain (leaf first) against the trusted
@@ -504,10 +491,5 @@ impl TlsReloader {
         let material = Arc::new(TlsMaterial::load(&self.files)?);
         self.current.store(material.clone());
         Ok(material)
-    }
-
-    /// The files this reloader reads.
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
     }
 }

@@ -86,7 +86,6 @@ pub struct SqlSession {
     state: SessionState,
     task: Arc<TaskContext>,
     settings: BTreeMap<String, String>,
-    in_transaction: bool,
     cache: StatementCache,
 }
 
@@ -94,7 +93,6 @@ impl std::fmt::Debug for SqlSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlSession")
             .field("info", &self.info)
-            .field("in_transaction", &self.in_transaction)
             .finish_non_exhaustive()
     }
 }
@@ -109,11 +107,6 @@ impl SqlSession {
     /// Who this is.
     pub fn info(&self) -> &Arc<SessionInfo> {
         &self.info
-    }
-
-    /// Whether a `BEGIN` is open.
-    pub fn in_transaction(&self) -> bool {
-        self.in_transaction
     }
 }
 
@@ -214,11 +207,6 @@ impl Engine {
         })
     }
 
-    /// Users and grants.
-    pub fn access(&self) -> &Arc<AccessControl> {
-        &self.access
-    }
-
     /// A session for an authenticated client.
     pub fn session(&self, info: SessionInfo) -> SqlSession {
         let info = Arc::new(info);
@@ -236,7 +224,6 @@ impl Engine {
             state,
             task,
             settings,
-            in_transaction: false,
             cache: StatementCache::default(),
         }
     }
@@ -277,6 +264,8 @@ impl Engine {
             });
         }
         let plan = self.plan(session, piece).await?;
+        // Refused at Parse already, so a client learns early; checked again at Execute.
+        privileges::check(&self.access, &session.info.user, &plan)?;
         let types = plan.get_parameter_types()?;
         let mut params = vec![None; types.len()];
         for (name, ty) in types {
@@ -358,6 +347,7 @@ impl Engine {
         if !returns_rows(&plan) {
             return self.run_plan(session, plan).await;
         }
+        privileges::check(&self.access, &session.info.user, &plan)?;
         let optimized = Arc::new(session.state.optimize(&plan)?);
         let physical = session
             .state
@@ -381,17 +371,15 @@ impl Engine {
             0 => return Err(SqlError::Syntax("empty statement".into())),
             _ => return Err(SqlError::Syntax("one statement at a time".into())),
         };
-        let state = session.ctx.state();
-        let plan = state
+        Ok(session
+            .state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-            .await?;
-        privileges::check(&self.access, &session.info.user, &plan)?;
-        Ok(plan)
+            .await?)
     }
 
     async fn run_plan(&self, session: &mut SqlSession, plan: LogicalPlan) -> Result<Output, SqlError> {
-        // Privileges are checked again on the final plan: parameters cannot
-        // add tables, but this keeps the check next to the execution.
+        // Checked at every execution: grants may have changed since a
+        // statement was prepared.
         privileges::check(&self.access, &session.info.user, &plan)?;
         let kind = OutputKind::of(&plan);
         let dropped_table = match &plan {
@@ -586,18 +574,10 @@ impl Engine {
                     rows: None,
                 }
             }
-            SecurityStatement::Begin => {
-                session.in_transaction = true;
-                Output::Begin
-            }
-            SecurityStatement::Commit => {
-                session.in_transaction = false;
-                Output::End { rolled_back: false }
-            }
-            SecurityStatement::Rollback => {
-                session.in_transaction = false;
-                Output::End { rolled_back: true }
-            }
+            // The wire layer tracks the transaction status from these outputs.
+            SecurityStatement::Begin => Output::Begin,
+            SecurityStatement::Commit => Output::End { rolled_back: false },
+            SecurityStatement::Rollback => Output::End { rolled_back: true },
         })
     }
 

@@ -173,19 +173,37 @@ fn host_name() -> Option<String> {
         .then(|| name.to_owned())
 }
 
+/// The password of a PKCS#12 store `key` (`ssl-keystore` or
+/// `ssl-trust-store`): the `*-password` key, the `*-password-file` key, or
+/// `SEALDB_SSL_KEYSTORE_PASSWORD` / `SEALDB_SSL_TRUST_PASSWORD`.
+fn store_password(key: &str, direct: Option<&Secret>, file: Option<&Path>) -> Result<Zeroizing<String>> {
+    let env = match key {
+        "ssl-keystore" => "SEALDB_SSL_KEYSTORE_PASSWORD",
+        _ => "SEALDB_SSL_TRUST_PASSWORD",
+    };
+    let password = read_secret(direct.map(Secret::expose), file, env)?.with_context(|| {
+        let file_key = if key == "ssl-keystore" {
+            "ssl-keystore-password-file"
+        } else {
+            "ssl-trust-password-file"
+        };
+        format!("{key} needs a password: {file_key} or {env}")
+    })?;
+    Ok(Zeroizing::new(password))
+}
+
 fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
     let identity = match (&settings.ssl_keystore, &settings.ssl_cert) {
         (Some(_), Some(_)) => bail!("set either ssl-keystore or ssl-cert/ssl-private-key, not both"),
         (Some(path), None) => {
-            let password = read_secret(
-                settings.ssl_keystore_password.as_ref().map(Secret::expose),
+            let password = store_password(
+                "ssl-keystore",
+                settings.ssl_keystore_password.as_ref(),
                 settings.ssl_keystore_password_file.as_deref(),
-                "SEALDB_SSL_KEYSTORE_PASSWORD",
-            )?
-            .context("ssl-keystore needs a password: ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD")?;
+            )?;
             ServerIdentitySource::Pkcs12 {
                 path: path.clone(),
-                password: Zeroizing::new(password),
+                password,
             }
         }
         (None, Some(cert)) => {
@@ -211,15 +229,14 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
     let trust = match (&settings.ssl_trust_store, &settings.ssl_trust_ca) {
         (Some(_), Some(_)) => bail!("set either ssl-trust-store or ssl-trust-ca, not both"),
         (Some(path), None) => {
-            let password = read_secret(
-                settings.ssl_trust_password.as_ref().map(Secret::expose),
+            let password = store_password(
+                "ssl-trust-store",
+                settings.ssl_trust_password.as_ref(),
                 settings.ssl_trust_password_file.as_deref(),
-                "SEALDB_SSL_TRUST_PASSWORD",
-            )?
-            .context("ssl-trust-store needs a password: ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD")?;
+            )?;
             Some(TrustSource::Pkcs12 {
                 path: path.clone(),
-                password: Zeroizing::new(password),
+                password,
             })
         }
         (None, Some(ca)) => Some(TrustSource::Pem(ca.clone())),
