@@ -124,12 +124,21 @@ mod tests {
         let wrapped = wrap_key(&kek, &key, b"table 7 v1").unwrap();
         assert_eq!(wrapped.len(), WRAPPED_KEY_LEN);
         assert!(unwrap_key(&kek, &wrapped, b"table 7 v1").unwrap().ct_eq(&key));
-        assert!(matches!(unwrap_key(&kek, &wrapped, b"table 8 v1"), Err(CryptoError::Authentication)));
-        assert!(matches!(unwrap_key(&other, &wrapped, b"table 7 v1"), Err(CryptoError::Authentication)));
+        assert!(matches!(
+            unwrap_key(&kek, &wrapped, b"table 8 v1"),
+            Err(CryptoError::Authentication)
+        ));
+        assert!(matches!(
+            unwrap_key(&other, &wrapped, b"table 7 v1"),
+            Err(CryptoError::Authentication)
+        ));
         let mut flipped = wrapped.clone();
         flipped[20] ^= 1;
         assert!(unwrap_key(&kek, &flipped, b"table 7 v1").is_err());
-        assert!(matches!(unwrap_key(&kek, &wrapped[1..], b"table 7 v1"), Err(CryptoError::Length { .. })));
+        assert!(matches!(
+            unwrap_key(&kek, &wrapped[1..], b"table 7 v1"),
+            Err(CryptoError::Length { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! The catalog: the one root file of a data directory.
+//!
+//! It lists the tables (columns, encryption, key versions wrapped by the
+//! key-ring key, the segments that hold their rows with each segment's
+//! wrapped data key, the deleted row ids), the sections upper layers keep
+//! (users and grants), and where the write-ahead log resumes. It is replaced
+//! atomically (write, fsync, rename, fsync the directory) and the log is
+//! rotated after every replacement, so an older copy put back is detected.
+//!
+//! ```text
+//! magic "SEALCATG" 8 | format u32 | generation u64
+//! provider  u16 len + bytes     key provider name (`local`, `kmip:GROUP`)
+//! master    u16 len + bytes     master-key id in that provider
+//! ring      u16 len + bytes     key-ring key wrapped by the master key
+//! system    u16 len + bytes     system key wrapped by the key-ring key
+//! body      nonce 12 | AES-256-GCM(JSON) | tag 16
+//!           key: HKDF(system key, "catalog"); associated data: all of the above
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sealdb_crypto::{AeadKey, Key256, derive_key};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::StorageError;
+
+/// The catalog's file name in the data directory.
+pub const CATALOG_FILE: &str = "catalog";
+const MAGIC: &[u8; 8] = b"SEALCATG";
+/// The catalog format this build writes and the newest it reads.
+pub const CATALOG_FORMAT: u32 = 1;
+/// Largest catalog accepted (256 MiB), so a damaged length cannot make
+/// start-up allocate without bound.
+const CATALOG_BYTES_MAX: u64 = 256 << 20;
+
+/// The plaintext header: who holds the master key and the wrapped keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CatalogHeader {
+    pub format: u32,
+    pub generation: u64,
+    pub provider: String,
+    pub master_id: String,
+    pub wrapped_ring: Vec<u8>,
+    pub wrapped_system: Vec<u8>,
+}
+
+/// Table encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encryption {
+    /// AES-256-GCM (Parquet modular encryption for segments).
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Segments in the clear, checked against a SHA-256 in the catalog.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl Encryption {
+    /// `aes-256-gcm` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aes256Gcm => "aes-256-gcm",
+            Self::None => "none",
+        }
+    }
+}
+
+/// One version of a table key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableKeyMeta {
+    /// 1, 2, ...
+    pub version: u32,
+    /// The key wrapped by the key-ring key.
+    #[serde(with = "b64")]
+    pub wrapped: Vec<u8>,
+    /// Creation time, Unix seconds.
+    pub created_unix: u64,
+}
+
+/// One immutable segment file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    /// Unique in the data directory.
+    pub id: u64,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Table-key version its data key is wrapped by; 0 when unencrypted.
+    pub key_version: u32,
+    /// The data key wrapped by that table key version.
+    #[serde(with = "b64_opt", default)]
+    pub wrapped_key: Option<Vec<u8>>,
+    /// SHA-256 of the whole file.
+    #[serde(with = "b64")]
+    pub sha256: Vec<u8>,
+    /// Smallest and largest row id in the file.
+    pub min_rowid: u64,
+    /// Largest row id in the file.
+    pub max_rowid: u64,
+}
+
+/// A table as the catalog keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableMeta {
+    /// Unique, never reused.
+    pub id: u64,
+    /// `schema.name`.
+    pub name: String,
+    /// Columns (without the internal row id).
+    pub schema: arrow_schema::Schema,
+    /// Encryption of its segments.
+    pub encryption: Encryption,
+    /// Creation time, Unix seconds.
+    pub created_unix: u64,
+    /// Table key versions, oldest first; the last is current.
+    pub keys: Vec<TableKeyMeta>,
+    /// Row ids below this are allocated.
+    pub next_rowid: u64,
+    /// Segment files holding rows as of the checkpoint.
+    pub segments: Vec<SegmentMeta>,
+    /// Deleted row ids (a serialized roaring bitmap).
+    #[serde(with = "b64")]
+    pub deleted: Vec<u8>,
+}
+
+/// The encrypted body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatalogBody {
+    /// Same as the header's; checked against it.
+    pub generation: u64,
+    /// Every log record at or below this is in the segments.
+    pub checkpoint_lsn: u64,
+    /// The first log file recovery needs.
+    pub log_seq_min: u64,
+    /// Next table id.
+    pub next_table_id: u64,
+    /// Next file id (segments).
+    pub next_file_id: u64,
+    /// Tables.
+    pub tables: Vec<TableMeta>,
+    /// Opaque sections of upper layers (`access`: users and grants).
+    pub sections: BTreeMap<String, serde_json::Value>,
+}
+
+pub(crate) fn body_key(system: &Key256) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, b"catalog")?))
+}
+
+impl CatalogHeader {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.format.to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        for field in [
+            self.provider.as_bytes(),
+            self.master_id.as_bytes(),
+            &self.wrapped_ring,
+            &self.wrapped_system,
+        ] {
+            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
+            out.extend_from_slice(field);
+        }
+        out
+    }
+}
+
+/// Reads the header of the catalog at `path` (no key needed).
+pub(crate) fn read_header(path: &Path) -> Result<(CatalogHeader, Vec<u8>, usize), StorageError> {
+    let len = std::fs::metadata(path)
+        .map_err(StorageError::io("reading", path))?
+        .len();
+    if len > CATALOG_BYTES_MAX {
+        return Err(StorageError::integrity(
+            CATALOG_FILE,
+            format!("{len} bytes is larger than any catalog"),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(StorageError::io("reading", path))?;
+    let bad = |d: &str| StorageError::integrity(CATALOG_FILE, d.to_owned());
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err(bad("not a sealdb catalog (bad magic or too short)"));
+    }
+    let format = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| bad("header"))?);
+    if format > CATALOG_FORMAT {
+        return Err(StorageError::NewerFormat {
+            file: CATALOG_FILE.into(),
+            found: format,
+            supported: CATALOG_FORMAT,
+        });
+    }
+    let generation = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| bad("header"))?);
+    let mut at = 20;
+    let mut fields = Vec::with_capacity(4);
+    for _ in 0..4 {
+        let l = bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| bad("header is truncated"))?;
+        let f = bytes
+            .get(at + 2..at + 2 + l)
+            .ok_or_else(|| bad("header is truncated"))?;
+        fields.push(f.to_vec());
+        at += 2 + l;
+    }
+    let text = |v: &Vec<u8>| String::from_utf8(v.clone()).map_err(|_| bad("header names are not UTF-8"));
+    let header = CatalogHeader {
+        format,
+        generation,
+        provider: text(&fields[0])?,
+        master_id: text(&fields[1])?,
+        wrapped_ring: fields[2].clone(),
+        wrapped_system: fields[3].clone(),
+    };
+    Ok((header, bytes, at))
+}
+
+/// Opens the body that follows the header.
+pub(crate) fn open_body(bytes: &[u8], header_len: usize, key: &AeadKey) -> Result<CatalogBody, StorageError> {
+    let (header, body) = bytes.split_at(header_len);
+    let plain = Zeroizing::new(key.open_with_nonce_prefix(header, body).map_err(|_| {
+        StorageError::integrity(
+            CATALOG_FILE,
+            "the catalog failed authentication (altered, truncated, or sealed under another key)",
+        )
+    })?);
+    let body: CatalogBody = serde_json::from_slice(&plain)
+        .map_err(|e| StorageError::integrity(CATALOG_FILE, format!("authenticated but unreadable body: {e}")))?;
+    Ok(body)
+}
+
+/// Writes the catalog durably.
+pub(crate) fn write(dir: &Path, header: &CatalogHeader, body: &CatalogBody, key: &AeadKey) -> Result<(), StorageError> {
+    debug_assert_eq!(header.generation, body.generation);
+    let head = header.encode();
+    let plain =
+        Zeroizing::new(serde_json::to_vec(body).map_err(|e| StorageError::Internal(format!("catalog encoding: {e}")))?);
+    let sealed = key.seal_with_random_nonce(&head, &plain)?;
+    let mut file = head;
+    file.extend_from_slice(&sealed);
+    let path = dir.join(CATALOG_FILE);
+    sealdb_kms::replace_file_durably(&path, &file).map_err(StorageError::io("writing", path))
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => super::b64::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        match s {
+            None => Ok(None),
+            Some(s) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map(Some)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! sealdb's storage engine.
+//!
+//! A data directory holds:
+//! - `catalog`: the root file (tables, their segments and keys, users and
+//!   grants), encrypted and authenticated, replaced atomically;
+//! - `log/*.wal`: the write-ahead log, one AES-256-GCM frame per record,
+//!   fsynced before a commit is acknowledged, group-committed;
+//! - `tables/<id>/*.parquet`: immutable segments, Parquet with modular
+//!   encryption under a fresh data key each;
+//! - `keystore/`: the local master key (see `sealdb-kms`).
+//!
+//! Keys: the master key (key provider) wraps a key-ring key, which wraps
+//! the system key and every table key version; a table key version wraps
+//! the data key of each segment and derives the key of each log file. The
+//! key provider is called a fixed number of times at open, whatever the
+//! number of tables.
+//!
+//! It does not depend on DataFusion: `sealdb-sql` reads segments through
+//! DataFusion's Parquet scan with the decryption properties this crate
+//! gives for each file.
+#![forbid(unsafe_code)]
+
+mod catalog;
+mod error;
+mod segment;
+mod store;
+mod table;
+mod txn;
+mod wal;
+
+pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta};
+pub use error::StorageError;
+pub use segment::{Segment, TABLES_DIR};
+pub use store::{RecoveryReport, Store, StoreOptions};
+pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
+pub use txn::{Pending, Transaction};
+pub use wal::LOG_DIR;
+
+/// The internal row-id column every stored batch ends with.
+pub const ROWID_COLUMN: &str = "__sealdb_rowid";

@@ -1,0 +1,280 @@
+//! Segment files: immutable Parquet files, one data key each.
+//!
+//! An encrypted segment uses Parquet modular encryption (AES-GCM, encrypted
+//! footer) under a fresh data key, wrapped by the table key version in the
+//! catalog. The AAD prefix, which is not stored in the file, names the
+//! table, the segment and the key version, so a file copied over from
+//! another table or put in another segment's place fails authentication.
+//! An unencrypted segment is checked against the SHA-256 the catalog holds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::basic::Compression;
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use parquet::file::properties::WriterProperties;
+use sealdb_crypto::{AeadKey, Key256, sha256, unwrap_key, wrap_key};
+
+use crate::catalog::SegmentMeta;
+use crate::{ROWID_COLUMN, StorageError};
+
+/// Where table files live inside the data directory.
+pub const TABLES_DIR: &str = "tables";
+/// Rows per Parquet row group: the unit filters prune.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// A segment in use. When it is replaced (compaction) or its table dropped,
+/// it is marked obsolete and its file is removed once the last query that
+/// may read it lets go.
+#[derive(Debug)]
+pub struct Segment {
+    /// What the catalog holds.
+    pub meta: SegmentMeta,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Path relative to the data directory, for messages.
+    pub display: String,
+    obsolete: AtomicBool,
+}
+
+impl Segment {
+    pub(crate) fn new(dir: &Path, table_id: u64, meta: SegmentMeta) -> Self {
+        let display = segment_display(table_id, meta.id);
+        Self {
+            path: dir.join(&display),
+            display,
+            meta,
+            obsolete: AtomicBool::new(false),
+        }
+    }
+
+    /// Remove the file when the last reference is dropped.
+    pub(crate) fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `tables/<table>/<segment>.parquet`.
+pub fn segment_display(table_id: u64, segment_id: u64) -> String {
+    format!("{TABLES_DIR}/{table_id}/{segment_id:016x}.parquet")
+}
+
+/// The AAD prefix binding a segment's ciphertext to its place.
+pub fn segment_aad(table_id: u64, segment_id: u64, key_version: u32) -> Vec<u8> {
+    format!("sealdb segment t{table_id} s{segment_id} k{key_version}").into_bytes()
+}
+
+fn dek_aad(table_id: u64, segment_id: u64, key_version: u32) -> Vec<u8> {
+    format!("sealdb segment key t{table_id} s{segment_id} k{key_version}").into_bytes()
+}
+
+/// Writes `batches` (with row ids) as segment `segment_id` of `table_id`,
+/// durably. `table_key` is the current table key version, `None` for an
+/// unencrypted table.
+pub(crate) fn write(
+    dir: &Path,
+    table_id: u64,
+    segment_id: u64,
+    batches: &[RecordBatch],
+    table_key: Option<(u32, &Key256)>,
+) -> Result<SegmentMeta, StorageError> {
+    let display = segment_display(table_id, segment_id);
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| StorageError::Internal("a segment needs rows".into()))?;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    let (key_version, wrapped_key) = match table_key {
+        Some((version, tk)) => {
+            let dek = Key256::random()?;
+            let wrapped = wrap_key(&AeadKey::new(tk), &dek, &dek_aad(table_id, segment_id, version))?;
+            let encryption = FileEncryptionProperties::builder(dek.expose().to_vec())
+                .with_aad_prefix(segment_aad(table_id, segment_id, version))
+                .with_aad_prefix_storage(false)
+                .build()
+                .map_err(|e| format_error(&display, e))?;
+            props = props.with_file_encryption_properties(encryption);
+            (version, Some(wrapped))
+        }
+        None => (0, None),
+    };
+    let mut buf = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, schema, Some(props.build())).map_err(|e| format_error(&display, e))?;
+    let mut rows = 0u64;
+    let (mut min_rowid, mut max_rowid) = (u64::MAX, 0u64);
+    for batch in batches {
+        rows += batch.num_rows() as u64;
+        if let Some((lo, hi)) = rowid_range(batch) {
+            min_rowid = min_rowid.min(lo);
+            max_rowid = max_rowid.max(hi);
+        }
+        writer.write(batch).map_err(|e| format_error(&display, e))?;
+    }
+    writer.close().map_err(|e| format_error(&display, e))?;
+    let path = dir.join(&display);
+    let parent = path
+        .parent()
+        .ok_or_else(|| StorageError::Internal("segment path has no parent".into()))?;
+    std::fs::create_dir_all(parent).map_err(StorageError::io("creating", parent))?;
+    sealdb_kms::replace_file_durably(&path, &buf).map_err(StorageError::io("writing", &path))?;
+    Ok(SegmentMeta {
+        id: segment_id,
+        rows,
+        bytes: buf.len() as u64,
+        key_version,
+        wrapped_key,
+        sha256: sha256(&buf).to_vec(),
+        min_rowid: if rows == 0 { 0 } else { min_rowid },
+        max_rowid,
+    })
+}
+
+/// Unwraps a segment's data key with its table key version.
+pub fn unwrap_data_key(table_id: u64, meta: &SegmentMeta, table_key: &Key256) -> Result<Key256, StorageError> {
+    let wrapped = meta.wrapped_key.as_deref().ok_or_else(|| {
+        StorageError::integrity(
+            segment_display(table_id, meta.id),
+            "the catalog holds no data key for it",
+        )
+    })?;
+    unwrap_key(
+        &AeadKey::new(table_key),
+        wrapped,
+        &dek_aad(table_id, meta.id, meta.key_version),
+    )
+    .map_err(|_| {
+        StorageError::integrity(
+            segment_display(table_id, meta.id),
+            "its data key failed authentication under the table key",
+        )
+    })
+}
+
+/// Parquet decryption properties for an encrypted segment.
+pub fn decryption_properties(
+    table_id: u64,
+    meta: &SegmentMeta,
+    data_key: &Key256,
+) -> Result<Arc<FileDecryptionProperties>, StorageError> {
+    FileDecryptionProperties::builder(data_key.expose().to_vec())
+        .with_aad_prefix(segment_aad(table_id, meta.id, meta.key_version))
+        .build()
+        .map_err(|e| format_error(&segment_display(table_id, meta.id), e))
+}
+
+/// Checks an unencrypted segment's bytes against the catalog's SHA-256.
+pub fn check_plain(path: &Path, display: &str, meta: &SegmentMeta) -> Result<(), StorageError> {
+    let bytes = read_whole(path, display)?;
+    if bytes.len() as u64 != meta.bytes {
+        return Err(StorageError::integrity(
+            display,
+            format!("{} bytes, the catalog says {}", bytes.len(), meta.bytes),
+        ));
+    }
+    if sha256(&bytes).as_slice() != meta.sha256.as_slice() {
+        return Err(StorageError::integrity(
+            display,
+            "its SHA-256 does not match the catalog",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads every row of a segment, authenticating it all.
+pub(crate) fn read_all(
+    path: &Path,
+    display: &str,
+    table_id: u64,
+    meta: &SegmentMeta,
+    data_key: Option<&Key256>,
+) -> Result<Vec<RecordBatch>, StorageError> {
+    let bytes = match data_key {
+        Some(_) => read_whole(path, display)?,
+        None => {
+            check_plain(path, display, meta)?;
+            read_whole(path, display)?
+        }
+    };
+    if bytes.len() as u64 != meta.bytes {
+        return Err(StorageError::integrity(
+            display,
+            format!(
+                "{} bytes, the catalog says {} (truncated or replaced)",
+                bytes.len(),
+                meta.bytes
+            ),
+        ));
+    }
+    let magic: &[u8] = if data_key.is_some() { b"PARE" } else { b"PAR1" };
+    if bytes.len() < 8 || &bytes[..4] != magic || &bytes[bytes.len() - 4..] != magic {
+        return Err(StorageError::integrity(
+            display,
+            "it does not begin and end with the expected Parquet magic",
+        ));
+    }
+    let mut options = ArrowReaderOptions::new();
+    if let Some(key) = data_key {
+        options = options.with_file_decryption_properties(decryption_properties(table_id, meta, key)?);
+    }
+    let integrity = |e: parquet::errors::ParquetError| StorageError::integrity(display, e.to_string());
+    let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes::Bytes::from(bytes), options)
+        .map_err(integrity)?
+        .build()
+        .map_err(integrity)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        out.push(batch.map_err(|e| StorageError::integrity(display, e.to_string()))?);
+    }
+    let rows: u64 = out.iter().map(|b| b.num_rows() as u64).sum();
+    if rows != meta.rows {
+        return Err(StorageError::integrity(
+            display,
+            format!("{rows} rows, the catalog says {}", meta.rows),
+        ));
+    }
+    Ok(out)
+}
+
+fn read_whole(path: &Path, display: &str) -> Result<Vec<u8>, StorageError> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StorageError::Missing {
+                file: display.into(),
+                detail: "the catalog lists it as holding table rows; restore it from a backup".into(),
+            }
+        } else {
+            StorageError::io("reading", path)(e)
+        }
+    })
+}
+
+fn rowid_range(batch: &RecordBatch) -> Option<(u64, u64)> {
+    let col = batch.column_by_name(ROWID_COLUMN)?;
+    let ids = col.as_any().downcast_ref::<arrow::array::UInt64Array>()?;
+    let lo = arrow::compute::min(ids)?;
+    let hi = arrow::compute::max(ids)?;
+    Some((lo, hi))
+}
+
+fn format_error(display: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Format {
+        context: format!("segment {display}"),
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,905 @@
+//! The store: opening and recovering a data directory, DDL, commits,
+//! checkpoints.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use roaring::RoaringTreemap;
+use sealdb_crypto::{AeadKey, Key256, unwrap_key, wrap_key};
+use sealdb_kms::{KeyProvider, MasterKeyId};
+use tracing::{info, warn};
+
+use crate::StorageError;
+use crate::catalog::{self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableMeta};
+use crate::segment::{self, Segment, TABLES_DIR};
+use crate::table::{MemChunk, Table, lock, without_deleted};
+use crate::txn::Transaction;
+use crate::wal::{self, FrameKey, FrameKind, FrameSpec, LOG_DIR, LogWriter};
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Unflushed rows (Arrow bytes in memory) that trigger a checkpoint.
+    pub flush_bytes: u64,
+    /// How long a writer waits for another transaction's table lock.
+    pub lock_timeout: Duration,
+    /// Largest log frame payload; bigger inserts are split.
+    pub frame_bytes_target: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_bytes: 64 << 20,
+            lock_timeout: Duration::from_secs(10),
+            frame_bytes_target: 32 << 20,
+        }
+    }
+}
+
+/// What opening a data directory found and did.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Whether the directory was initialized now.
+    pub created: bool,
+    /// Commits replayed from the log.
+    pub replayed_commits: u64,
+    /// A partial frame at the end of the newest log file, discarded (a
+    /// crash while writing it: it was never acknowledged).
+    pub torn_tail: Option<String>,
+    /// Files no longer referenced that were removed.
+    pub removed_files: Vec<String>,
+    /// Key-provider calls made while opening.
+    pub provider_calls: u64,
+}
+
+struct CatalogState {
+    header: CatalogHeader,
+    body: CatalogBody,
+}
+
+struct Ring {
+    /// The master-key version the ring key is wrapped by (rotation replaces both).
+    #[allow(dead_code)]
+    master: MasterKeyId,
+    key: AeadKey,
+}
+
+struct Inner {
+    dir: PathBuf,
+    provider: Arc<dyn KeyProvider>,
+    ring: std::sync::Mutex<Ring>,
+    catalog_key: AeadKey,
+    catalog: tokio::sync::Mutex<CatalogState>,
+    tables: RwLock<BTreeMap<String, Arc<Table>>>,
+    log: LogWriter,
+    checkpoint: tokio::sync::Mutex<()>,
+    options: StoreOptions,
+    mem_bytes: AtomicU64,
+}
+
+/// An open data directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const RING_AAD: &[u8] = b"sealdb key-ring key";
+const SYSTEM_AAD: &[u8] = b"sealdb system key";
+
+fn table_key_aad(table_id: u64, version: u32) -> Vec<u8> {
+    format!("sealdb table key t{table_id} k{version}").into_bytes()
+}
+
+impl Store {
+    /// Opens `dir`, creating it if it is empty, and recovers committed
+    /// writes from the log. Calls the key provider twice (current master
+    /// key, unwrap the key ring) whatever the number of tables. Blocking.
+    pub fn open(
+        dir: &Path,
+        provider: Arc<dyn KeyProvider>,
+        options: StoreOptions,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        std::fs::create_dir_all(dir).map_err(StorageError::io("creating", dir))?;
+        let calls_before = provider.call_count();
+        let catalog_path = dir.join(CATALOG_FILE);
+        let mut report = RecoveryReport::default();
+        let (header, body, ring_key, system) = if catalog_path.exists() {
+            let (header, bytes, header_len) = catalog::read_header(&catalog_path)?;
+            if header.provider != provider.name() {
+                return Err(StorageError::Key(sealdb_kms::KmsError::UnknownMasterKey {
+                    id: header.master_id.clone(),
+                    provider: format!(
+                        "{} (the catalog's master key is in \"{}\"; set key-provider to it)",
+                        provider.name(),
+                        header.provider
+                    ),
+                }));
+            }
+            let master = MasterKeyId(header.master_id.clone());
+            let ring = provider.unwrap(&master, &header.wrapped_ring, RING_AAD)?;
+            let ring_key = AeadKey::new(&ring);
+            let system = unwrap_key(&ring_key, &header.wrapped_system, SYSTEM_AAD)
+                .map_err(|_| StorageError::integrity(CATALOG_FILE, "the system key failed authentication"))?;
+            let body = catalog::open_body(&bytes, header_len, &catalog::body_key(&system)?)?;
+            if body.generation != header.generation {
+                return Err(StorageError::integrity(
+                    CATALOG_FILE,
+                    "header and body generations differ",
+                ));
+            }
+            (header, body, (master, ring_key), system)
+        } else {
+            if dir.join(LOG_DIR).exists() || dir.join(TABLES_DIR).exists() {
+                return Err(StorageError::Missing {
+                    file: CATALOG_FILE.into(),
+                    detail: format!(
+                        "{} holds a log or tables but no catalog; restore the catalog from a backup",
+                        dir.display()
+                    ),
+                });
+            }
+            report.created = true;
+            let master = provider.current_master_key()?;
+            let ring = Key256::random()?;
+            let wrapped_ring = provider.wrap(&master, &ring, RING_AAD)?;
+            let ring_key = AeadKey::new(&ring);
+            let system = Key256::random()?;
+            let wrapped_system = wrap_key(&ring_key, &system, SYSTEM_AAD)?;
+            let header = CatalogHeader {
+                format: catalog::CATALOG_FORMAT,
+                generation: 1,
+                provider: provider.name(),
+                master_id: master.0.clone(),
+                wrapped_ring,
+                wrapped_system,
+            };
+            let body = CatalogBody {
+                generation: 1,
+                checkpoint_lsn: 0,
+                log_seq_min: 1,
+                next_table_id: 1,
+                next_file_id: 1,
+                ..CatalogBody::default()
+            };
+            catalog::write(dir, &header, &body, &catalog::body_key(&system)?)?;
+            (header, body, (master, ring_key), system)
+        };
+
+        let mut tables = BTreeMap::new();
+        for meta in &body.tables {
+            let table = Arc::new(build_table(dir, meta, &ring_key.1)?);
+            tables.insert(meta.name.clone(), table);
+        }
+        let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
+
+        // Replay the log.
+        let files = wal::list_log_files(dir)?;
+        let mut next_lsn = body.checkpoint_lsn + 1;
+        let mut next_seq = body.log_seq_min;
+        let live: Vec<_> = files.iter().filter(|(seq, _)| *seq >= body.log_seq_min).collect();
+        for (seq, path) in files.iter().filter(|(seq, _)| *seq < body.log_seq_min) {
+            std::fs::remove_file(path).map_err(StorageError::io("removing", path))?;
+            report
+                .removed_files
+                .push(format!("{LOG_DIR}/{}", wal::log_file_name(*seq)));
+        }
+        if live.is_empty() && body.generation > 1 {
+            return Err(StorageError::Missing {
+                file: format!("{LOG_DIR}/{}", wal::log_file_name(body.log_seq_min)),
+                detail: "the catalog needs this log file; it was deleted, or the catalog is an older copy".into(),
+            });
+        }
+        let key_of = |table_id: u64, version: u32| by_id.get(&table_id).and_then(|t| t.key(version));
+        let mut expected_seq = body.log_seq_min;
+        let mut previous_continues: Option<u64> = None;
+        for (i, (seq, path)) in live.iter().enumerate() {
+            let display = format!("{LOG_DIR}/{}", wal::log_file_name(*seq));
+            if *seq != expected_seq {
+                return Err(StorageError::Missing {
+                    file: format!("{LOG_DIR}/{}", wal::log_file_name(expected_seq)),
+                    detail: "the log has a gap here; it was deleted, or the catalog is an older copy".into(),
+                });
+            }
+            let contents = wal::read_log_file(path, &display, &system, &key_of)?;
+            if contents.header.seq != *seq {
+                return Err(StorageError::integrity(&display, "its header names another log file"));
+            }
+            if contents.header.catalog_generation > body.generation {
+                return Err(StorageError::integrity(
+                    CATALOG_FILE,
+                    format!(
+                        "the catalog (generation {}) is older than the log ({display} follows generation {}): an older copy of the catalog was put back",
+                        body.generation, contents.header.catalog_generation
+                    ),
+                ));
+            }
+            if i == 0 && contents.header.first_lsn > body.checkpoint_lsn + 1 {
+                return Err(StorageError::integrity(
+                    &display,
+                    "it starts after the checkpoint: log records are missing",
+                ));
+            }
+            // A file is linked from the one before it; without the link (a
+            // crash between creating this file and linking it) the lsn the
+            // link would have taken is skipped.
+            let first = contents.header.first_lsn;
+            if i > 0 && first != next_lsn && !(previous_continues.is_none() && first == next_lsn + 1) {
+                return Err(StorageError::integrity(
+                    &display,
+                    format!("it starts at lsn {first}, expected {next_lsn}"),
+                ));
+            }
+            previous_continues = contents.continues;
+            if contents.torn_tail {
+                if i + 1 != live.len() {
+                    return Err(StorageError::integrity(
+                        &display,
+                        "it ends in a partial frame but is not the newest log file",
+                    ));
+                }
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(StorageError::io("opening", path.as_path()))?;
+                file.set_len(contents.good_len)
+                    .and_then(|()| file.sync_all())
+                    .map_err(StorageError::io("truncating", path.as_path()))?;
+                let torn = display.clone();
+                warn!(file = %torn, "log file ended in a partial frame (a crash during a write that was never acknowledged); discarded it");
+                report.torn_tail = Some(display.clone());
+            }
+            for commit in contents.commits {
+                if commit.last().is_some_and(|f| f.lsn <= body.checkpoint_lsn) || commit.is_empty() {
+                    continue;
+                }
+                apply_frames(&by_id, commit)?;
+                report.replayed_commits += 1;
+            }
+            next_lsn = contents.next_lsn;
+            next_seq = seq + 1;
+            expected_seq = seq + 1;
+        }
+        if let Some(missing) = previous_continues {
+            return Err(StorageError::Missing {
+                file: format!("{LOG_DIR}/{}", wal::log_file_name(missing)),
+                detail: "the log continues in this file, which is gone: committed writes are missing; restore it from a backup".into(),
+            });
+        }
+        next_lsn = next_lsn.max(body.checkpoint_lsn + 1);
+        let newest = live.last().map(|(seq, path)| (*seq, path.as_path()));
+
+        report.removed_files.extend(remove_orphans(dir, &body)?);
+        let log = LogWriter::start(dir, &system, next_seq, next_lsn, body.generation, newest)?;
+        let mem_bytes: u64 = tables
+            .values()
+            .map(|t| {
+                t.snapshot()
+                    .chunks
+                    .iter()
+                    .map(|c| c.batch.get_array_memory_size() as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        report.provider_calls = provider.call_count() - calls_before;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                provider,
+                ring: std::sync::Mutex::new(Ring {
+                    master: ring_key.0,
+                    key: ring_key.1,
+                }),
+                catalog_key: catalog::body_key(&system)?,
+                catalog: tokio::sync::Mutex::new(CatalogState { header, body }),
+                tables: RwLock::new(tables),
+                log,
+                checkpoint: tokio::sync::Mutex::new(()),
+                options,
+                mem_bytes: AtomicU64::new(mem_bytes),
+            }),
+        };
+        info!(
+            "opened {}: {} tables, {} commits replayed",
+            dir.display(),
+            store.tables().len(),
+            report.replayed_commits
+        );
+        Ok((store, report))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The key provider.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.inner.provider
+    }
+
+    /// Options in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// All tables, by name.
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.inner
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The table called `name`.
+    pub fn table(&self, name: &str) -> Option<Arc<Table>> {
+        self.inner
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// A section kept by an upper layer.
+    pub async fn section(&self, name: &str) -> Option<serde_json::Value> {
+        self.inner.catalog.lock().await.body.sections.get(name).cloned()
+    }
+
+    /// Replaces a section, durably.
+    pub async fn set_section(&self, name: &str, value: serde_json::Value) -> Result<(), StorageError> {
+        let mut state = self.inner.catalog.lock().await;
+        self.persist(&mut state, |body| {
+            body.sections.insert(name.to_owned(), value);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates a table, durably, with a fresh table key.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+    ) -> Result<Arc<Table>, StorageError> {
+        let mut state = self.inner.catalog.lock().await;
+        if self.table(name).is_some() {
+            return Err(StorageError::TableExists(name.to_owned()));
+        }
+        let id = state.body.next_table_id;
+        let key = Key256::random()?;
+        let wrapped = {
+            let ring = lock(&self.inner.ring);
+            wrap_key(&ring.key, &key, &table_key_aad(id, 1))?
+        };
+        let meta = TableMeta {
+            id,
+            name: name.to_owned(),
+            schema: schema.clone(),
+            encryption,
+            created_unix: now_unix(),
+            keys: vec![TableKeyMeta {
+                version: 1,
+                wrapped,
+                created_unix: now_unix(),
+            }],
+            next_rowid: 0,
+            segments: Vec::new(),
+            deleted: Vec::new(),
+        };
+        let table = Arc::new(Table::new(id, name.to_owned(), schema, encryption, 0));
+        lock(&table.keys).push((1, Arc::new(key)));
+        self.persist(&mut state, |body| {
+            body.next_table_id = id + 1;
+            body.tables.push(meta);
+            Ok(())
+        })
+        .await?;
+        self.inner
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), table.clone());
+        Ok(table)
+    }
+
+    /// Drops a table: its keys are destroyed (the catalog without them is
+    /// durable) before its files are removed.
+    pub async fn drop_table(&self, name: &str) -> Result<(), StorageError> {
+        let table = self
+            .table(name)
+            .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
+        // No transaction may be writing it.
+        let _write = tokio::time::timeout(self.inner.options.lock_timeout, table.write_lock.clone().lock_owned())
+            .await
+            .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
+        let mut state = self.inner.catalog.lock().await;
+        self.persist(&mut state, |body| {
+            body.tables.retain(|t| t.id != table.id);
+            Ok(())
+        })
+        .await?;
+        self.inner
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        table.forget_keys();
+        let data = table.snapshot();
+        for s in &data.segments {
+            s.mark_obsolete();
+        }
+        let freed: u64 = data.chunks.iter().map(|c| c.batch.get_array_memory_size() as u64).sum();
+        self.inner.mem_bytes.fetch_sub(
+            freed.min(self.inner.mem_bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        table.install(&data.chunks, &data.segments, Vec::new(), None);
+        drop(data);
+        let table_dir = self.inner.dir.join(TABLES_DIR).join(table.id.to_string());
+        // Files still read by running queries go when those queries end.
+        let _ = std::fs::remove_dir(&table_dir);
+        Ok(())
+    }
+
+    /// Commits a transaction: logs its writes, waits until they are
+    /// durable (sharing the fsync with concurrent commits), then makes them
+    /// visible. On error nothing of it is applied.
+    pub async fn commit(&self, tx: Transaction) -> Result<(), StorageError> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        let mut frames = Vec::new();
+        let mut applies = Vec::new();
+        for pending in tx.tables.values() {
+            let table = &pending.table;
+            let key = match table.encryption {
+                Encryption::Aes256Gcm => {
+                    let (version, key) = table.current_key().ok_or_else(|| StorageError::KeyDestroyed {
+                        key: format!("table key of {}", table.name),
+                        detail: "no key to write with".into(),
+                    })?;
+                    FrameKey::Table { version, key }
+                }
+                Encryption::None => FrameKey::System,
+            };
+            let mut deleted = pending.committed_deletes();
+            if let Some(below) = pending.truncate_below {
+                frames.push(FrameSpec {
+                    table_id: table.id,
+                    kind: FrameKind::Truncate,
+                    key: key.clone(),
+                    payload: below.to_le_bytes().to_vec(),
+                });
+                deleted.insert_range(0..below);
+            }
+            if !pending.deleted.is_empty() {
+                let set = pending.committed_deletes();
+                if !set.is_empty() {
+                    let mut payload = Vec::with_capacity(set.serialized_size());
+                    set.serialize_into(&mut payload)
+                        .map_err(|e| StorageError::Internal(format!("encoding deletes: {e}")))?;
+                    frames.push(FrameSpec {
+                        table_id: table.id,
+                        kind: FrameKind::Delete,
+                        key: key.clone(),
+                        payload,
+                    });
+                }
+            }
+            let inserts = pending.surviving_inserts()?;
+            for group in split_by_bytes(&inserts, self.inner.options.frame_bytes_target) {
+                frames.push(FrameSpec {
+                    table_id: table.id,
+                    kind: FrameKind::Insert,
+                    key: key.clone(),
+                    payload: encode_ipc(table.stored_schema(), group)?,
+                });
+            }
+            applies.push((table.clone(), inserts, deleted));
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let lsn = self.inner.log.commit(frames).await?;
+        let mut added = 0u64;
+        for (table, inserts, deleted) in applies {
+            let chunks: Vec<Arc<MemChunk>> = inserts
+                .into_iter()
+                .map(|batch| {
+                    added += batch.get_array_memory_size() as u64;
+                    Arc::new(MemChunk { batch, lsn })
+                })
+                .collect();
+            table.apply(chunks, Some(deleted));
+        }
+        self.inner.mem_bytes.fetch_add(added, Ordering::AcqRel);
+        drop(tx);
+        Ok(())
+    }
+
+    /// Every visible row of `table` as of now, read and authenticated from
+    /// its segments and memory, with the row-id column. Blocking; for
+    /// verification, compaction and tests, not for queries.
+    pub fn read_table(&self, table: &Table) -> Result<Vec<RecordBatch>, StorageError> {
+        let data = table.snapshot();
+        let mut out = Vec::new();
+        for s in &data.segments {
+            let key = match s.meta.key_version {
+                0 => None,
+                _ => Some(table.data_key(s)?),
+            };
+            for b in segment::read_all(&s.path, &s.display, table.id, &s.meta, key.as_deref())? {
+                out.push(without_deleted(&b, &data.deleted)?);
+            }
+        }
+        for c in &data.chunks {
+            out.push(without_deleted(&c.batch, &data.deleted)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether enough rows wait in memory for a checkpoint.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.inner.mem_bytes.load(Ordering::Acquire) >= self.inner.options.flush_bytes
+    }
+
+    /// Unflushed rows held in memory, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.inner.mem_bytes.load(Ordering::Acquire)
+    }
+
+    /// Writes every committed row still only in the log into segment files,
+    /// records them in the catalog and removes the log files they came
+    /// from. Readers and writers carry on meanwhile.
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        let _one = self.inner.checkpoint.lock().await;
+        let generation = self.inner.catalog.lock().await.body.generation;
+        let rotated = self.inner.log.rotate(generation).await?;
+        let mut flushed = Vec::new();
+        for table in self.tables() {
+            let data = table.snapshot();
+            let chunks: Vec<Arc<MemChunk>> = data
+                .chunks
+                .iter()
+                .filter(|c| c.lsn <= rotated.boundary_lsn)
+                .cloned()
+                .collect();
+            if chunks.is_empty() {
+                continue;
+            }
+            let mut batches = Vec::new();
+            let mut dropped = RoaringTreemap::new();
+            for c in &chunks {
+                let kept = without_deleted(&c.batch, &data.deleted)?;
+                if kept.num_rows() < c.batch.num_rows()
+                    && let Some(ids) = crate::table::rowids(&c.batch)
+                {
+                    for id in ids.values() {
+                        if data.deleted.contains(*id) {
+                            dropped.insert(*id);
+                        }
+                    }
+                }
+                if kept.num_rows() > 0 {
+                    batches.push(kept);
+                }
+            }
+            let segment = if batches.is_empty() {
+                None
+            } else {
+                let id = {
+                    let mut state = self.inner.catalog.lock().await;
+                    let id = state.body.next_file_id;
+                    state.body.next_file_id += 1;
+                    id
+                };
+                let key = match table.encryption {
+                    Encryption::Aes256Gcm => Some(table.current_key().ok_or_else(|| StorageError::KeyDestroyed {
+                        key: format!("table key of {}", table.name),
+                        detail: "no key to write with".into(),
+                    })?),
+                    Encryption::None => None,
+                };
+                let dir = self.inner.dir.clone();
+                let table_id = table.id;
+                let meta = tokio::task::spawn_blocking(move || {
+                    segment::write(
+                        &dir,
+                        table_id,
+                        id,
+                        &batches,
+                        key.as_ref().map(|(v, k)| (*v, k.as_ref())),
+                    )
+                })
+                .await
+                .map_err(|e| StorageError::Internal(format!("segment writer: {e}")))??;
+                Some(Arc::new(Segment::new(&self.inner.dir, table.id, meta)))
+            };
+            flushed.push((table, chunks, segment, dropped));
+        }
+        let mut state = self.inner.catalog.lock().await;
+        // The catalog is written first; memory follows once it is durable.
+        let updates: Vec<(u64, Vec<crate::catalog::SegmentMeta>, RoaringTreemap, u64)> = flushed
+            .iter()
+            .map(|(table, _, segment, dropped)| {
+                let mut segments = table.segment_metas();
+                if let Some(s) = segment {
+                    segments.push(s.meta.clone());
+                }
+                let deleted = &*table.snapshot().deleted - dropped;
+                (table.id, segments, deleted, table.next_rowid.load(Ordering::Acquire))
+            })
+            .collect();
+        let untouched: Vec<(u64, RoaringTreemap, u64)> = self
+            .tables()
+            .iter()
+            .filter(|t| !flushed.iter().any(|(f, ..)| f.id == t.id))
+            .map(|t| {
+                (
+                    t.id,
+                    (*t.snapshot().deleted).clone(),
+                    t.next_rowid.load(Ordering::Acquire),
+                )
+            })
+            .collect();
+        self.persist(&mut state, |body| {
+            body.checkpoint_lsn = rotated.boundary_lsn;
+            body.log_seq_min = rotated.seq;
+            for meta in &mut body.tables {
+                if let Some((_, segments, deleted, next)) = updates.iter().find(|u| u.0 == meta.id) {
+                    meta.segments = segments.clone();
+                    meta.deleted = serialize_bitmap(deleted)?;
+                    meta.next_rowid = *next;
+                } else if let Some((_, deleted, next)) = untouched.iter().find(|u| u.0 == meta.id) {
+                    meta.deleted = serialize_bitmap(deleted)?;
+                    meta.next_rowid = *next;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        drop(state);
+        let mut freed = 0u64;
+        for (table, chunks, segment, dropped) in flushed {
+            freed += chunks
+                .iter()
+                .map(|c| c.batch.get_array_memory_size() as u64)
+                .sum::<u64>();
+            table.install(&chunks, &[], segment.into_iter().collect(), Some(&dropped));
+        }
+        let now = self.inner.mem_bytes.load(Ordering::Acquire);
+        self.inner.mem_bytes.fetch_sub(freed.min(now), Ordering::AcqRel);
+        // The log before the new file is now in segments.
+        let log_dir = self.inner.dir.join(LOG_DIR);
+        for (seq, path) in wal::list_log_files(&self.inner.dir)? {
+            if seq < rotated.seq {
+                std::fs::remove_file(&path).map_err(StorageError::io("removing", path))?;
+            }
+        }
+        sealdb_kms::fsync_dir(&log_dir).map_err(StorageError::io("syncing", log_dir))?;
+        Ok(())
+    }
+
+    async fn persist(
+        &self,
+        state: &mut CatalogState,
+        change: impl FnOnce(&mut CatalogBody) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut body = state.body.clone();
+        change(&mut body)?;
+        body.generation += 1;
+        let mut header = state.header.clone();
+        header.generation = body.generation;
+        catalog::write(&self.inner.dir, &header, &body, &self.inner.catalog_key)?;
+        state.body = body;
+        state.header = header;
+        // Begin a log file that names the new generation, so that an older
+        // catalog put back is detected. The change itself is already durable.
+        if let Err(e) = self.inner.log.rotate(state.body.generation).await {
+            warn!("could not begin a new log file after a catalog change: {e}");
+        }
+        Ok(())
+    }
+}
+
+fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey) -> Result<Table, StorageError> {
+    let table = Table::new(
+        meta.id,
+        meta.name.clone(),
+        meta.schema.clone(),
+        meta.encryption,
+        meta.next_rowid,
+    );
+    for k in &meta.keys {
+        let key = unwrap_key(ring, &k.wrapped, &table_key_aad(meta.id, k.version)).map_err(|_| {
+            StorageError::integrity(
+                CATALOG_FILE,
+                format!("table key {} version {} failed authentication", meta.name, k.version),
+            )
+        })?;
+        lock(&table.keys).push((k.version, Arc::new(key)));
+    }
+    let deleted = if meta.deleted.is_empty() {
+        RoaringTreemap::new()
+    } else {
+        RoaringTreemap::deserialize_from(meta.deleted.as_slice())
+            .map_err(|e| StorageError::integrity(CATALOG_FILE, format!("deleted rows of {}: {e}", meta.name)))?
+    };
+    let segments = meta
+        .segments
+        .iter()
+        .map(|s| Arc::new(Segment::new(dir, meta.id, s.clone())))
+        .collect::<Vec<_>>();
+    for s in &segments {
+        if !s.path.exists() {
+            return Err(StorageError::Missing {
+                file: s.display.clone(),
+                detail: format!("it holds rows of table \"{}\"; restore it from a backup", meta.name),
+            });
+        }
+    }
+    table.data.store(Arc::new(crate::table::TableData {
+        chunks: Vec::new(),
+        segments,
+        deleted: Arc::new(deleted),
+    }));
+    Ok(table)
+}
+
+fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::Frame>) -> Result<(), StorageError> {
+    let mut per_table: BTreeMap<u64, (Vec<Arc<MemChunk>>, RoaringTreemap)> = BTreeMap::new();
+    for frame in frames {
+        let Some(table) = tables.get(&frame.table_id) else {
+            continue;
+        };
+        let entry = per_table.entry(frame.table_id).or_default();
+        match frame.kind {
+            FrameKind::Insert => {
+                for batch in decode_ipc(&frame.payload)? {
+                    if batch.schema().fields() != table.stored_schema().fields() {
+                        return Err(StorageError::integrity(
+                            LOG_DIR,
+                            format!("lsn {} holds rows that do not match table {}", frame.lsn, table.name),
+                        ));
+                    }
+                    if let Some(ids) = crate::table::rowids(&batch)
+                        && let Some(max) = arrow::compute::max(ids)
+                    {
+                        table.next_rowid.fetch_max(max + 1, Ordering::AcqRel);
+                    }
+                    entry.0.push(Arc::new(MemChunk { batch, lsn: frame.lsn }));
+                }
+            }
+            FrameKind::Delete => {
+                let set = RoaringTreemap::deserialize_from(frame.payload.as_slice())
+                    .map_err(|e| StorageError::integrity(LOG_DIR, format!("lsn {}: {e}", frame.lsn)))?;
+                entry.1 |= set;
+            }
+            FrameKind::Next => {}
+            FrameKind::Truncate => {
+                let below = frame
+                    .payload
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| StorageError::integrity(LOG_DIR, format!("lsn {}: bad truncate record", frame.lsn)))?;
+                entry.1.insert_range(0..below);
+                table.next_rowid.fetch_max(below, Ordering::AcqRel);
+            }
+        }
+    }
+    for (id, (chunks, deleted)) in per_table {
+        if let Some(table) = tables.get(&id) {
+            table.apply(chunks, Some(deleted));
+        }
+    }
+    Ok(())
+}
+
+/// Removes segment files and table directories the catalog does not list
+/// (left by a crash during a flush, or by a dropped table).
+fn remove_orphans(dir: &Path, body: &CatalogBody) -> Result<Vec<String>, StorageError> {
+    let mut removed = Vec::new();
+    let tables_dir = dir.join(TABLES_DIR);
+    let entries = match std::fs::read_dir(&tables_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(StorageError::io("listing", &tables_dir)(e)),
+    };
+    let known: HashSet<String> = body
+        .tables
+        .iter()
+        .flat_map(|t| t.segments.iter().map(move |s| segment::segment_display(t.id, s.id)))
+        .collect();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(table_id) = name.parse::<u64>() else { continue };
+        let Ok(files) = std::fs::read_dir(&path) else { continue };
+        for f in files.flatten() {
+            let display = format!("{TABLES_DIR}/{table_id}/{}", f.file_name().to_string_lossy());
+            if !known.contains(&display) && table_id < body.next_table_id {
+                std::fs::remove_file(f.path()).map_err(StorageError::io("removing", f.path()))?;
+                removed.push(display);
+            }
+        }
+        if !body.tables.iter().any(|t| t.id == table_id) && table_id < body.next_table_id {
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+    Ok(removed)
+}
+
+fn split_by_bytes(batches: &[RecordBatch], target: usize) -> Vec<&[RecordBatch]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, b) in batches.iter().enumerate() {
+        let s = b.get_array_memory_size();
+        if i > start && size + s > target {
+            out.push(&batches[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += s;
+    }
+    if start < batches.len() {
+        out.push(&batches[start..]);
+    }
+    out
+}
+
+fn encode_ipc(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, StorageError> {
+    let fail = |e: arrow::error::ArrowError| StorageError::Format {
+        context: "encoding rows for the log".into(),
+        detail: e.to_string(),
+    };
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(fail)?;
+    for b in batches {
+        writer.write(b).map_err(fail)?;
+    }
+    writer.finish().map_err(fail)?;
+    writer.into_inner().map_err(fail)
+}
+
+fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, StorageError> {
+    let fail =
+        |e: arrow::error::ArrowError| StorageError::integrity(LOG_DIR, format!("authenticated rows unreadable: {e}"));
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(fail)?;
+    reader.map(|b| b.map_err(fail)).collect()
+}
+
+fn serialize_bitmap(set: &RoaringTreemap) -> Result<Vec<u8>, StorageError> {
+    if set.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(set.serialized_size());
+    set.serialize_into(&mut out)
+        .map_err(|e| StorageError::Internal(format!("encoding deleted rows: {e}")))?;
+    Ok(out)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,714 @@
+//! The write-ahead log: encrypted frames, group commit, recovery.
+//!
+//! A log file is `log/<seq, 16 hex digits>.wal`:
+//!
+//! ```text
+//! header  magic "SEALWAL1" 8 | format u32 | seq u64 | first_lsn u64 | catalog generation u64 | tag 16
+//!         (tag: AES-256-GCM over nothing, key HKDF(system key, "log header"), associated data: the 36 bytes before it)
+//! frame   len u32 | !len u32 | lsn u64 | flags u8 | kind u8 | table u64 | key version u32 | ciphertext len | tag 16
+//!         key: HKDF(table key version, "log <seq>") or HKDF(system key, "log <seq>") for table 0
+//!         nonce: lsn; associated data: seq and the 22 bytes from lsn to key version
+//! ```
+//!
+//! `len` is the ciphertext length and is stored twice, inverted the second
+//! time, so a damaged length is reported instead of being read as the torn
+//! end of the log. The frames of one commit are written together; the last
+//! carries the END flag, and recovery applies only commits whose END frame
+//! is present. Every file is written under keys derived for it, and a new
+//! file is started after every recovery, every catalog change and every
+//! write failure, so no (key, nonce) pair is ever used twice.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use sealdb_crypto::{AeadKey, Key256, TAG_LEN, derive_key, nonce_from_counter};
+use tokio::sync::oneshot;
+
+use crate::StorageError;
+
+/// The log directory inside the data directory.
+pub const LOG_DIR: &str = "log";
+const MAGIC: &[u8; 8] = b"SEALWAL1";
+/// The log format this build writes and the newest it reads.
+pub const LOG_FORMAT: u32 = 1;
+const HEADER_FIELDS_LEN: usize = 8 + 4 + 8 + 8 + 8;
+const HEADER_LEN: usize = HEADER_FIELDS_LEN + TAG_LEN;
+const FRAME_PREFIX_LEN: usize = 8;
+const FRAME_AD_LEN: usize = 8 + 1 + 1 + 8 + 4;
+/// Largest frame payload (256 MiB): a length above it is damage.
+pub const FRAME_PAYLOAD_MAX: usize = 256 << 20;
+/// A log file is closed and a new one begun past this size.
+const FILE_BYTES_TARGET: u64 = 64 << 20;
+/// Commits gathered into one write and one fsync.
+const GROUP_COMMITS_MAX: usize = 1024;
+
+/// Flags of a frame.
+const FLAG_END: u8 = 1;
+
+/// What a frame records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Rows (Arrow IPC stream, with row ids).
+    Insert = 1,
+    /// Row ids deleted (roaring bitmap).
+    Delete = 2,
+    /// Every row id below a bound deleted.
+    Truncate = 3,
+    /// The log continues in file `seq` (u64): written last before a new
+    /// file is begun, so that a deleted newer file is detected.
+    Next = 4,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Insert),
+            2 => Some(Self::Delete),
+            3 => Some(Self::Truncate),
+            4 => Some(Self::Next),
+            _ => None,
+        }
+    }
+}
+
+/// The key a frame is sealed under.
+#[derive(Debug, Clone)]
+pub enum FrameKey {
+    /// The system key (unencrypted tables' log records).
+    System,
+    /// A table key version.
+    Table {
+        /// Its version.
+        version: u32,
+        /// The key.
+        key: Arc<Key256>,
+    },
+}
+
+/// A frame to append.
+#[derive(Debug)]
+pub struct FrameSpec {
+    /// The table.
+    pub table_id: u64,
+    /// What it records.
+    pub kind: FrameKind,
+    /// Its key.
+    pub key: FrameKey,
+    /// Plaintext payload.
+    pub payload: Vec<u8>,
+}
+
+/// A frame read back.
+#[derive(Debug)]
+pub struct Frame {
+    /// Its log sequence number.
+    pub lsn: u64,
+    /// The table.
+    pub table_id: u64,
+    /// What it records.
+    pub kind: FrameKind,
+    /// Plaintext payload.
+    pub payload: Vec<u8>,
+}
+
+type CommitReply = oneshot::Sender<Result<u64, StorageError>>;
+
+enum Request {
+    Commit {
+        frames: Vec<FrameSpec>,
+        reply: oneshot::Sender<Result<u64, StorageError>>,
+    },
+    Rotate {
+        catalog_generation: u64,
+        reply: oneshot::Sender<Result<Rotated, StorageError>>,
+    },
+}
+
+/// What a rotation reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotated {
+    /// Every lsn at or below this is in older files.
+    pub boundary_lsn: u64,
+    /// The new file's sequence number.
+    pub seq: u64,
+}
+
+/// The handle commits go through; the file is owned by a writer thread.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Request>,
+}
+
+impl LogWriter {
+    /// Starts the writer thread with a new file `seq` whose first lsn is
+    /// `next_lsn` (or the one after, when `previous`, the newest file, gets
+    /// a link frame to it).
+    pub fn start(
+        dir: &Path,
+        system: &Key256,
+        seq: u64,
+        next_lsn: u64,
+        catalog_generation: u64,
+        previous: Option<(u64, &Path)>,
+    ) -> Result<Self, StorageError> {
+        let mut state = WriterState {
+            dir: dir.join(LOG_DIR),
+            system: system.clone(),
+            header_key: header_key(system)?,
+            seq,
+            next_lsn,
+            catalog_generation,
+            file: None,
+            written: 0,
+            keys: HashMap::new(),
+            must_rotate: false,
+            closed: None,
+        };
+        if let Some((previous_seq, path)) = previous {
+            state.adopt(previous_seq, path)?;
+        }
+        state.open_file(seq)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sealdb-log".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| StorageError::Internal(format!("cannot start the log writer thread: {e}")))?;
+        Ok(Self { tx })
+    }
+
+    /// Appends the frames of one commit; returns when they are durable.
+    pub async fn commit(&self, frames: Vec<FrameSpec>) -> Result<u64, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Commit { frames, reply })
+            .map_err(|_| StorageError::LogClosed("the log writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StorageError::LogClosed("the log writer has stopped".into()))?
+    }
+
+    /// Starts a new file whose header names `catalog_generation`.
+    pub async fn rotate(&self, catalog_generation: u64) -> Result<Rotated, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Rotate {
+                catalog_generation,
+                reply,
+            })
+            .map_err(|_| StorageError::LogClosed("the log writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StorageError::LogClosed("the log writer has stopped".into()))?
+    }
+}
+
+struct WriterState {
+    dir: PathBuf,
+    system: Key256,
+    header_key: AeadKey,
+    seq: u64,
+    next_lsn: u64,
+    catalog_generation: u64,
+    file: Option<File>,
+    written: u64,
+    keys: HashMap<(u64, u32), AeadKey>,
+    must_rotate: bool,
+    closed: Option<String>,
+}
+
+impl WriterState {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < GROUP_COMMITS_MAX {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut commits = Vec::new();
+            for request in batch {
+                match request {
+                    Request::Commit { frames, reply } => commits.push((frames, reply)),
+                    Request::Rotate {
+                        catalog_generation,
+                        reply,
+                    } => {
+                        self.write_group(std::mem::take(&mut commits));
+                        self.catalog_generation = self.catalog_generation.max(catalog_generation);
+                        let _ = reply.send(self.rotate());
+                    }
+                }
+            }
+            self.write_group(commits);
+        }
+    }
+
+    fn rotate(&mut self) -> Result<Rotated, StorageError> {
+        if let Some(reason) = &self.closed {
+            return Err(StorageError::LogClosed(reason.clone()));
+        }
+        self.open_file(self.seq + 1)?;
+        Ok(Rotated {
+            boundary_lsn: self.next_lsn - 1,
+            seq: self.seq,
+        })
+    }
+
+    fn write_group(&mut self, commits: Vec<(Vec<FrameSpec>, CommitReply)>) {
+        if commits.is_empty() {
+            return;
+        }
+        if let Some(reason) = &self.closed {
+            for (_, reply) in commits {
+                let _ = reply.send(Err(StorageError::LogClosed(reason.clone())));
+            }
+            return;
+        }
+        if self.must_rotate || self.written >= FILE_BYTES_TARGET {
+            let rotated = self.open_file(self.seq + 1);
+            if let Err(e) = rotated {
+                let text = e.to_string();
+                for (_, reply) in commits {
+                    let _ = reply.send(Err(StorageError::Io {
+                        op: "starting a log file in",
+                        path: self.dir.clone(),
+                        source: std::io::Error::other(text.clone()),
+                    }));
+                }
+                // The message keeps the OS error, and the next commit tries again.
+                return;
+            }
+        }
+        let start_lsn = self.next_lsn;
+        let mut buf = Vec::new();
+        let mut results = Vec::with_capacity(commits.len());
+        for (frames, _) in &commits {
+            let mut last = 0;
+            let count = frames.len();
+            let mut failed = None;
+            for (i, frame) in frames.iter().enumerate() {
+                let lsn = self.next_lsn;
+                match self.encode_frame(&mut buf, lsn, frame, i + 1 == count) {
+                    Ok(()) => {
+                        self.next_lsn += 1;
+                        last = lsn;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            results.push(match failed {
+                Some(e) => Err(e),
+                None => Ok(last),
+            });
+        }
+        if results.iter().any(|r| r.is_err()) {
+            // An encoding failure is a bug; refuse the whole group rather than
+            // write half of it.
+            self.next_lsn = start_lsn;
+            for ((_, reply), r) in commits.into_iter().zip(results) {
+                let _ = reply.send(r.and(Err(StorageError::Internal("a commit in the same group failed".into()))));
+            }
+            return;
+        }
+        let path = self.path(self.seq);
+        let outcome = match self.file.as_mut() {
+            Some(file) => file.write_all(&buf).and_then(|()| file.sync_data()),
+            None => Err(std::io::Error::other("no open log file")),
+        };
+        match outcome {
+            Ok(()) => {
+                self.written += buf.len() as u64;
+                for ((_, reply), r) in commits.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                // Undo the partial write, skip to a new file (fresh keys) and
+                // report; the next commit may succeed once space returns.
+                let undone = self
+                    .file
+                    .as_mut()
+                    .map(|f| f.set_len(self.written).and_then(|()| f.sync_data()));
+                self.next_lsn = start_lsn;
+                self.must_rotate = true;
+                if !matches!(undone, Some(Ok(()))) {
+                    self.closed = Some(format!(
+                        "{e} while writing {}, and the partial write could not be undone",
+                        path.display()
+                    ));
+                }
+                let kind = e.kind();
+                let raw = e.raw_os_error();
+                for (_, reply) in commits {
+                    let source = match raw {
+                        Some(code) => std::io::Error::from_raw_os_error(code),
+                        None => std::io::Error::new(kind, e.to_string()),
+                    };
+                    let _ = reply.send(Err(StorageError::Io {
+                        op: "writing",
+                        path: path.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn encode_frame(&mut self, buf: &mut Vec<u8>, lsn: u64, frame: &FrameSpec, end: bool) -> Result<(), StorageError> {
+        if frame.payload.len() > FRAME_PAYLOAD_MAX {
+            return Err(StorageError::Internal(format!(
+                "a log record of {} bytes exceeds the limit of {FRAME_PAYLOAD_MAX}; split the statement",
+                frame.payload.len()
+            )));
+        }
+        let version = match &frame.key {
+            FrameKey::System => 0,
+            FrameKey::Table { version, .. } => *version,
+        };
+        let key_id = (if version == 0 { 0 } else { frame.table_id }, version);
+        if !self.keys.contains_key(&key_id) {
+            let base = match &frame.key {
+                FrameKey::System => self.system.clone(),
+                FrameKey::Table { key, .. } => Key256::clone(key),
+            };
+            let derived = AeadKey::new(&derive_key(&base, format!("log {}", self.seq).as_bytes())?);
+            self.keys.insert(key_id, derived);
+        }
+        let len = frame.payload.len() as u32;
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&(!len).to_le_bytes());
+        let ad_at = buf.len();
+        buf.extend_from_slice(&lsn.to_le_bytes());
+        buf.push(if end { FLAG_END } else { 0 });
+        buf.push(frame.kind as u8);
+        buf.extend_from_slice(&frame.table_id.to_le_bytes());
+        buf.extend_from_slice(&version.to_le_bytes());
+        let mut ad = [0u8; 8 + FRAME_AD_LEN];
+        ad[..8].copy_from_slice(&self.seq.to_le_bytes());
+        ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
+        let body_at = buf.len();
+        buf.extend_from_slice(&frame.payload);
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
+        let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
+        buf.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(log_file_name(seq))
+    }
+
+    fn open_file(&mut self, seq: u64) -> Result<(), StorageError> {
+        std::fs::create_dir_all(&self.dir).map_err(StorageError::io("creating", &self.dir))?;
+        let path = self.path(seq);
+        // With an old file, its last frame (lsn `next_lsn`) links it to this one.
+        let linking = self.file.is_some();
+        let first_lsn = if linking { self.next_lsn + 1 } else { self.next_lsn };
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&LOG_FORMAT.to_le_bytes());
+        header.extend_from_slice(&seq.to_le_bytes());
+        header.extend_from_slice(&first_lsn.to_le_bytes());
+        header.extend_from_slice(&self.catalog_generation.to_le_bytes());
+        let tag = self
+            .header_key
+            .seal_in_place(nonce_from_counter(seq), &header, &mut [0u8; 0])?;
+        header.extend_from_slice(&tag);
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let created = options.open(&path).and_then(|mut f| {
+            f.write_all(&header)?;
+            f.sync_all()?;
+            Ok(f)
+        });
+        let file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(StorageError::io("creating", &path)(e));
+            }
+        };
+        sealdb_kms::fsync_dir(&self.dir).map_err(StorageError::io("syncing", &self.dir))?;
+        if linking {
+            let frame = link_frame(&self.system, self.seq, self.next_lsn, seq)?;
+            let old_path = self.path(self.seq);
+            let written = self.written;
+            let linked = match self.file.as_mut() {
+                Some(old) => old.write_all(&frame).and_then(|()| old.sync_data()),
+                None => Ok(()),
+            };
+            if let Err(e) = linked {
+                if let Some(old) = self.file.as_mut() {
+                    let _ = old.set_len(written);
+                }
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(StorageError::io("writing", old_path)(e));
+            }
+        }
+        self.file = Some(file);
+        self.seq = seq;
+        self.next_lsn = first_lsn;
+        self.written = HEADER_LEN as u64;
+        self.keys.clear();
+        self.must_rotate = false;
+        Ok(())
+    }
+
+    /// Continues an existing file (the newest one recovery read), so that
+    /// the next file begun is linked from it.
+    fn adopt(&mut self, seq: u64, path: &Path) -> Result<(), StorageError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(StorageError::io("opening", path))?;
+        self.written = file.metadata().map_err(StorageError::io("reading", path))?.len();
+        self.file = Some(file);
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+/// The link frame: the last of a file, naming the next file. Sealed under a
+/// key used for this one frame only.
+fn link_frame(system: &Key256, seq: u64, lsn: u64, next_seq: u64) -> Result<Vec<u8>, StorageError> {
+    let key = AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?);
+    let payload = next_seq.to_le_bytes();
+    let mut buf = Vec::with_capacity(FRAME_PREFIX_LEN + FRAME_AD_LEN + payload.len() + TAG_LEN);
+    let len = payload.len() as u32;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&(!len).to_le_bytes());
+    let ad_at = buf.len();
+    buf.extend_from_slice(&lsn.to_le_bytes());
+    buf.push(FLAG_END);
+    buf.push(FrameKind::Next as u8);
+    buf.extend_from_slice(&0u64.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    let mut ad = [0u8; 8 + FRAME_AD_LEN];
+    ad[..8].copy_from_slice(&seq.to_le_bytes());
+    ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
+    let body_at = buf.len();
+    buf.extend_from_slice(&payload);
+    let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
+    buf.extend_from_slice(&tag);
+    Ok(buf)
+}
+
+fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, b"log header")?))
+}
+
+/// `0000000000000007.wal`.
+pub fn log_file_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+/// Log files present, by sequence number.
+pub fn list_log_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let log_dir = dir.join(LOG_DIR);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&log_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StorageError::io("listing", &log_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io("listing", &log_dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(hex) = name.strip_suffix(".wal")
+            && hex.len() == 16
+            && let Ok(seq) = u64::from_str_radix(hex, 16)
+        {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One log file's header.
+#[derive(Debug, Clone, Copy)]
+pub struct LogHeader {
+    /// Sequence number.
+    pub seq: u64,
+    /// Lsn of its first frame.
+    pub first_lsn: u64,
+    /// Catalog generation when it was begun.
+    pub catalog_generation: u64,
+}
+
+/// What reading one file gave.
+#[derive(Debug)]
+pub struct LogFileContents {
+    /// Its header.
+    pub header: LogHeader,
+    /// Complete commits, in order.
+    pub commits: Vec<Vec<Frame>>,
+    /// Lsn after the last complete frame.
+    pub next_lsn: u64,
+    /// Bytes of whole frames (a torn tail starts here).
+    pub good_len: u64,
+    /// Whether the file ended in a partial frame.
+    pub torn_tail: bool,
+    /// The file its last frame links to.
+    pub continues: Option<u64>,
+}
+
+/// Reads and authenticates one log file. `table_key` gives the key of a
+/// table version, or `None` when the table is gone (its frames are skipped
+/// unread: their key was destroyed with the table).
+pub fn read_log_file(
+    path: &Path,
+    display: &str,
+    system: &Key256,
+    table_key: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
+) -> Result<LogFileContents, StorageError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(StorageError::io("reading", path))?;
+    let bad = |d: String| StorageError::integrity(display, d);
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(bad("not a sealdb log file (bad magic or truncated header)".into()));
+    }
+    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if format > LOG_FORMAT {
+        return Err(StorageError::NewerFormat {
+            file: display.into(),
+            found: format,
+            supported: LOG_FORMAT,
+        });
+    }
+    let seq = le_u64(&bytes[12..20]);
+    let header = LogHeader {
+        seq,
+        first_lsn: le_u64(&bytes[20..28]),
+        catalog_generation: le_u64(&bytes[28..36]),
+    };
+    let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
+    header_key(system)?
+        .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
+        .map_err(|_| bad("the header failed authentication (altered, or from another data directory)".into()))?;
+    let mut keys: HashMap<(u64, u32), AeadKey> = HashMap::new();
+    let mut at = HEADER_LEN;
+    let mut next_lsn = header.first_lsn;
+    let mut commits = Vec::new();
+    let mut open: Vec<Frame> = Vec::new();
+    let mut torn_tail = false;
+    let mut continues = None;
+    while at < bytes.len() {
+        if bytes.len() - at < FRAME_PREFIX_LEN + FRAME_AD_LEN {
+            torn_tail = true;
+            break;
+        }
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let check = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if check != !len || len as usize > FRAME_PAYLOAD_MAX {
+            return Err(bad(format!("damaged frame length at byte {at}")));
+        }
+        let len = len as usize;
+        let total = FRAME_PREFIX_LEN + FRAME_AD_LEN + len + TAG_LEN;
+        if bytes.len() - at < total {
+            torn_tail = true;
+            break;
+        }
+        let ad_at = at + FRAME_PREFIX_LEN;
+        let lsn = le_u64(&bytes[ad_at..ad_at + 8]);
+        let flags = bytes[ad_at + 8];
+        let kind = bytes[ad_at + 9];
+        let table_id = le_u64(&bytes[ad_at + 10..ad_at + 18]);
+        let version = u32::from_le_bytes([
+            bytes[ad_at + 18],
+            bytes[ad_at + 19],
+            bytes[ad_at + 20],
+            bytes[ad_at + 21],
+        ]);
+        if lsn != next_lsn {
+            return Err(bad(format!(
+                "frame at byte {at} has lsn {lsn}, expected {next_lsn} (frames missing or out of order)"
+            )));
+        }
+        let body = ad_at + FRAME_AD_LEN;
+        if kind == FrameKind::Next as u8 && table_id == 0 && version == 0 {
+            let key = AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?);
+            let mut ad = [0u8; 8 + FRAME_AD_LEN];
+            ad[..8].copy_from_slice(&seq.to_le_bytes());
+            ad[8..].copy_from_slice(&bytes[ad_at..body]);
+            let mut payload = bytes[body..body + len + TAG_LEN].to_vec();
+            let opened = key.open_in_place(nonce_from_counter(lsn), &ad, &mut payload);
+            if len != 8 || flags & FLAG_END == 0 || opened.is_err() {
+                return Err(bad(format!(
+                    "the link frame lsn {lsn} at byte {at} failed authentication"
+                )));
+            }
+            continues = Some(le_u64(&payload[..8]));
+            next_lsn += 1;
+            at += total;
+            continue;
+        }
+        if continues.is_some() {
+            return Err(bad(format!("frames follow the link to the next file at byte {at}")));
+        }
+        let base = if version == 0 {
+            Some(Arc::new(system.clone()))
+        } else {
+            table_key(table_id, version)
+        };
+        if let Some(base) = base {
+            let key_id = (if version == 0 { 0 } else { table_id }, version);
+            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key_id) {
+                e.insert(AeadKey::new(&derive_key(&base, format!("log {seq}").as_bytes())?));
+            }
+            let key = keys
+                .get(&key_id)
+                .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
+            let mut ad = [0u8; 8 + FRAME_AD_LEN];
+            ad[..8].copy_from_slice(&seq.to_le_bytes());
+            ad[8..].copy_from_slice(&bytes[ad_at..body]);
+            let mut payload = bytes[body..body + len + TAG_LEN].to_vec();
+            key.open_in_place(nonce_from_counter(lsn), &ad, &mut payload)
+                .map_err(|_| bad(format!("frame lsn {lsn} at byte {at} failed authentication")))?;
+            payload.truncate(len);
+            let kind =
+                FrameKind::from_u8(kind).ok_or_else(|| bad(format!("frame lsn {lsn} has unknown kind {kind}")))?;
+            open.push(Frame {
+                lsn,
+                table_id,
+                kind,
+                payload,
+            });
+        }
+        if flags & FLAG_END != 0 {
+            commits.push(std::mem::take(&mut open));
+        }
+        next_lsn += 1;
+        at += total;
+    }
+    Ok(LogFileContents {
+        header,
+        commits,
+        next_lsn,
+        good_len: at as u64,
+        torn_tail,
+        continues,
+    })
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}

@@ -1,0 +1,390 @@
+//! The storage engine against a real directory: durability across reopen,
+//! atomic commits, checkpoints into encrypted segments, and detection of
+//! damaged, missing, moved or older files. Each test opens the store the
+//! way the server does and checks what a reader gets back.
+
+#![allow(clippy::unwrap_used)] // helpers of a test file: a failed unwrap is a failed test
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use roaring::RoaringTreemap;
+use sealdb_crypto::PassphraseKdf;
+use sealdb_kms::{KeyProvider, LocalKeystore};
+use sealdb_storage::{Encryption, StorageError, Store, StoreOptions, Transaction};
+
+fn provider(dir: &Path) -> Arc<dyn KeyProvider> {
+    let kdf = PassphraseKdf {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    Arc::new(LocalKeystore::open_with_kdf(&dir.join("keystore"), None, kdf).unwrap())
+}
+
+fn open(dir: &Path) -> Result<Store, StorageError> {
+    Store::open(dir, provider(dir), StoreOptions::default()).map(|(s, _)| s)
+}
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("note", DataType::Utf8, true),
+    ])
+}
+
+fn rows(ids: std::ops::Range<i64>, note: &str) -> RecordBatch {
+    let notes: Vec<String> = ids.clone().map(|i| format!("{note}-{i}")).collect();
+    RecordBatch::try_new(
+        Arc::new(schema()),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids)),
+            Arc::new(StringArray::from(notes)),
+        ],
+    )
+    .unwrap()
+}
+
+fn ids(store: &Store, table: &str) -> Vec<i64> {
+    let t = store.table(table).unwrap();
+    let mut out: Vec<i64> = store
+        .read_table(&t)
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn insert(store: &Store, table: &str, batch: RecordBatch) {
+    let t = store.table(table).unwrap();
+    let mut tx = Transaction::new();
+    tx.write(&t, store.options().lock_timeout)
+        .await
+        .unwrap()
+        .insert(&batch)
+        .unwrap();
+    store.commit(tx).await.unwrap();
+}
+
+fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn committed_rows_survive_reopen_from_the_log_and_from_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .create_table("public.t", schema(), Encryption::Aes256Gcm)
+            .await
+            .unwrap();
+        insert(&store, "public.t", rows(0..10, "a")).await;
+    }
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), (0..10).collect::<Vec<_>>());
+    store.checkpoint().await.unwrap();
+    insert(&store, "public.t", rows(10..15, "b")).await;
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), (0..15).collect::<Vec<_>>());
+    assert_eq!(store.table("public.t").unwrap().snapshot().segments.len(), 1);
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_nothing_and_a_commit_applies_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let a = store
+        .create_table("public.a", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    let b = store
+        .create_table("public.b", schema(), Encryption::None)
+        .await
+        .unwrap();
+    let timeout = store.options().lock_timeout;
+    let mut tx = Transaction::new();
+    tx.write(&a, timeout).await.unwrap().insert(&rows(0..3, "x")).unwrap();
+    drop(tx);
+    let mut tx = Transaction::new();
+    tx.write(&a, timeout).await.unwrap().insert(&rows(0..3, "x")).unwrap();
+    tx.write(&b, timeout).await.unwrap().insert(&rows(5..7, "y")).unwrap();
+    store.commit(tx).await.unwrap();
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.a"), vec![0, 1, 2]);
+    assert_eq!(ids(&store, "public.b"), vec![5, 6]);
+}
+
+#[tokio::test]
+async fn deletes_and_truncates_are_durable_before_and_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let t = store
+        .create_table("public.t", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    insert(&store, "public.t", rows(0..5, "a")).await;
+    store.checkpoint().await.unwrap();
+    let timeout = store.options().lock_timeout;
+    let mut tx = Transaction::new();
+    let mut del = RoaringTreemap::new();
+    del.insert(1);
+    del.insert(3);
+    tx.write(&t, timeout).await.unwrap().delete(&del);
+    store.commit(tx).await.unwrap();
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), vec![0, 2, 4]);
+    let t = store.table("public.t").unwrap();
+    let mut tx = Transaction::new();
+    tx.write(&t, timeout).await.unwrap().truncate();
+    tx.write(&t, timeout)
+        .await
+        .unwrap()
+        .insert(&rows(100..102, "z"))
+        .unwrap();
+    store.commit(tx).await.unwrap();
+    store.checkpoint().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), vec![100, 101]);
+}
+
+#[tokio::test]
+async fn a_marker_appears_in_no_file_after_log_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "MARKER-7f3a9c";
+    let store = open(dir.path()).unwrap();
+    store
+        .create_table("public.t", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    insert(&store, "public.t", rows(0..100, marker)).await;
+    let check = |when: &str| {
+        for f in all_files(dir.path()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{when}: marker found in {}",
+                f.display()
+            );
+        }
+    };
+    check("after commit");
+    store.checkpoint().await.unwrap();
+    check("after checkpoint");
+}
+
+#[tokio::test]
+async fn dropping_a_table_makes_a_copy_of_its_files_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store
+        .create_table("public.t", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    insert(&store, "public.t", rows(0..10, "secret")).await;
+    store.checkpoint().await.unwrap();
+    let t = store.table("public.t").unwrap();
+    let segment = t.snapshot().segments[0].clone();
+    let copy = std::fs::read(&segment.path).unwrap();
+    let path = segment.path.clone();
+    drop(segment);
+    drop(t);
+    store.drop_table("public.t").await.unwrap();
+    drop(store);
+    assert!(!path.exists(), "the file is removed");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &copy).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert!(store.table("public.t").is_none());
+    assert!(!path.exists(), "an unlisted file put back is removed at open");
+    // And the catalog holds no key that could open it.
+    let catalog = std::fs::read(dir.path().join("catalog")).unwrap();
+    assert!(catalog.len() < 4096);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_any_file_is_reported_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .create_table("public.t", schema(), Encryption::Aes256Gcm)
+            .await
+            .unwrap();
+        insert(&store, "public.t", rows(0..50, "a")).await;
+        store.checkpoint().await.unwrap();
+        insert(&store, "public.t", rows(50..60, "b")).await;
+    }
+    let pristine = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), pristine.path());
+    let files: Vec<_> = all_files(pristine.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(pristine.path().join("keystore")))
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let rel = file.strip_prefix(pristine.path()).unwrap().to_path_buf();
+        let len = std::fs::metadata(&file).unwrap().len() as usize;
+        for at in [0, len / 2, len - 1] {
+            let work = tempfile::tempdir().unwrap();
+            copy_dir(pristine.path(), work.path());
+            let target = work.path().join(&rel);
+            let mut bytes = std::fs::read(&target).unwrap();
+            bytes[at] ^= 0x01;
+            std::fs::write(&target, &bytes).unwrap();
+            let outcome = open(work.path()).and_then(|s| {
+                let t = s.table("public.t").unwrap();
+                s.read_table(&t).map(|_| ())
+            });
+            let err = outcome.expect_err(&format!("flip at {at} of {} undetected", rel.display()));
+            let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                err.to_string().contains(&name),
+                "flip at {at} of {}: {err}",
+                rel.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_older_catalog_put_back_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store
+        .create_table("public.t", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    let old = std::fs::read(dir.path().join("catalog")).unwrap();
+    store
+        .create_table("public.u", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    insert(&store, "public.u", rows(0..3, "x")).await;
+    drop(store);
+    std::fs::write(dir.path().join("catalog"), &old).unwrap();
+    let err = open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("older copy of the catalog"), "{err}");
+}
+
+#[tokio::test]
+async fn a_deleted_log_file_or_segment_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .create_table("public.t", schema(), Encryption::Aes256Gcm)
+            .await
+            .unwrap();
+        insert(&store, "public.t", rows(0..5, "a")).await;
+        store.checkpoint().await.unwrap();
+        insert(&store, "public.t", rows(5..6, "a")).await;
+    }
+    let pristine = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), pristine.path());
+    for sub in ["log", "tables"] {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), work.path());
+        let victim = all_files(&work.path().join(sub))
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).unwrap().len() > 52)
+            .next()
+            .unwrap();
+        std::fs::remove_file(&victim).unwrap();
+        let err = open(work.path()).unwrap_err();
+        let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.to_string().contains(&name), "{sub}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_torn_last_frame_is_discarded_and_earlier_commits_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .create_table("public.t", schema(), Encryption::Aes256Gcm)
+            .await
+            .unwrap();
+        insert(&store, "public.t", rows(0..5, "a")).await;
+        insert(&store, "public.t", rows(5..10, "b")).await;
+    }
+    let log = all_files(&dir.path().join("log"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(len - 7).unwrap();
+    let (store, report) = Store::open(dir.path(), provider(dir.path()), StoreOptions::default()).unwrap();
+    assert!(report.torn_tail.is_some());
+    assert_eq!(ids(&store, "public.t"), (0..5).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn opening_calls_the_key_provider_a_fixed_number_of_times_whatever_the_table_count() {
+    let mut calls = Vec::new();
+    for tables in [1, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path()).unwrap();
+            for i in 0..tables {
+                store
+                    .create_table(&format!("public.t{i}"), schema(), Encryption::Aes256Gcm)
+                    .await
+                    .unwrap();
+            }
+        }
+        let (_, report) = Store::open(dir.path(), provider(dir.path()), StoreOptions::default()).unwrap();
+        calls.push(report.provider_calls);
+    }
+    assert_eq!(calls[0], calls[1]);
+    assert!(calls[0] <= 2, "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_newer_format_is_refused_with_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()).unwrap());
+    let path = dir.path().join("catalog");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8] = 7;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("format version 7"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in all_files(from) {
+        let rel = f.strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
