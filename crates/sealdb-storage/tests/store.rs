@@ -313,8 +313,7 @@ async fn a_deleted_log_file_or_segment_is_reported() {
         copy_dir(pristine.path(), work.path());
         let victim = all_files(&work.path().join(sub))
             .into_iter()
-            .filter(|p| std::fs::metadata(p).unwrap().len() > 52)
-            .next()
+            .find(|p| std::fs::metadata(p).unwrap().len() > 52)
             .unwrap();
         std::fs::remove_file(&victim).unwrap();
         let err = open(work.path()).unwrap_err();
