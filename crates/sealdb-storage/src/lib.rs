@@ -36,5 +36,28 @@ pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_delet
 pub use txn::{Pending, Transaction};
 pub use wal::LOG_DIR;
 
+/// Entry points for benchmarks and fuzzing; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    use sealdb_crypto::Key256;
+
+    pub use crate::wal::{FrameKey, FrameKind, FrameSpec};
+
+    /// Seals `frames` as one log file's frames, exactly as the log writer
+    /// does, into `out` (cleared first).
+    pub fn seal_log_frames(
+        system: &Key256,
+        frames: &[FrameSpec],
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::StorageError> {
+        out.clear();
+        let mut keys = std::collections::HashMap::new();
+        for (i, frame) in frames.iter().enumerate() {
+            crate::wal::seal_frame(&mut keys, system, 1, out, i as u64 + 1, frame, true)?;
+        }
+        Ok(())
+    }
+}
+
 /// The internal row-id column every stored batch ends with.
 pub const ROWID_COLUMN: &str = "__sealdb_rowid";

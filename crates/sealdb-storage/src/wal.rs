@@ -362,46 +362,7 @@ impl WriterState {
     }
 
     fn encode_frame(&mut self, buf: &mut Vec<u8>, lsn: u64, frame: &FrameSpec, end: bool) -> Result<(), StorageError> {
-        if frame.payload.len() > FRAME_PAYLOAD_MAX {
-            return Err(StorageError::Internal(format!(
-                "a log record of {} bytes exceeds the limit of {FRAME_PAYLOAD_MAX}; split the statement",
-                frame.payload.len()
-            )));
-        }
-        let version = match &frame.key {
-            FrameKey::System => 0,
-            FrameKey::Table { version, .. } => *version,
-        };
-        let key_id = (if version == 0 { 0 } else { frame.table_id }, version);
-        if !self.keys.contains_key(&key_id) {
-            let base = match &frame.key {
-                FrameKey::System => self.system.clone(),
-                FrameKey::Table { key, .. } => Key256::clone(key),
-            };
-            let derived = AeadKey::new(&derive_key(&base, format!("log {}", self.seq).as_bytes())?);
-            self.keys.insert(key_id, derived);
-        }
-        let len = frame.payload.len() as u32;
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&(!len).to_le_bytes());
-        let ad_at = buf.len();
-        buf.extend_from_slice(&lsn.to_le_bytes());
-        buf.push(if end { FLAG_END } else { 0 });
-        buf.push(frame.kind as u8);
-        buf.extend_from_slice(&frame.table_id.to_le_bytes());
-        buf.extend_from_slice(&version.to_le_bytes());
-        let mut ad = [0u8; 8 + FRAME_AD_LEN];
-        ad[..8].copy_from_slice(&self.seq.to_le_bytes());
-        ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
-        let body_at = buf.len();
-        buf.extend_from_slice(&frame.payload);
-        let key = self
-            .keys
-            .get(&key_id)
-            .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
-        let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
-        buf.extend_from_slice(&tag);
-        Ok(())
+        seal_frame(&mut self.keys, &self.system, self.seq, buf, lsn, frame, end)
     }
 
     fn path(&self, seq: u64) -> PathBuf {
@@ -504,6 +465,57 @@ fn link_frame(system: &Key256, seq: u64, lsn: u64, next_seq: u64) -> Result<Vec<
     let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
     buf.extend_from_slice(&tag);
     Ok(buf)
+}
+
+/// Appends one sealed frame of log file `seq` to `buf`. `keys` caches the
+/// keys derived for that file.
+pub(crate) fn seal_frame(
+    keys: &mut HashMap<(u64, u32), AeadKey>,
+    system: &Key256,
+    seq: u64,
+    buf: &mut Vec<u8>,
+    lsn: u64,
+    frame: &FrameSpec,
+    end: bool,
+) -> Result<(), StorageError> {
+    if frame.payload.len() > FRAME_PAYLOAD_MAX {
+        return Err(StorageError::Internal(format!(
+            "a log record of {} bytes exceeds the limit of {FRAME_PAYLOAD_MAX}; split the statement",
+            frame.payload.len()
+        )));
+    }
+    let version = match &frame.key {
+        FrameKey::System => 0,
+        FrameKey::Table { version, .. } => *version,
+    };
+    let key_id = (if version == 0 { 0 } else { frame.table_id }, version);
+    if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key_id) {
+        let base = match &frame.key {
+            FrameKey::System => system.clone(),
+            FrameKey::Table { key, .. } => Key256::clone(key),
+        };
+        e.insert(AeadKey::new(&derive_key(&base, format!("log {seq}").as_bytes())?));
+    }
+    let len = frame.payload.len() as u32;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&(!len).to_le_bytes());
+    let ad_at = buf.len();
+    buf.extend_from_slice(&lsn.to_le_bytes());
+    buf.push(if end { FLAG_END } else { 0 });
+    buf.push(frame.kind as u8);
+    buf.extend_from_slice(&frame.table_id.to_le_bytes());
+    buf.extend_from_slice(&version.to_le_bytes());
+    let mut ad = [0u8; 8 + FRAME_AD_LEN];
+    ad[..8].copy_from_slice(&seq.to_le_bytes());
+    ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
+    let body_at = buf.len();
+    buf.extend_from_slice(&frame.payload);
+    let key = keys
+        .get(&key_id)
+        .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
+    let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
+    buf.extend_from_slice(&tag);
+    Ok(())
 }
 
 fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
