@@ -56,7 +56,7 @@ fn main() {
                             &mut raw_buf,
                         )
                         .expect("seal");
-                    black_box(tag);
+                    let _ = black_box(tag);
                 }
                 black_box(&raw_buf);
             }));
