@@ -26,6 +26,7 @@ mod segment;
 mod store;
 mod table;
 mod txn;
+mod verify;
 mod wal;
 
 pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta};
@@ -34,6 +35,7 @@ pub use segment::{Segment, TABLES_DIR};
 pub use store::{RecoveryReport, Store, StoreOptions};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
 pub use txn::{Pending, Transaction};
+pub use verify::{VerifyReport, verify};
 pub use wal::LOG_DIR;
 
 /// Entry points for benchmarks and fuzzing; not a stable API.

@@ -100,7 +100,7 @@ impl std::fmt::Debug for Store {
 const RING_AAD: &[u8] = b"sealdb key-ring key";
 const SYSTEM_AAD: &[u8] = b"sealdb system key";
 
-fn table_key_aad(table_id: u64, version: u32) -> Vec<u8> {
+pub(crate) fn table_key_aad(table_id: u64, version: u32) -> Vec<u8> {
     format!("sealdb table key t{table_id} k{version}").into_bytes()
 }
 
@@ -118,30 +118,7 @@ impl Store {
         let catalog_path = dir.join(CATALOG_FILE);
         let mut report = RecoveryReport::default();
         let (header, body, ring_key, system) = if catalog_path.exists() {
-            let (header, bytes, header_len) = catalog::read_header(&catalog_path)?;
-            if header.provider != provider.name() {
-                return Err(StorageError::Key(sealdb_kms::KmsError::UnknownMasterKey {
-                    id: header.master_id.clone(),
-                    provider: format!(
-                        "{} (the catalog's master key is in \"{}\"; set key-provider to it)",
-                        provider.name(),
-                        header.provider
-                    ),
-                }));
-            }
-            let master = MasterKeyId(header.master_id.clone());
-            let ring = provider.unwrap(&master, &header.wrapped_ring, RING_AAD)?;
-            let ring_key = AeadKey::new(&ring);
-            let system = unwrap_key(&ring_key, &header.wrapped_system, SYSTEM_AAD)
-                .map_err(|_| StorageError::integrity(CATALOG_FILE, "the system key failed authentication"))?;
-            let body = catalog::open_body(&bytes, header_len, &catalog::body_key(&system)?)?;
-            if body.generation != header.generation {
-                return Err(StorageError::integrity(
-                    CATALOG_FILE,
-                    "header and body generations differ",
-                ));
-            }
-            (header, body, (master, ring_key), system)
+            open_catalog(&catalog_path, provider.as_ref())?
         } else {
             if dir.join(LOG_DIR).exists() || dir.join(TABLES_DIR).exists() {
                 return Err(StorageError::Missing {
@@ -187,100 +164,39 @@ impl Store {
         let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
 
         // Replay the log.
-        let files = wal::list_log_files(dir)?;
-        let mut next_lsn = body.checkpoint_lsn + 1;
-        let mut next_seq = body.log_seq_min;
-        let live: Vec<_> = files.iter().filter(|(seq, _)| *seq >= body.log_seq_min).collect();
-        for (seq, path) in files.iter().filter(|(seq, _)| *seq < body.log_seq_min) {
+        let key_of = |table_id: u64, version: u32| by_id.get(&table_id).and_then(|t| t.key(version));
+        let scan = scan_log(dir, &body, &system, &key_of)?;
+        for (seq, path) in &scan.obsolete {
             std::fs::remove_file(path).map_err(StorageError::io("removing", path))?;
             report
                 .removed_files
                 .push(format!("{LOG_DIR}/{}", wal::log_file_name(*seq)));
         }
-        if live.is_empty() && body.generation > 1 {
-            return Err(StorageError::Missing {
-                file: format!("{LOG_DIR}/{}", wal::log_file_name(body.log_seq_min)),
-                detail: "the catalog needs this log file; it was deleted, or the catalog is an older copy".into(),
-            });
-        }
-        let key_of = |table_id: u64, version: u32| by_id.get(&table_id).and_then(|t| t.key(version));
-        let mut expected_seq = body.log_seq_min;
-        let mut previous_continues: Option<u64> = None;
-        for (i, (seq, path)) in live.iter().enumerate() {
-            let display = format!("{LOG_DIR}/{}", wal::log_file_name(*seq));
-            if *seq != expected_seq {
-                return Err(StorageError::Missing {
-                    file: format!("{LOG_DIR}/{}", wal::log_file_name(expected_seq)),
-                    detail: "the log has a gap here; it was deleted, or the catalog is an older copy".into(),
-                });
-            }
-            let contents = wal::read_log_file(path, &display, &system, &key_of)?;
-            if contents.header.seq != *seq {
-                return Err(StorageError::integrity(&display, "its header names another log file"));
-            }
-            if contents.header.catalog_generation > body.generation {
-                return Err(StorageError::integrity(
-                    CATALOG_FILE,
-                    format!(
-                        "the catalog (generation {}) is older than the log ({display} follows generation {}): an older copy of the catalog was put back",
-                        body.generation, contents.header.catalog_generation
-                    ),
-                ));
-            }
-            if i == 0 && contents.header.first_lsn > body.checkpoint_lsn + 1 {
-                return Err(StorageError::integrity(
-                    &display,
-                    "it starts after the checkpoint: log records are missing",
-                ));
-            }
-            // A file is linked from the one before it; without the link (a
-            // crash between creating this file and linking it) the lsn the
-            // link would have taken is skipped.
-            let first = contents.header.first_lsn;
-            if i > 0 && first != next_lsn && !(previous_continues.is_none() && first == next_lsn + 1) {
-                return Err(StorageError::integrity(
-                    &display,
-                    format!("it starts at lsn {first}, expected {next_lsn}"),
-                ));
-            }
-            previous_continues = contents.continues;
-            if contents.torn_tail {
-                if i + 1 != live.len() {
-                    return Err(StorageError::integrity(
-                        &display,
-                        "it ends in a partial frame but is not the newest log file",
-                    ));
-                }
-                let file = std::fs::OpenOptions::new()
+        let file_count = scan.files.len();
+        for (i, file) in scan.files.into_iter().enumerate() {
+            if file.contents.torn_tail && i + 1 == file_count {
+                let handle = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(path)
-                    .map_err(StorageError::io("opening", path.as_path()))?;
-                file.set_len(contents.good_len)
-                    .and_then(|()| file.sync_all())
-                    .map_err(StorageError::io("truncating", path.as_path()))?;
-                let torn = display.clone();
+                    .open(&file.path)
+                    .map_err(StorageError::io("opening", file.path.as_path()))?;
+                handle
+                    .set_len(file.contents.good_len)
+                    .and_then(|()| handle.sync_all())
+                    .map_err(StorageError::io("truncating", file.path.as_path()))?;
+                let torn = file.display.clone();
                 warn!(file = %torn, "log file ended in a partial frame (a crash during a write that was never acknowledged); discarded it");
-                report.torn_tail = Some(display.clone());
+                report.torn_tail = Some(file.display.clone());
             }
-            for commit in contents.commits {
+            for commit in file.contents.commits {
                 if commit.last().is_some_and(|f| f.lsn <= body.checkpoint_lsn) || commit.is_empty() {
                     continue;
                 }
                 apply_frames(&by_id, commit)?;
                 report.replayed_commits += 1;
             }
-            next_lsn = contents.next_lsn;
-            next_seq = seq + 1;
-            expected_seq = seq + 1;
         }
-        if let Some(missing) = previous_continues {
-            return Err(StorageError::Missing {
-                file: format!("{LOG_DIR}/{}", wal::log_file_name(missing)),
-                detail: "the log continues in this file, which is gone: committed writes are missing; restore it from a backup".into(),
-            });
-        }
-        next_lsn = next_lsn.max(body.checkpoint_lsn + 1);
-        let newest = live.last().map(|(seq, path)| (*seq, path.as_path()));
+        let (next_seq, next_lsn) = (scan.next_seq, scan.next_lsn);
+        let newest = scan.newest.as_ref().map(|(seq, path)| (*seq, path.as_path()));
 
         report.removed_files.extend(remove_orphans(dir, &body)?);
         let log = LogWriter::start(dir, &system, next_seq, next_lsn, body.generation, newest)?;
@@ -718,6 +634,151 @@ impl Store {
         }
         Ok(())
     }
+}
+
+pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadKey), Key256);
+
+/// Reads the catalog: unwraps the key ring (one key-provider call), the
+/// system key, and authenticates the body. Changes nothing.
+pub(crate) fn open_catalog(catalog_path: &Path, provider: &dyn KeyProvider) -> Result<OpenedCatalog, StorageError> {
+    let (header, bytes, header_len) = catalog::read_header(&catalog_path)?;
+    if header.provider != provider.name() {
+        return Err(StorageError::Key(sealdb_kms::KmsError::UnknownMasterKey {
+            id: header.master_id.clone(),
+            provider: format!(
+                "{} (the catalog's master key is in \"{}\"; set key-provider to it)",
+                provider.name(),
+                header.provider
+            ),
+        }));
+    }
+    let master = MasterKeyId(header.master_id.clone());
+    let ring = provider.unwrap(&master, &header.wrapped_ring, RING_AAD)?;
+    let ring_key = AeadKey::new(&ring);
+    let system = unwrap_key(&ring_key, &header.wrapped_system, SYSTEM_AAD)
+        .map_err(|_| StorageError::integrity(CATALOG_FILE, "the system key failed authentication"))?;
+    let body = catalog::open_body(&bytes, header_len, &catalog::body_key(&system)?)?;
+    if body.generation != header.generation {
+        return Err(StorageError::integrity(
+            CATALOG_FILE,
+            "header and body generations differ",
+        ));
+    }
+    Ok((header, body, (master, ring_key), system))
+}
+
+/// One log file read during recovery or verification.
+pub(crate) struct ScannedLog {
+    pub path: PathBuf,
+    pub display: String,
+    pub contents: wal::LogFileContents,
+}
+
+/// The live log, read and checked: files in order, obsolete files (older
+/// than the catalog needs), where the log resumes.
+pub(crate) struct LogScan {
+    pub files: Vec<ScannedLog>,
+    pub obsolete: Vec<(u64, PathBuf)>,
+    pub newest: Option<(u64, PathBuf)>,
+    pub next_seq: u64,
+    pub next_lsn: u64,
+}
+
+/// Reads and checks every live log file against the catalog: no file
+/// missing (the chain of links and sequence numbers), none newer than the
+/// catalog allows, frames authenticated and in order. Changes nothing.
+pub(crate) fn scan_log(
+    dir: &Path,
+    body: &CatalogBody,
+    system: &Key256,
+    key_of: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
+) -> Result<LogScan, StorageError> {
+    let files = wal::list_log_files(dir)?;
+    let mut next_lsn = body.checkpoint_lsn + 1;
+    let mut next_seq = body.log_seq_min;
+    let obsolete: Vec<(u64, PathBuf)> = files
+        .iter()
+        .filter(|(seq, _)| *seq < body.log_seq_min)
+        .cloned()
+        .collect();
+    let live: Vec<_> = files.iter().filter(|(seq, _)| *seq >= body.log_seq_min).collect();
+    if live.is_empty() && body.generation > 1 {
+        return Err(StorageError::Missing {
+            file: format!("{LOG_DIR}/{}", wal::log_file_name(body.log_seq_min)),
+            detail: "the catalog needs this log file; it was deleted, or the catalog is an older copy".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(live.len());
+    let mut expected_seq = body.log_seq_min;
+    let mut previous_continues: Option<u64> = None;
+    for (i, (seq, path)) in live.iter().enumerate() {
+        let display = format!("{LOG_DIR}/{}", wal::log_file_name(*seq));
+        if *seq != expected_seq {
+            return Err(StorageError::Missing {
+                file: format!("{LOG_DIR}/{}", wal::log_file_name(expected_seq)),
+                detail: "the log has a gap here; it was deleted, or the catalog is an older copy".into(),
+            });
+        }
+        let contents = wal::read_log_file(path, &display, system, key_of)?;
+        if contents.header.seq != *seq {
+            return Err(StorageError::integrity(&display, "its header names another log file"));
+        }
+        if contents.header.catalog_generation > body.generation {
+            return Err(StorageError::integrity(
+                CATALOG_FILE,
+                format!(
+                    "the catalog (generation {}) is older than the log ({display} follows generation {}): an older copy of the catalog was put back",
+                    body.generation, contents.header.catalog_generation
+                ),
+            ));
+        }
+        if i == 0 && contents.header.first_lsn > body.checkpoint_lsn + 1 {
+            return Err(StorageError::integrity(
+                &display,
+                "it starts after the checkpoint: log records are missing",
+            ));
+        }
+        // A file is linked from the one before it; without the link (a
+        // crash between creating this file and linking it) the lsn the
+        // link would have taken is skipped.
+        let first = contents.header.first_lsn;
+        if i > 0 && first != next_lsn && !(previous_continues.is_none() && first == next_lsn + 1) {
+            return Err(StorageError::integrity(
+                &display,
+                format!("it starts at lsn {first}, expected {next_lsn}"),
+            ));
+        }
+        previous_continues = contents.continues;
+        if contents.torn_tail && i + 1 != live.len() {
+            return Err(StorageError::integrity(
+                &display,
+                "it ends in a partial frame but is not the newest log file",
+            ));
+        }
+        next_lsn = contents.next_lsn;
+        out.push(ScannedLog {
+            path: path.clone(),
+            display,
+            contents,
+        });
+        next_seq = seq + 1;
+        expected_seq = seq + 1;
+    }
+    if let Some(missing) = previous_continues {
+        return Err(StorageError::Missing {
+            file: format!("{LOG_DIR}/{}", wal::log_file_name(missing)),
+            detail:
+                "the log continues in this file, which is gone: committed writes are missing; restore it from a backup"
+                    .into(),
+        });
+    }
+    Ok(LogScan {
+        files: out,
+        obsolete,
+        newest: live.last().map(|(seq, path)| (*seq, path.clone())),
+        next_seq,
+        next_lsn: next_lsn.max(body.checkpoint_lsn + 1),
+    })
 }
 
 fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey) -> Result<Table, StorageError> {
