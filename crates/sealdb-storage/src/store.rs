@@ -641,7 +641,7 @@ pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadK
 /// Reads the catalog: unwraps the key ring (one key-provider call), the
 /// system key, and authenticates the body. Changes nothing.
 pub(crate) fn open_catalog(catalog_path: &Path, provider: &dyn KeyProvider) -> Result<OpenedCatalog, StorageError> {
-    let (header, bytes, header_len) = catalog::read_header(&catalog_path)?;
+    let (header, bytes, header_len) = catalog::read_header(catalog_path)?;
     if header.provider != provider.name() {
         return Err(StorageError::Key(sealdb_kms::KmsError::UnknownMasterKey {
             id: header.master_id.clone(),

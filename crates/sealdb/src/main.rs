@@ -1,8 +1,10 @@
-//! The sealdb binary: `start`, `cert`.
+//! The sealdb binary: `start`, `cert`, `verify`.
 #![forbid(unsafe_code)]
 
 mod cert;
+mod keys;
 mod start;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,9 @@ enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Authenticate every file of a data directory (server stopped): the
+    /// catalog, every segment, the whole log. Exit status 0 only when all is sound.
+    Verify(Box<verify::VerifyArgs>),
 }
 
 /// `--data` and `--config`, shared by commands.
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => start::run(*args),
         Command::Cert(c) => cert::run(c),
+        Command::Verify(args) => verify::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

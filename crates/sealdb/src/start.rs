@@ -48,8 +48,13 @@ fn init_logging() {
 
 /// The settings in force: flags over the config file over defaults.
 fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
-    let flag_data = args.settings.data.clone();
-    let explicit_config = args.common.config.clone();
+    resolve_settings(&args.common, &args.settings)
+}
+
+/// Flags over the config file (`--config`, else `DATA/sealdb.conf`) over defaults.
+pub(crate) fn resolve_settings(common: &Common, flags: &Settings) -> Result<(Settings, PathBuf)> {
+    let flag_data = flags.data.clone();
+    let explicit_config = common.config.clone();
     let guessed_config = flag_data
         .clone()
         .unwrap_or_else(|| PathBuf::from("sealdb-data"))
@@ -59,7 +64,7 @@ fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
         None if guessed_config.exists() => Settings::from_file(&guessed_config)?,
         None => Settings::default(),
     };
-    let merged = args.settings.merged_over(&file)?;
+    let merged = flags.merged_over(&file)?;
     let data = merged.data.clone().unwrap_or_else(|| PathBuf::from("sealdb-data"));
     Ok((merged, data))
 }
@@ -102,6 +107,24 @@ async fn start(args: StartArgs) -> Result<()> {
         max_connections: settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize,
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
     };
+    // The key provider and the encrypted store: a wrong passphrase, a
+    // damaged catalog or a newer format stops start-up here, changing nothing.
+    let provider = crate::keys::provider(&settings, &data)?;
+    let store_dir = data.clone();
+    let (store, recovery) = tokio::task::spawn_blocking(move || {
+        sealdb_storage::Store::open(&store_dir, provider, sealdb_storage::StoreOptions::default())
+    })
+    .await
+    .context("the storage thread failed")??;
+    if let Some(torn) = &recovery.torn_tail {
+        tracing::warn!("{torn}: discarded a partial log frame left by a crash");
+    }
+    tracing::info!(
+        "storage open: {} commits replayed, {} key-provider calls",
+        recovery.replayed_commits,
+        recovery.provider_calls
+    );
+    let _store = store;
     let access = Arc::new(AccessControl::with_bootstrap_admin(ADMIN));
     let server = Server::bind(server_settings.clone(), access).await?;
     let bound = server.local_addr()?;
@@ -126,7 +149,7 @@ async fn start(args: StartArgs) -> Result<()> {
     Ok(())
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -192,6 +192,14 @@ impl TestServer {
         assert!(status.success());
     }
 
+    /// Stops the server with SIGTERM and hands back its directory, so that
+    /// a test can look at the files or start it again.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.signal("TERM");
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,105 @@
+//! The data directory through the real binary: a fresh start creates the
+//! keystore and the encrypted catalog; `sealdb verify` authenticates them
+//! and names a damaged file; a sealed keystore needs its passphrase and a
+//! wrong one changes nothing; a newer on-disk format is refused by name.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{TestServer, run_with_timeout, sealdb_bin};
+
+fn verify(data: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(sealdb_bin());
+    cmd.arg("verify").arg("--data").arg(data);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(60));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `sealdb start` on `data`, expected to exit at once with an error: its output.
+fn start_fails(data: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(sealdb_bin());
+    cmd.arg("start")
+        .arg("--data")
+        .arg(data)
+        .arg("--port")
+        .arg(support::free_port().to_string())
+        .args(args);
+    let out = run_with_timeout(cmd, std::time::Duration::from_secs(60));
+    assert!(!out.status.success(), "started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_fresh_start_creates_a_keystore_and_catalog_that_verify_accepts_and_a_flipped_byte_is_named() {
+    let server = TestServer::start(&[]);
+    let data = server.data.clone();
+    assert!(data.join("keystore/master.keys").exists());
+    assert!(data.join("catalog").exists());
+    let _dir = server.stop();
+    let (ok, out) = verify(&data, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok      catalog"), "{out}");
+
+    let catalog = data.join("catalog");
+    let mut bytes = std::fs::read(&catalog).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    std::fs::write(&catalog, &bytes).unwrap();
+    let (ok, out) = verify(&data, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAILED") && out.contains("catalog"), "{out}");
+}
+
+#[test]
+fn a_sealed_keystore_refuses_a_wrong_passphrase_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let pass = secrets.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let pass_arg = pass.to_string_lossy().into_owned();
+    let server = TestServer::start_in(dir, &["--keystore-password-file", &pass_arg]);
+    let data = server.data.clone();
+    let _dir = server.stop();
+    let keystore = data.join("keystore/master.keys");
+    let before = std::fs::read(&keystore).unwrap();
+    assert!(!before.windows(5).any(|w| w == b"horse"));
+
+    std::fs::write(&pass, "wrong\n").unwrap();
+    let err = start_fails(&data, &["--keystore-password-file", &pass_arg]);
+    assert!(err.contains("passphrase is wrong"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(std::fs::read(&keystore).unwrap(), before);
+
+    let (ok, out) = verify(&data, &[]);
+    assert!(!ok && out.contains("sealed under a passphrase"), "{out}");
+    let (ok, out) = verify(&data, &[("SEALDB_KEYSTORE_PASSWORD", "correct horse battery staple")]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_data_directory_from_a_newer_format_is_refused_with_the_version() {
+    let server = TestServer::start(&[]);
+    let data = server.data.clone();
+    let _dir = server.stop();
+    let catalog = data.join("catalog");
+    let mut bytes = std::fs::read(&catalog).unwrap();
+    bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+    std::fs::write(&catalog, &bytes).unwrap();
+    let err = start_fails(&data, &[]);
+    assert!(
+        err.contains("format version 9") && err.contains("upgrade sealdb"),
+        "{err}"
+    );
+}
