@@ -19,6 +19,9 @@ pub enum AccessError {
     /// The bootstrap administrator cannot be dropped or demoted.
     #[error("role \"{0}\" is the bootstrap administrator and cannot be dropped or lose its rights")]
     Bootstrap(String),
+    /// The stored form of users and grants could not be read.
+    #[error("the stored users and grants are unreadable: {0}")]
+    Stored(String),
     /// The lock guarding the catalog was poisoned by a panic elsewhere.
     #[error("internal error: access-control state is unavailable after an earlier failure; restart the server")]
     Poisoned,
@@ -290,6 +293,30 @@ impl AccessControl {
         if let Ok(mut s) = self.state.write() {
             s.grants.retain(|g| g.object != GrantObject::Table(table.to_owned()));
         }
+    }
+
+    pub(crate) fn parts(&self) -> (Vec<User>, Vec<Grant>, Option<String>) {
+        match self.state.read() {
+            Ok(s) => (
+                s.users.values().cloned().collect(),
+                s.grants.iter().cloned().collect(),
+                s.bootstrap.clone(),
+            ),
+            Err(_) => (Vec::new(), Vec::new(), None),
+        }
+    }
+
+    pub(crate) fn replace(
+        &self,
+        users: Vec<User>,
+        grants: Vec<Grant>,
+        bootstrap: Option<String>,
+    ) -> Result<(), AccessError> {
+        let mut s = self.state.write().map_err(|_| AccessError::Poisoned)?;
+        s.users = users.into_iter().map(|u| (u.name.clone(), u)).collect();
+        s.grants = grants.into_iter().collect();
+        s.bootstrap = bootstrap;
+        Ok(())
     }
 
     /// A copy of one user.

@@ -13,6 +13,7 @@
 
 mod access;
 mod dn;
+mod persist;
 mod policy;
 mod scram;
 

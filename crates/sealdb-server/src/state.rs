@@ -207,11 +207,19 @@ pub struct Server {
 
 impl Server {
     /// Loads the TLS material, sets up the engine and binds the port.
-    pub async fn bind(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
+    pub async fn bind(
+        settings: ServerSettings,
+        access: Arc<AccessControl>,
+        store: Option<sealdb_storage::Store>,
+    ) -> Result<Self, ServerError> {
         sealdb_pki::install_crypto_provider();
         let address = format!("{}:{}", settings.host, settings.port);
         let state = Arc::new(ServerState::new(settings, access.clone())?);
-        let engine = Arc::new(Engine::new(access, state.clone())?);
+        let mut engine = Engine::new(access, state.clone())?;
+        if let Some(store) = store {
+            engine = engine.with_store(store);
+        }
+        let engine = Arc::new(engine);
         let listener = TcpListener::bind(&address)
             .await
             .map_err(|source| ServerError::Listen { address, source })?;

@@ -25,6 +25,9 @@ use crate::security::{self, SecurityStatement, Target};
 use crate::sys::{self, ServerHooks};
 use crate::{SqlError, privileges};
 
+/// The catalog section holding users and grants.
+pub const ACCESS_SECTION: &str = "access";
+
 /// The catalog name clients see as the database.
 pub const CATALOG: &str = "sealdb";
 /// The schema user tables live in.
@@ -171,6 +174,10 @@ pub struct Engine {
     parser: PostgresCompatibilityParser,
     /// Bumped by every DDL statement; cached plans of older versions are stale.
     catalog_version: AtomicU64,
+    /// Where users and grants are kept durably; `None` keeps them in memory.
+    store: Option<sealdb_storage::Store>,
+    /// Serializes changes of users and grants with their persistence.
+    access_changes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,7 +211,29 @@ impl Engine {
             hooks,
             parser: PostgresCompatibilityParser::new(),
             catalog_version: AtomicU64::new(0),
+            store: None,
+            access_changes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Keeps users and grants durably in `store`'s catalog: every change
+    /// is written (encrypted, fsynced) before it is acknowledged, and undone
+    /// in memory if the write fails.
+    pub fn with_store(mut self, store: sealdb_storage::Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Writes users and grants; on failure restores `before`.
+    async fn persist_access(&self, before: serde_json::Value) -> Result<(), SqlError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if let Err(e) = store.set_section(ACCESS_SECTION, self.access.export()).await {
+            let _ = self.access.restore(&before);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// A session for an authenticated client.
@@ -410,7 +439,10 @@ impl Engine {
             (schema, collect(physical, session.task.clone()).await?)
         };
         if let Some(table) = dropped_table {
+            let _serial = self.access_changes.lock().await;
+            let before = self.access.export();
             self.access.forget_table(&table);
+            self.persist_access(before).await?;
         }
         Ok(match kind {
             OutputKind::Rows => Output::Rows {
@@ -435,6 +467,45 @@ impl Engine {
         statement: SecurityStatement,
     ) -> Result<Output, SqlError> {
         let me = session.info.user.clone();
+        let mutates = matches!(
+            statement,
+            SecurityStatement::CreateUser { .. }
+                | SecurityStatement::AlterUser { .. }
+                | SecurityStatement::DropUser { .. }
+                | SecurityStatement::Grant { .. }
+                | SecurityStatement::Revoke { .. }
+                | SecurityStatement::GrantRole { .. }
+                | SecurityStatement::RevokeRole { .. }
+        );
+        // One change at a time, so that undoing a failed write cannot undo
+        // another session's change.
+        let _serial = if mutates {
+            Some(self.access_changes.lock().await)
+        } else {
+            None
+        };
+        let before = mutates.then(|| self.access.export());
+        let output = self.apply_security(session, statement, &me).await;
+        if let Some(before) = before {
+            match &output {
+                Ok(_) => self.persist_access(before).await?,
+                // A statement that failed half-way (one of several grantees)
+                // leaves nothing behind.
+                Err(_) => {
+                    let _ = self.access.restore(&before);
+                }
+            }
+        }
+        output
+    }
+
+    async fn apply_security(
+        &self,
+        session: &mut SqlSession,
+        statement: SecurityStatement,
+        me: &str,
+    ) -> Result<Output, SqlError> {
+        let me = me.to_owned();
         let admin_only = |what: &str| -> Result<(), SqlError> {
             if self.access.is_superuser(&me) {
                 Ok(())

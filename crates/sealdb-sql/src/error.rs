@@ -28,6 +28,10 @@ pub enum SqlError {
     /// TLS reload or another server operation failed (55000).
     #[error("{0}")]
     ServerState(String),
+    /// The storage engine failed: disk full (53100), integrity (XX001),
+    /// lock timeout (55P03), missing key or file (XX000).
+    #[error("{0}")]
+    Storage(#[from] sealdb_storage::StorageError),
     /// Planning or execution failed in DataFusion (42000 for plans, XX000 otherwise).
     #[error("{message}")]
     Query {
@@ -50,6 +54,11 @@ impl SqlError {
             Self::NotSupported(_) => "0A000",
             Self::InvalidValue(_) => "22023",
             Self::ServerState(_) => "55000",
+            Self::Storage(e) if e.is_disk_full() => "53100",
+            Self::Storage(sealdb_storage::StorageError::Integrity { .. }) => "XX001",
+            Self::Storage(sealdb_storage::StorageError::LockTimeout(_)) => "55P03",
+            Self::Storage(sealdb_storage::StorageError::Schema { .. }) => "23502",
+            Self::Storage(_) => "XX000",
             Self::Query { plan: true, .. } => "42000",
             Self::Query { plan: false, .. } => "XX000",
         }

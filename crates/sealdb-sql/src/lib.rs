@@ -23,6 +23,8 @@ mod privileges;
 pub mod security;
 mod sys;
 
-pub use engine::{ClientCertSummary, Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo};
+pub use engine::{
+    ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo,
+};
 pub use error::SqlError;
 pub use sys::{CertificateRow, SERVER_VERSION, ServerHooks};

@@ -124,9 +124,20 @@ async fn start(args: StartArgs) -> Result<()> {
         recovery.replayed_commits,
         recovery.provider_calls
     );
-    let _store = store;
-    let access = Arc::new(AccessControl::with_bootstrap_admin(ADMIN));
-    let server = Server::bind(server_settings.clone(), access).await?;
+    // Users and grants live in the encrypted catalog; a fresh one gets the
+    // bootstrap administrator.
+    let access = match store.section(sealdb_sql::ACCESS_SECTION).await {
+        Some(stored) => Arc::new(AccessControl::import(&stored).context("reading users and grants from the catalog")?),
+        None => {
+            let access = AccessControl::with_bootstrap_admin(ADMIN);
+            store
+                .set_section(sealdb_sql::ACCESS_SECTION, access.export())
+                .await
+                .context("writing the bootstrap administrator into the catalog")?;
+            Arc::new(access)
+        }
+    };
+    let server = Server::bind(server_settings.clone(), access, Some(store)).await?;
     let bound = server.local_addr()?;
     print_banner(&server_settings, bound.port(), &certs, uses_own_identity);
 

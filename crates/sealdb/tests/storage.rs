@@ -103,3 +103,65 @@ fn a_data_directory_from_a_newer_format_is_refused_with_the_version() {
         "{err}"
     );
 }
+
+#[test]
+fn users_and_grants_survive_a_restart_and_no_file_shows_them_in_the_clear() {
+    let server = TestServer::start(&[]);
+    support::psql(
+        &server.admin(),
+        "CREATE USER persistent_alice WITH PASSWORD 'pw-MARKER-41c7' REQUIRE SSL; \
+         CREATE ROLE persistent_readers; GRANT SELECT ON ALL TABLES TO persistent_readers; \
+         GRANT persistent_readers TO persistent_alice;",
+    )
+    .expect_ok();
+    let data = server.data.clone();
+    let dir = server.stop();
+    for needle in ["persistent_alice", "pw-MARKER-41c7", "persistent_readers"] {
+        for f in walk(&data) {
+            if f.starts_with(data.join("certs")) {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in the clear in {}",
+                f.display()
+            );
+        }
+    }
+    let server = TestServer::start_in(dir, &[]);
+    let users = support::psql(&server.admin(), "SELECT user_name FROM sys.users ORDER BY user_name").expect_ok();
+    assert!(
+        users.contains("persistent_alice") && users.contains("persistent_readers"),
+        "{users}"
+    );
+    let grants = support::psql(&server.admin(), "SELECT grantee, privilege FROM sys.grants").expect_ok();
+    assert!(grants.contains("persistent_readers|SELECT"), "{grants}");
+    let me = support::psql_pw(
+        &server.password_conn("persistent_alice"),
+        "pw-MARKER-41c7",
+        "SELECT user_name FROM sys.sessions",
+    );
+    assert!(me.expect_ok().contains("persistent_alice"));
+    support::psql(&server.admin(), "DROP USER persistent_alice").expect_ok();
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &[]);
+    let users = support::psql(&server.admin(), "SELECT user_name FROM sys.users").expect_ok();
+    assert!(!users.contains("persistent_alice"), "{users}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable directory").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
