@@ -386,7 +386,9 @@ impl WriterState {
             .seal_in_place(nonce_from_counter(seq), &header, &mut [0u8; 0])?;
         header.extend_from_slice(&tag);
         let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
+        // Append mode: after a failed write is cut back with set_len, the next
+        // write lands at the new end, not at the old cursor.
+        options.append(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let created = options.open(&path).and_then(|mut f| {
