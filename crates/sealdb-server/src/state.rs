@@ -51,6 +51,8 @@ pub(crate) struct ServerState {
     pub(crate) scram_plain: Arc<ScramAuth>,
     sessions: Mutex<BTreeMap<u64, Arc<SessionInfo>>>,
     next_session_id: AtomicU64,
+    /// Whether the master key is protected at rest; `None` without storage.
+    master_key_protected: Option<bool>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -62,7 +64,11 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    fn new(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
+    fn new(
+        settings: ServerSettings,
+        access: Arc<AccessControl>,
+        master_key_protected: Option<bool>,
+    ) -> Result<Self, ServerError> {
         let tls =
             match (&settings.ssl_mode, &settings.tls) {
                 (SslMode::Disabled, _) => None,
@@ -86,6 +92,7 @@ impl ServerState {
             scram_plain,
             sessions: Mutex::new(BTreeMap::new()),
             next_session_id: AtomicU64::new(1),
+            master_key_protected,
         })
     }
 
@@ -154,6 +161,14 @@ impl ServerHooks for ServerState {
             .collect()
     }
 
+    fn plaintext_allowed(&self) -> bool {
+        self.settings.ssl_mode != SslMode::Required
+    }
+
+    fn master_key_protected(&self) -> Option<bool> {
+        self.master_key_protected
+    }
+
     fn reload_tls(&self) -> Result<(), String> {
         let Some(tls) = &self.tls else {
             return Err("TLS is disabled (ssl-mode = disabled); there is nothing to reload".into());
@@ -214,7 +229,8 @@ impl Server {
     ) -> Result<Self, ServerError> {
         sealdb_pki::install_crypto_provider();
         let address = format!("{}:{}", settings.host, settings.port);
-        let state = Arc::new(ServerState::new(settings, access.clone())?);
+        let protected = store.as_ref().map(|s| s.provider().protected_at_rest());
+        let state = Arc::new(ServerState::new(settings, access.clone(), protected)?);
         let mut engine = Engine::new(access, state.clone())?;
         if let Some(store) = store {
             engine = engine.with_store(store);

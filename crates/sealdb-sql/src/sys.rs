@@ -31,6 +31,15 @@ pub trait ServerHooks: Send + Sync + Debug {
     fn reload_tls(&self) -> Result<(), String>;
     /// Whether the server accepts TLS.
     fn ssl_enabled(&self) -> bool;
+    /// Whether clients may connect without TLS (`ssl-mode` other than `required`).
+    fn plaintext_allowed(&self) -> bool {
+        !self.ssl_enabled()
+    }
+    /// Whether the master key is protected at rest (sealed under a
+    /// passphrase or held by a key server); `None` without storage.
+    fn master_key_protected(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// One row of `sys.certificates`.
@@ -290,5 +299,71 @@ pub(crate) fn register(
             ])
         }),
     )?;
+
+    add(
+        "security_status",
+        vec![text("severity"), text("finding"), text("detail"), text("fix")],
+        Box::new(|c: &SysContext| {
+            let rows = findings(c);
+            Ok(vec![
+                strings(rows.iter().map(|r| Some(r.0.to_owned()))),
+                strings(rows.iter().map(|r| Some(r.1.to_owned()))),
+                strings(rows.iter().map(|r| Some(r.2.clone()))),
+                strings(rows.iter().map(|r| Some(r.3.to_owned()))),
+            ])
+        }),
+    )?;
     Ok(())
+}
+
+/// Days before expiry from which a certificate is reported.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// What weakens this installation: severity, finding, detail, fix.
+fn findings(c: &SysContext) -> Vec<(&'static str, &'static str, String, &'static str)> {
+    let mut out = Vec::new();
+    if c.hooks.plaintext_allowed() {
+        out.push((
+            "high",
+            "plaintext allowed",
+            "clients may connect without TLS".to_owned(),
+            "set ssl-mode = required",
+        ));
+    }
+    if c.hooks.master_key_protected() == Some(false) {
+        out.push((
+            "high",
+            "master key unprotected on local disk",
+            "DATA/keystore/master.keys holds the master key unsealed (mode 0600)".to_owned(),
+            "set keystore-password-file or SEALDB_KEYSTORE_PASSWORD (or use a KMIP key provider) and restart",
+        ));
+    }
+    for u in c.access.users() {
+        if u.login && u.require == sealdb_auth::Requirement::None {
+            out.push((
+                "medium",
+                "user without REQUIRE SSL",
+                format!("user \"{}\" may log in over any connection the server accepts", u.name),
+                "ALTER USER name REQUIRE SSL (or REQUIRE X509)",
+            ));
+        }
+    }
+    for cert in c.hooks.certificates() {
+        if cert.days_left < 0 {
+            out.push((
+                "high",
+                "certificate expired",
+                format!("{} ({}) expired {} days ago", cert.path, cert.subject, -cert.days_left),
+                "replace the file and run ALTER SYSTEM RELOAD TLS",
+            ));
+        } else if cert.days_left <= CERTIFICATE_WARNING_DAYS {
+            out.push((
+                "medium",
+                "certificate expires soon",
+                format!("{} ({}) expires in {} days", cert.path, cert.subject, cert.days_left),
+                "replace the file and run ALTER SYSTEM RELOAD TLS",
+            ));
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! The data directory through the real binary: a fresh start creates the
 //! keystore and the encrypted catalog; `sealdb verify` authenticates them
 //! and names a damaged file; a sealed keystore needs its passphrase and a
-//! wrong one changes nothing; a newer on-disk format is refused by name.
+//! wrong one changes nothing, and an unsealed one is a finding in
+//! `sys.security_status`; a newer on-disk format is refused by name.
 
 mod support;
 
@@ -46,6 +47,12 @@ fn a_fresh_start_creates_a_keystore_and_catalog_that_verify_accepts_and_a_flippe
     let server = TestServer::start(&[]);
     let data = server.data.clone();
     assert!(data.join("keystore/master.keys").exists());
+    let findings = support::psql(&server.admin(), "SELECT severity, finding FROM sys.security_status").expect_ok();
+    assert!(
+        findings.contains("high|master key unprotected on local disk"),
+        "{findings}"
+    );
+    assert!(!findings.contains("plaintext allowed"), "{findings}");
     assert!(data.join("catalog").exists());
     let _dir = server.stop();
     let (ok, out) = verify(&data, &[]);
@@ -71,6 +78,8 @@ fn a_sealed_keystore_refuses_a_wrong_passphrase_and_changes_nothing() {
     let pass_arg = pass.to_string_lossy().into_owned();
     let server = TestServer::start_in(dir, &["--keystore-password-file", &pass_arg]);
     let data = server.data.clone();
+    let findings = support::psql(&server.admin(), "SELECT finding FROM sys.security_status").expect_ok();
+    assert!(!findings.contains("master key"), "{findings}");
     let _dir = server.stop();
     let keystore = data.join("keystore/master.keys");
     let before = std::fs::read(&keystore).unwrap();
