@@ -19,6 +19,8 @@ const ADMIN: &str = "admin";
 const DEFAULT_PORT: u16 = 5433;
 const DEFAULT_MAX_CONNECTIONS: u32 = 200;
 const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How often the server looks whether unflushed rows call for a checkpoint.
+const CHECKPOINT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct StartArgs {
@@ -124,6 +126,21 @@ async fn start(args: StartArgs) -> Result<()> {
         recovery.replayed_commits,
         recovery.provider_calls
     );
+    // Fold what recovery replayed into segments and drop the old log files,
+    // so that restarts and catalog changes do not pile up log files.
+    store.checkpoint().await.context("the start-up checkpoint failed")?;
+    let background = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            if background.wants_checkpoint()
+                && let Err(e) = background.checkpoint().await
+            {
+                tracing::error!("checkpoint failed (the log keeps every acknowledged write): {e}");
+            }
+        }
+    });
     // Users and grants live in the encrypted catalog; a fresh one gets the
     // bootstrap administrator.
     let access = match store.section(sealdb_sql::ACCESS_SECTION).await {

@@ -174,3 +174,22 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn restarts_do_not_pile_up_log_files() {
+    let mut server = TestServer::start(&[]);
+    let data = server.data.clone();
+    for i in 0..4 {
+        support::psql(&server.admin(), &format!("CREATE ROLE pile_{i}")).expect_ok();
+        let dir = server.stop();
+        server = TestServer::start_in(dir, &[]);
+    }
+    let logs = std::fs::read_dir(data.join("log")).unwrap().count();
+    assert!(logs <= 3, "{logs} log files after 4 restarts");
+    let roles = support::psql(
+        &server.admin(),
+        "SELECT count(*) FROM sys.users WHERE user_name LIKE 'pile_%'",
+    )
+    .expect_ok();
+    assert_eq!(roles.trim(), "4");
+}
