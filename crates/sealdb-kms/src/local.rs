@@ -239,10 +239,23 @@ impl LocalKeystore {
         result
     }
 
-    fn entry_index(&self, inner: &Inner, id: &MasterKeyId) -> Result<usize, KmsError> {
+    /// Applies `f` to a copy of the entries, persists the copy, and only
+    /// then makes it current: no key is used before it is on disk.
+    fn change<T>(&self, f: impl FnOnce(&mut Vec<Entry>) -> Result<T, KmsError>) -> Result<T, KmsError> {
+        let mut inner = self.lock();
+        let mut next = Inner {
+            entries: inner.entries.iter().map(copy_entry).collect(),
+        };
+        let out = f(&mut next.entries)?;
+        self.persist(&next)?;
+        *inner = next;
+        Ok(out)
+    }
+
+    fn entry_index(&self, entries: &[Entry], id: &MasterKeyId) -> Result<usize, KmsError> {
         id.0.parse::<u32>()
             .ok()
-            .and_then(|n| inner.entries.iter().position(|e| e.id == n))
+            .and_then(|n| entries.iter().position(|e| e.id == n))
             .ok_or_else(|| KmsError::UnknownMasterKey {
                 id: id.0.clone(),
                 provider: self.name(),
@@ -267,35 +280,29 @@ impl KeyProvider for LocalKeystore {
 
     fn create_master_key(&self) -> Result<MasterKeyId, KmsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
-        let id = inner.entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
-        let fresh = new_entry(id)?;
-        // Persist the new key before anyone can use it.
-        let mut next = Inner {
-            entries: inner.entries.iter().map(copy_entry).collect(),
-        };
-        for e in &mut next.entries {
-            if e.state == KeyState::Active {
-                e.state = KeyState::Deactivated;
+        self.change(|entries| {
+            let id = entries.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+            for e in entries.iter_mut() {
+                if e.state == KeyState::Active {
+                    e.state = KeyState::Deactivated;
+                }
             }
-        }
-        next.entries.push(fresh);
-        self.persist(&next)?;
-        *inner = next;
-        Ok(MasterKeyId(id.to_string()))
+            entries.push(new_entry(id)?);
+            Ok(MasterKeyId(id.to_string()))
+        })
     }
 
     fn wrap(&self, id: &MasterKeyId, key: &Key256, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let inner = self.lock();
-        let e = &inner.entries[self.entry_index(&inner, id)?];
+        let e = &inner.entries[self.entry_index(&inner.entries, id)?];
         Ok(wrap_key(&e.key, key, aad)?)
     }
 
     fn unwrap(&self, id: &MasterKeyId, wrapped: &[u8], aad: &[u8]) -> Result<Key256, KmsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let inner = self.lock();
-        let e = &inner.entries[self.entry_index(&inner, id)?];
+        let e = &inner.entries[self.entry_index(&inner.entries, id)?];
         unwrap_key(&e.key, wrapped, aad).map_err(|_| KmsError::Unwrap { id: id.0.clone() })
     }
 
@@ -314,15 +321,11 @@ impl KeyProvider for LocalKeystore {
 
     fn destroy(&self, id: &MasterKeyId) -> Result<(), KmsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
-        let index = self.entry_index(&inner, id)?;
-        let mut next = Inner {
-            entries: inner.entries.iter().map(copy_entry).collect(),
-        };
-        next.entries.remove(index);
-        self.persist(&next)?;
-        *inner = next;
-        Ok(())
+        self.change(|entries| {
+            let index = self.entry_index(entries, id)?;
+            entries.remove(index);
+            Ok(())
+        })
     }
 
     fn protected_at_rest(&self) -> bool {

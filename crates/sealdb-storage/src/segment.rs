@@ -187,7 +187,11 @@ fn check_digest(bytes: &[u8], display: &str, meta: &SegmentMeta) -> Result<(), S
     if bytes.len() as u64 != meta.bytes {
         return Err(StorageError::integrity(
             display,
-            format!("{} bytes, the catalog says {}", bytes.len(), meta.bytes),
+            format!(
+                "{} bytes, the catalog says {} (truncated or replaced)",
+                bytes.len(),
+                meta.bytes
+            ),
         ));
     }
     if sha256(bytes).as_slice() != meta.sha256.as_slice() {
@@ -212,16 +216,6 @@ pub(crate) fn read_all(
     // encryption therefore never authenticates.
     let bytes = read_whole(path, display)?;
     check_digest(&bytes, display, meta)?;
-    if bytes.len() as u64 != meta.bytes {
-        return Err(StorageError::integrity(
-            display,
-            format!(
-                "{} bytes, the catalog says {} (truncated or replaced)",
-                bytes.len(),
-                meta.bytes
-            ),
-        ));
-    }
     let magic: &[u8] = if data_key.is_some() { b"PARE" } else { b"PAR1" };
     if bytes.len() < 8 || &bytes[..4] != magic || &bytes[bytes.len() - 4..] != magic {
         return Err(StorageError::integrity(
@@ -252,17 +246,54 @@ pub(crate) fn read_all(
     Ok(out)
 }
 
+/// What the first open of a segment by this process checks: it exists with
+/// the catalog's length; an unencrypted one matches the catalog's SHA-256;
+/// an encrypted one ends in the encrypted-footer magic (a plaintext file
+/// read with decryption properties would otherwise be accepted as it is).
+pub(crate) fn check_first_open(path: &Path, display: &str, meta: &SegmentMeta) -> Result<(), StorageError> {
+    if meta.key_version == 0 {
+        return check_plain(path, display, meta);
+    }
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| read_error(path, display, e))?;
+    let len = file.metadata().map_err(StorageError::io("reading", path))?.len();
+    if len != meta.bytes {
+        return Err(StorageError::integrity(
+            display,
+            format!("{len} bytes, the catalog says {} (truncated or replaced)", meta.bytes),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    file.seek(SeekFrom::End(-4))
+        .and_then(|_| file.read_exact(&mut magic))
+        .map_err(StorageError::io("reading", path))?;
+    if &magic != b"PARE" {
+        return Err(StorageError::integrity(
+            display,
+            "it is not an encrypted segment (a plaintext file was put in its place)",
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a listed segment that is gone.
+pub(crate) fn missing(display: &str) -> StorageError {
+    StorageError::Missing {
+        file: display.into(),
+        detail: "the catalog lists it as holding table rows; restore it from a backup".into(),
+    }
+}
+
+fn read_error(path: &Path, display: &str, e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        missing(display)
+    } else {
+        StorageError::io("reading", path)(e)
+    }
+}
+
 fn read_whole(path: &Path, display: &str) -> Result<Vec<u8>, StorageError> {
-    std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            StorageError::Missing {
-                file: display.into(),
-                detail: "the catalog lists it as holding table rows; restore it from a backup".into(),
-            }
-        } else {
-            StorageError::io("reading", path)(e)
-        }
-    })
+    std::fs::read(path).map_err(|e| read_error(path, display, e))
 }
 
 fn rowid_range(batch: &RecordBatch) -> Option<(u64, u64)> {

@@ -64,9 +64,6 @@ struct CatalogState {
 }
 
 struct Ring {
-    /// The master-key version the ring key is wrapped by (rotation replaces both).
-    #[allow(dead_code)]
-    master: MasterKeyId,
     key: AeadKey,
 }
 
@@ -215,10 +212,7 @@ impl Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 provider,
-                ring: std::sync::Mutex::new(Ring {
-                    master: ring_key.0,
-                    key: ring_key.1,
-                }),
+                ring: std::sync::Mutex::new(Ring { key: ring_key.1 }),
                 catalog_key: catalog::body_key(&system)?,
                 catalog: tokio::sync::Mutex::new(CatalogState { header, body }),
                 tables: RwLock::new(tables),
@@ -363,10 +357,7 @@ impl Store {
             s.mark_obsolete();
         }
         let freed: u64 = data.chunks.iter().map(|c| c.batch.get_array_memory_size() as u64).sum();
-        self.inner.mem_bytes.fetch_sub(
-            freed.min(self.inner.mem_bytes.load(Ordering::Acquire)),
-            Ordering::AcqRel,
-        );
+        self.release_memory(freed);
         table.install(&data.chunks, &data.segments, Vec::new(), None);
         drop(data);
         let table_dir = self.inner.dir.join(TABLES_DIR).join(table.id.to_string());
@@ -388,10 +379,7 @@ impl Store {
             let table = &pending.table;
             let key = match table.encryption {
                 Encryption::Aes256Gcm => {
-                    let (version, key) = table.current_key().ok_or_else(|| StorageError::KeyDestroyed {
-                        key: format!("table key of {}", table.name),
-                        detail: "no key to write with".into(),
-                    })?;
+                    let (version, key) = table.writing_key()?;
                     FrameKey::Table { version, key }
                 }
                 Encryption::None => FrameKey::System,
@@ -404,21 +392,17 @@ impl Store {
                     key: key.clone(),
                     payload: below.to_le_bytes().to_vec(),
                 });
-                deleted.insert_range(0..below);
             }
-            if !pending.deleted.is_empty() {
-                let set = pending.committed_deletes();
-                if !set.is_empty() {
-                    let mut payload = Vec::with_capacity(set.serialized_size());
-                    set.serialize_into(&mut payload)
-                        .map_err(|e| StorageError::Internal(format!("encoding deletes: {e}")))?;
-                    frames.push(FrameSpec {
-                        table_id: table.id,
-                        kind: FrameKind::Delete,
-                        key: key.clone(),
-                        payload,
-                    });
-                }
+            if !deleted.is_empty() {
+                frames.push(FrameSpec {
+                    table_id: table.id,
+                    kind: FrameKind::Delete,
+                    key: key.clone(),
+                    payload: serialize_bitmap(&deleted)?,
+                });
+            }
+            if let Some(below) = pending.truncate_below {
+                deleted.insert_range(0..below);
             }
             let inserts = pending.surviving_inserts()?;
             for group in split_by_bytes(&inserts, self.inner.options.frame_bytes_target) {
@@ -528,10 +512,7 @@ impl Store {
                     id
                 };
                 let key = match table.encryption {
-                    Encryption::Aes256Gcm => Some(table.current_key().ok_or_else(|| StorageError::KeyDestroyed {
-                        key: format!("table key of {}", table.name),
-                        detail: "no key to write with".into(),
-                    })?),
+                    Encryption::Aes256Gcm => Some(table.writing_key()?),
                     Encryption::None => None,
                 };
                 let dir = self.inner.dir.clone();
@@ -601,8 +582,7 @@ impl Store {
                 .sum::<u64>();
             table.install(&chunks, &[], segment.into_iter().collect(), Some(&dropped));
         }
-        let now = self.inner.mem_bytes.load(Ordering::Acquire);
-        self.inner.mem_bytes.fetch_sub(freed.min(now), Ordering::AcqRel);
+        self.release_memory(freed);
         // The log before the new file is now in segments.
         let log_dir = self.inner.dir.join(LOG_DIR);
         for (seq, path) in wal::list_log_files(&self.inner.dir)? {
@@ -612,6 +592,15 @@ impl Store {
         }
         sealdb_kms::fsync_dir(&log_dir).map_err(StorageError::io("syncing", log_dir))?;
         Ok(())
+    }
+
+    fn release_memory(&self, bytes: u64) {
+        let _ = self
+            .inner
+            .mem_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_sub(bytes))
+            });
     }
 
     async fn persist(
@@ -809,13 +798,8 @@ fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey) -> Result<Table, St
         .iter()
         .map(|s| Arc::new(Segment::new(dir, meta.id, s.clone())))
         .collect::<Vec<_>>();
-    for s in &segments {
-        if !s.path.exists() {
-            return Err(StorageError::Missing {
-                file: s.display.clone(),
-                detail: format!("it holds rows of table \"{}\"; restore it from a backup", meta.name),
-            });
-        }
+    if let Some(gone) = segments.iter().find(|s| !s.path.exists()) {
+        return Err(segment::missing(&gone.display));
     }
     table.data.store(Arc::new(crate::table::TableData {
         chunks: Vec::new(),

@@ -36,34 +36,6 @@ pub struct TableData {
 }
 
 impl TableData {
-    /// Rows visible (not deleted); approximate when segments' row-id ranges overlap.
-    pub fn live_rows(&self) -> u64 {
-        let stored: u64 = self.chunks.iter().map(|c| c.batch.num_rows() as u64).sum::<u64>()
-            + self.segments.iter().map(|s| s.meta.rows).sum::<u64>();
-        stored.saturating_sub(self.deleted_stored())
-    }
-
-    fn deleted_stored(&self) -> u64 {
-        // Deleted ids of rows no longer stored (flushed away) are not counted.
-        let mut n = 0;
-        for c in &self.chunks {
-            if let Some(ids) = rowids(&c.batch) {
-                n += ids.values().iter().filter(|id| self.deleted.contains(**id)).count() as u64;
-            }
-        }
-        for s in &self.segments {
-            if s.meta.rows > 0 {
-                let below = if s.meta.min_rowid == 0 {
-                    0
-                } else {
-                    self.deleted.rank(s.meta.min_rowid - 1)
-                };
-                n += (self.deleted.rank(s.meta.max_rowid) - below).min(s.meta.rows);
-            }
-        }
-        n
-    }
-
     /// Bytes of segment files.
     pub fn bytes_on_disk(&self) -> u64 {
         self.segments.iter().map(|s| s.meta.bytes).sum()
@@ -87,7 +59,8 @@ pub struct Table {
     pub(crate) write_lock: Arc<tokio::sync::Mutex<()>>,
     pub(crate) next_rowid: AtomicU64,
     data_keys: Mutex<HashMap<u64, Arc<Key256>>>,
-    checked_plain: Mutex<std::collections::HashSet<u64>>,
+    /// Segments whose length and magic (or SHA-256, unencrypted) this process checked.
+    checked: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Table {
@@ -106,7 +79,7 @@ impl Table {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             next_rowid: AtomicU64::new(next_rowid),
             data_keys: Mutex::new(HashMap::new()),
-            checked_plain: Mutex::new(std::collections::HashSet::new()),
+            checked: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -145,8 +118,15 @@ impl Table {
         lock(&self.keys).last().map(|(v, _)| *v).unwrap_or(0)
     }
 
-    pub(crate) fn current_key(&self) -> Option<(u32, Arc<Key256>)> {
-        lock(&self.keys).last().cloned()
+    /// The current table key version, which new log records and segments use.
+    pub(crate) fn writing_key(&self) -> Result<(u32, Arc<Key256>), StorageError> {
+        lock(&self.keys)
+            .last()
+            .cloned()
+            .ok_or_else(|| StorageError::KeyDestroyed {
+                key: format!("table key of {}", self.name),
+                detail: "no key to write with".into(),
+            })
     }
 
     pub(crate) fn key(&self, version: u32) -> Option<Arc<Key256>> {
@@ -164,37 +144,13 @@ impl Table {
         &self,
         segment: &Segment,
     ) -> Result<Option<Arc<parquet::encryption::decrypt::FileDecryptionProperties>>, StorageError> {
-        let len = std::fs::metadata(&segment.path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StorageError::Missing {
-                        file: segment.display.clone(),
-                        detail: format!("it holds rows of table \"{}\"; restore it from a backup", self.name),
-                    }
-                } else {
-                    StorageError::io("reading", &segment.path)(e)
-                }
-            })?
-            .len();
-        if len != segment.meta.bytes {
-            return Err(StorageError::integrity(
-                &segment.display,
-                format!(
-                    "{len} bytes, the catalog says {} (truncated or replaced)",
-                    segment.meta.bytes
-                ),
-            ));
+        if !lock(&self.checked).contains(&segment.meta.id) {
+            segment::check_first_open(&segment.path, &segment.display, &segment.meta)?;
+            lock(&self.checked).insert(segment.meta.id);
         }
         if segment.meta.key_version == 0 {
-            if !lock(&self.checked_plain).contains(&segment.meta.id) {
-                segment::check_plain(&segment.path, &segment.display, &segment.meta)?;
-                lock(&self.checked_plain).insert(segment.meta.id);
-            }
             return Ok(None);
         }
-        // A plaintext file read with decryption properties would be accepted
-        // as it is: an encrypted segment must end in the encrypted-footer magic.
-        check_encrypted_magic(&segment.path, &segment.display)?;
         let key = self.data_key(segment)?;
         Ok(Some(segment::decryption_properties(self.id, &segment.meta, &key)?))
     }
@@ -273,24 +229,6 @@ impl Table {
     pub(crate) fn segment_metas(&self) -> Vec<SegmentMeta> {
         self.data.load().segments.iter().map(|s| s.meta.clone()).collect()
     }
-}
-
-fn check_encrypted_magic(path: &std::path::Path, display: &str) -> Result<(), StorageError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::End(-4))?;
-            f.read_exact(&mut magic)
-        })
-        .map_err(StorageError::io("reading", path))?;
-    if &magic != b"PARE" {
-        return Err(StorageError::integrity(
-            display,
-            "it is not an encrypted segment (a plaintext file was put in its place)",
-        ));
-    }
-    Ok(())
 }
 
 /// The row ids of a stored batch.

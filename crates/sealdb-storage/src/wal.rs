@@ -447,26 +447,77 @@ impl WriterState {
 /// The link frame: the last of a file, naming the next file. Sealed under a
 /// key used for this one frame only.
 fn link_frame(system: &Key256, seq: u64, lsn: u64, next_seq: u64) -> Result<Vec<u8>, StorageError> {
-    let key = AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?);
-    let payload = next_seq.to_le_bytes();
-    let mut buf = Vec::with_capacity(FRAME_PREFIX_LEN + FRAME_AD_LEN + payload.len() + TAG_LEN);
+    let mut buf = Vec::with_capacity(FRAME_PREFIX_LEN + FRAME_AD_LEN + 8 + TAG_LEN);
+    let header = FrameHeader {
+        lsn,
+        flags: FLAG_END,
+        kind: FrameKind::Next as u8,
+        table_id: 0,
+        version: 0,
+    };
+    append_frame(&mut buf, &link_key(system, seq)?, seq, &header, &next_seq.to_le_bytes())?;
+    Ok(buf)
+}
+
+/// The authenticated fields of a frame.
+struct FrameHeader {
+    lsn: u64,
+    flags: u8,
+    kind: u8,
+    table_id: u64,
+    version: u32,
+}
+
+/// Appends a frame of log file `seq`, sealed under `key`, in the layout of
+/// the module docs: the one place that writes it.
+fn append_frame(
+    buf: &mut Vec<u8>,
+    key: &AeadKey,
+    seq: u64,
+    header: &FrameHeader,
+    payload: &[u8],
+) -> Result<(), StorageError> {
     let len = payload.len() as u32;
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&(!len).to_le_bytes());
     let ad_at = buf.len();
-    buf.extend_from_slice(&lsn.to_le_bytes());
-    buf.push(FLAG_END);
-    buf.push(FrameKind::Next as u8);
-    buf.extend_from_slice(&0u64.to_le_bytes());
-    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&header.lsn.to_le_bytes());
+    buf.push(header.flags);
+    buf.push(header.kind);
+    buf.extend_from_slice(&header.table_id.to_le_bytes());
+    buf.extend_from_slice(&header.version.to_le_bytes());
+    let ad = frame_ad(seq, &buf[ad_at..]);
+    let body_at = buf.len();
+    buf.extend_from_slice(payload);
+    let tag = key.seal_in_place(nonce_from_counter(header.lsn), &ad, &mut buf[body_at..])?;
+    buf.extend_from_slice(&tag);
+    Ok(())
+}
+
+/// Opens a frame's sealed payload (ciphertext and tag); `fields` are its
+/// 22 authenticated bytes from lsn to key version.
+fn open_frame(key: &AeadKey, seq: u64, lsn: u64, fields: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let mut payload = sealed.to_vec();
+    let len = key
+        .open_in_place(nonce_from_counter(lsn), &frame_ad(seq, fields), &mut payload)
+        .ok()?;
+    payload.truncate(len);
+    Some(payload)
+}
+
+fn frame_ad(seq: u64, fields: &[u8]) -> [u8; 8 + FRAME_AD_LEN] {
     let mut ad = [0u8; 8 + FRAME_AD_LEN];
     ad[..8].copy_from_slice(&seq.to_le_bytes());
-    ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
-    let body_at = buf.len();
-    buf.extend_from_slice(&payload);
-    let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
-    buf.extend_from_slice(&tag);
-    Ok(buf)
+    ad[8..].copy_from_slice(&fields[..FRAME_AD_LEN]);
+    ad
+}
+
+fn link_key(system: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?))
+}
+
+fn log_key(base: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(base, format!("log {seq}").as_bytes())?))
 }
 
 /// Appends one sealed frame of log file `seq` to `buf`. `keys` caches the
@@ -491,33 +542,24 @@ pub(crate) fn seal_frame(
         FrameKey::Table { version, .. } => *version,
     };
     let key_id = (if version == 0 { 0 } else { frame.table_id }, version);
-    if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key_id) {
-        let base = match &frame.key {
-            FrameKey::System => system.clone(),
-            FrameKey::Table { key, .. } => Key256::clone(key),
-        };
-        e.insert(AeadKey::new(&derive_key(&base, format!("log {seq}").as_bytes())?));
-    }
-    let len = frame.payload.len() as u32;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&(!len).to_le_bytes());
-    let ad_at = buf.len();
-    buf.extend_from_slice(&lsn.to_le_bytes());
-    buf.push(if end { FLAG_END } else { 0 });
-    buf.push(frame.kind as u8);
-    buf.extend_from_slice(&frame.table_id.to_le_bytes());
-    buf.extend_from_slice(&version.to_le_bytes());
-    let mut ad = [0u8; 8 + FRAME_AD_LEN];
-    ad[..8].copy_from_slice(&seq.to_le_bytes());
-    ad[8..].copy_from_slice(&buf[ad_at..ad_at + FRAME_AD_LEN]);
-    let body_at = buf.len();
-    buf.extend_from_slice(&frame.payload);
-    let key = keys
-        .get(&key_id)
-        .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
-    let tag = key.seal_in_place(nonce_from_counter(lsn), &ad, &mut buf[body_at..])?;
-    buf.extend_from_slice(&tag);
-    Ok(())
+    let key = match keys.entry(key_id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(log_key(
+            match &frame.key {
+                FrameKey::System => system,
+                FrameKey::Table { key, .. } => key,
+            },
+            seq,
+        )?),
+    };
+    let header = FrameHeader {
+        lsn,
+        flags: if end { FLAG_END } else { 0 },
+        kind: frame.kind as u8,
+        table_id: frame.table_id,
+        version,
+    };
+    append_frame(buf, key, seq, &header, &frame.payload)
 }
 
 fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
@@ -656,19 +698,13 @@ pub fn read_log_file(
             )));
         }
         let body = ad_at + FRAME_AD_LEN;
+        let fields = &bytes[ad_at..body];
+        let sealed = &bytes[body..body + len + TAG_LEN];
         if kind == FrameKind::Next as u8 && table_id == 0 && version == 0 {
-            let key = AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?);
-            let mut ad = [0u8; 8 + FRAME_AD_LEN];
-            ad[..8].copy_from_slice(&seq.to_le_bytes());
-            ad[8..].copy_from_slice(&bytes[ad_at..body]);
-            let mut payload = bytes[body..body + len + TAG_LEN].to_vec();
-            let opened = key.open_in_place(nonce_from_counter(lsn), &ad, &mut payload);
-            if len != 8 || flags & FLAG_END == 0 || opened.is_err() {
-                return Err(bad(format!(
-                    "the link frame lsn {lsn} at byte {at} failed authentication"
-                )));
-            }
-            continues = Some(le_u64(&payload[..8]));
+            let payload = open_frame(&link_key(system, seq)?, seq, lsn, fields, sealed)
+                .filter(|p| p.len() == 8 && flags & FLAG_END != 0)
+                .ok_or_else(|| bad(format!("the link frame lsn {lsn} at byte {at} failed authentication")))?;
+            continues = Some(le_u64(&payload));
             next_lsn += 1;
             at += total;
             continue;
@@ -676,26 +712,25 @@ pub fn read_log_file(
         if continues.is_some() {
             return Err(bad(format!("frames follow the link to the next file at byte {at}")));
         }
-        let base = if version == 0 {
-            Some(Arc::new(system.clone()))
-        } else {
-            table_key(table_id, version)
-        };
-        if let Some(base) = base {
-            let key_id = (if version == 0 { 0 } else { table_id }, version);
-            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key_id) {
-                e.insert(AeadKey::new(&derive_key(&base, format!("log {seq}").as_bytes())?));
+        let key_id = (if version == 0 { 0 } else { table_id }, version);
+        let key = match keys.entry(key_id) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(&*e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // A table dropped since: its key is destroyed and its frames skipped unread.
+                let base = if version == 0 {
+                    Some(Arc::new(system.clone()))
+                } else {
+                    table_key(table_id, version)
+                };
+                match base {
+                    Some(base) => Some(&*e.insert(log_key(&base, seq)?)),
+                    None => None,
+                }
             }
-            let key = keys
-                .get(&key_id)
-                .ok_or_else(|| StorageError::Internal("log key vanished".into()))?;
-            let mut ad = [0u8; 8 + FRAME_AD_LEN];
-            ad[..8].copy_from_slice(&seq.to_le_bytes());
-            ad[8..].copy_from_slice(&bytes[ad_at..body]);
-            let mut payload = bytes[body..body + len + TAG_LEN].to_vec();
-            key.open_in_place(nonce_from_counter(lsn), &ad, &mut payload)
-                .map_err(|_| bad(format!("frame lsn {lsn} at byte {at} failed authentication")))?;
-            payload.truncate(len);
+        };
+        if let Some(key) = key {
+            let payload = open_frame(key, seq, lsn, fields, sealed)
+                .ok_or_else(|| bad(format!("frame lsn {lsn} at byte {at} failed authentication")))?;
             let kind =
                 FrameKind::from_u8(kind).ok_or_else(|| bad(format!("frame lsn {lsn} has unknown kind {kind}")))?;
             open.push(Frame {

@@ -5,15 +5,16 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use sealdb_crypto::PassphraseKdf;
-use sealdb_kms::{KeyProvider, LocalKeystore};
 use sealdb_storage::{Encryption, Store, StoreOptions, Transaction};
+use support::provider;
 
 struct Tmpfs(PathBuf);
 
@@ -39,15 +40,6 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir(&self.0);
     }
-}
-
-fn provider(dir: &Path) -> Arc<dyn KeyProvider> {
-    let kdf = PassphraseKdf {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
-    Arc::new(LocalKeystore::open_with_kdf(&dir.join("keystore"), None, kdf).unwrap())
 }
 
 fn schema() -> Schema {

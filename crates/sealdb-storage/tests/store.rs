@@ -4,24 +4,16 @@
 //! way the server does and checks what a reader gets back.
 
 #![allow(clippy::unwrap_used)] // helpers of a test file: a failed unwrap is a failed test
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use roaring::RoaringTreemap;
-use sealdb_crypto::PassphraseKdf;
-use sealdb_kms::{KeyProvider, LocalKeystore};
 use sealdb_storage::{Encryption, StorageError, Store, StoreOptions, Transaction};
-
-fn provider(dir: &Path) -> Arc<dyn KeyProvider> {
-    let kdf = PassphraseKdf {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
-    Arc::new(LocalKeystore::open_with_kdf(&dir.join("keystore"), None, kdf).unwrap())
-}
+use support::provider;
 
 fn open(dir: &Path) -> Result<Store, StorageError> {
     Store::open(dir, provider(dir), StoreOptions::default()).map(|(s, _)| s)
