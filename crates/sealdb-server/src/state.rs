@@ -37,6 +37,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Time to finish TLS and authentication.
     pub handshake_timeout: Duration,
+    /// What new tables get unless `CREATE TABLE ... WITH (encryption = ...)` says otherwise.
+    pub default_table_encryption: sealdb_storage::Encryption,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -233,7 +235,7 @@ impl Server {
         let state = Arc::new(ServerState::new(settings, access.clone(), protected)?);
         let mut engine = Engine::new(access, state.clone())?;
         if let Some(store) = store {
-            engine = engine.with_store(store);
+            engine = engine.with_store(store, state.settings.default_table_encryption)?;
         }
         let engine = Arc::new(engine);
         let listener = TcpListener::bind(&address)

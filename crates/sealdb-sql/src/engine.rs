@@ -9,10 +9,15 @@ use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::common::{ParamValues, ScalarValue, TableReference};
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{ColumnarValue, DdlStatement, LogicalPlan, Volatility, WriteOp, create_udf};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{
+    ColumnarValue, CreateMemoryTable, DdlStatement, DropTable, LogicalPlan, LogicalPlanBuilder, Volatility, WriteOp,
+    create_udf,
+};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -21,7 +26,9 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
 
 use crate::cache::StatementCache;
+use crate::durable::{self, Durable, TableOptions};
 use crate::security::{self, SecurityStatement, Target};
+use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
 use crate::sys::{self, ServerHooks};
 use crate::{SqlError, privileges};
 
@@ -90,6 +97,22 @@ pub struct SqlSession {
     task: Arc<TaskContext>,
     settings: BTreeMap<String, String>,
     cache: StatementCache,
+    /// The open transaction's writes (also a config extension of `state`,
+    /// where table scans and inserts find it).
+    tx: Arc<TxSlot>,
+    block: Block,
+}
+
+/// Where a session is with respect to `BEGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// Autocommit: each statement commits.
+    None,
+    /// In a `BEGIN` block.
+    Open,
+    /// In a `BEGIN` block where a statement failed: only `COMMIT` (which
+    /// rolls back) and `ROLLBACK` are accepted.
+    Aborted,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -174,8 +197,11 @@ pub struct Engine {
     parser: PostgresCompatibilityParser,
     /// Bumped by every DDL statement; cached plans of older versions are stale.
     catalog_version: AtomicU64,
-    /// Where users and grants are kept durably; `None` keeps them in memory.
-    store: Option<sealdb_storage::Store>,
+    /// Where tables, users and grants are kept durably; `None` keeps them
+    /// in memory.
+    durable: Option<Durable>,
+    /// The same store, for the `sys` tables.
+    stored: sys::StoreCell,
     /// Serializes changes of users and grants with their persistence.
     access_changes: tokio::sync::Mutex<()>,
 }
@@ -204,32 +230,51 @@ impl Engine {
             .ok_or_else(|| SqlError::ServerState("default catalog missing".into()))?;
         let sys_schema = Arc::new(MemorySchemaProvider::new());
         catalog.register_schema("sys", sys_schema.clone())?;
-        sys::register(&sys_schema, access.clone(), hooks.clone())?;
+        let stored = sys::StoreCell::default();
+        sys::register(&sys_schema, access.clone(), hooks.clone(), stored.clone())?;
         Ok(Self {
             base,
             access,
             hooks,
             parser: PostgresCompatibilityParser::new(),
             catalog_version: AtomicU64::new(0),
-            store: None,
+            durable: None,
+            stored,
             access_changes: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Keeps users and grants durably in `store`'s catalog: every change
-    /// is written (encrypted, fsynced) before it is acknowledged, and undone
-    /// in memory if the write fails.
-    pub fn with_store(mut self, store: sealdb_storage::Store) -> Self {
-        self.store = Some(store);
-        self
+    /// Keeps tables, users and grants durably in `store`: every change is
+    /// written (encrypted, fsynced) before it is acknowledged. Changes of
+    /// users and grants are undone in memory if the write fails. New tables
+    /// get `default_encryption` unless they say otherwise.
+    pub fn with_store(
+        mut self,
+        store: sealdb_storage::Store,
+        default_encryption: sealdb_storage::Encryption,
+    ) -> Result<Self, SqlError> {
+        let keys = SegmentKeys::new();
+        for table in store.tables() {
+            let name = table.name().to_owned();
+            let provider = SealTable::new(table, keys.clone(), store.options().lock_timeout);
+            self.base
+                .register_table(TableReference::partial(SCHEMA, name), Arc::new(provider))?;
+        }
+        let _ = self.stored.set(store.clone());
+        self.durable = Some(Durable {
+            store,
+            keys,
+            default_encryption,
+        });
+        Ok(self)
     }
 
     /// Writes users and grants; on failure restores `before`.
     async fn persist_access(&self, before: serde_json::Value) -> Result<(), SqlError> {
-        let Some(store) = &self.store else {
+        let Some(durable) = &self.durable else {
             return Ok(());
         };
-        if let Err(e) = store.set_section(ACCESS_SECTION, self.access.export()).await {
+        if let Err(e) = durable.store.set_section(ACCESS_SECTION, self.access.export()).await {
             let _ = self.access.restore(&before);
             return Err(e.into());
         }
@@ -240,7 +285,9 @@ impl Engine {
     pub fn session(&self, info: SessionInfo) -> SqlSession {
         let info = Arc::new(info);
         let mut state = self.base.state();
+        let tx = TxSlot::new();
         state.config_mut().set_extension(info.clone());
+        state.config_mut().set_extension(tx.clone());
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(session_user_udf(&info.user));
         let mut settings = BTreeMap::new();
@@ -254,6 +301,8 @@ impl Engine {
             task,
             settings,
             cache: StatementCache::default(),
+            tx,
+            block: Block::None,
         }
     }
 
@@ -265,9 +314,39 @@ impl Engine {
         }
         let mut out = Vec::with_capacity(pieces.len());
         for piece in pieces {
-            out.push(self.execute_one(session, piece).await?);
+            let result = self.execute_one(session, piece).await;
+            out.push(self.end_statement(session, result).await?);
         }
         Ok(out)
+    }
+
+    /// Ends a statement: in autocommit, commits its writes (durably, before
+    /// the client hears of success) or drops them on error; in a `BEGIN`
+    /// block, an error aborts the block.
+    async fn end_statement(
+        &self,
+        session: &mut SqlSession,
+        result: Result<Output, SqlError>,
+    ) -> Result<Output, SqlError> {
+        match session.block {
+            Block::None => {
+                let tx = session.tx.0.lock().await.take();
+                match (result, tx, &self.durable) {
+                    (Ok(output), Some(tx), Some(durable)) => {
+                        durable.store.commit(tx).await?;
+                        Ok(output)
+                    }
+                    (result, _, _) => result,
+                }
+            }
+            Block::Open => {
+                if result.is_err() {
+                    session.block = Block::Aborted;
+                }
+                result
+            }
+            Block::Aborted => result,
+        }
     }
 
     /// Plans one statement for the extended protocol.
@@ -292,7 +371,14 @@ impl Engine {
                 schema,
             });
         }
-        let plan = self.plan(session, piece).await?;
+        let (plan, _) = self.plan(session, piece).await?;
+        if matches!(plan, LogicalPlan::Ddl(_)) {
+            // Planned again at Execute, with its table options.
+            return Ok(Prepared::Text {
+                sql: piece.to_owned(),
+                schema: Arc::new(Schema::empty()),
+            });
+        }
         // Refused at Parse already, so a client learns early; checked again at Execute.
         privileges::check(&self.access, &session.info.user, &plan)?;
         let types = plan.get_parameter_types()?;
@@ -330,23 +416,40 @@ impl Engine {
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output, SqlError> {
-        match prepared {
+        let result = match prepared {
             Prepared::Empty => Ok(Output::Empty),
             Prepared::Text { sql, .. } => self.execute_one(session, sql).await,
-            Prepared::Plan { plan, .. } => {
-                session.state.mark_start_execution();
-                let plan = if params.is_empty() {
-                    plan.as_ref().clone()
-                } else {
-                    plan.as_ref().clone().with_param_values(ParamValues::from(params))?
-                };
-                self.run_plan(session, plan).await
-            }
+            Prepared::Plan { plan, .. } => self.execute_plan(session, plan, params).await,
+        };
+        self.end_statement(session, result).await
+    }
+
+    async fn execute_plan(
+        &self,
+        session: &mut SqlSession,
+        plan: &LogicalPlan,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output, SqlError> {
+        if session.block == Block::Aborted {
+            return Err(SqlError::TransactionAborted);
         }
+        session.state.mark_start_execution();
+        let plan = if params.is_empty() {
+            plan.clone()
+        } else {
+            plan.clone().with_param_values(ParamValues::from(params))?
+        };
+        self.run_plan(session, plan, TableOptions::default()).await
     }
 
     async fn execute_one(&self, session: &mut SqlSession, sql: &str) -> Result<Output, SqlError> {
-        if let Some(statement) = security::parse(sql)? {
+        let security = security::parse(sql)?;
+        if session.block == Block::Aborted
+            && !matches!(security, Some(SecurityStatement::Commit | SecurityStatement::Rollback))
+        {
+            return Err(SqlError::TransactionAborted);
+        }
+        if let Some(statement) = security {
             return self.execute_security(session, statement).await;
         }
         // The statement's clock: now() and friends read this instant.
@@ -372,9 +475,9 @@ impl Engine {
                 tag: "SELECT",
             });
         }
-        let plan = self.plan(session, sql).await?;
+        let (plan, options) = self.plan(session, sql).await?;
         if !returns_rows(&plan) {
-            return self.run_plan(session, plan).await;
+            return self.run_plan(session, plan, options).await;
         }
         privileges::check(&self.access, &session.info.user, &plan)?;
         let optimized = Arc::new(session.state.optimize(&plan)?);
@@ -393,23 +496,77 @@ impl Engine {
         })
     }
 
-    async fn plan(&self, session: &SqlSession, sql: &str) -> Result<LogicalPlan, SqlError> {
+    /// Plans one statement; `CREATE TABLE`'s `WITH (...)` options come
+    /// back beside the plan.
+    async fn plan(&self, session: &SqlSession, sql: &str) -> Result<(LogicalPlan, TableOptions), SqlError> {
         let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
-        let statement = match statements.len() {
+        let mut statement = match statements.len() {
             1 => statements.remove(0),
             0 => return Err(SqlError::Syntax("empty statement".into())),
             _ => return Err(SqlError::Syntax("one statement at a time".into())),
         };
-        Ok(session
+        let options = durable::take_table_options(&mut statement)?;
+        let plan = session
             .state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-            .await?)
+            .await?;
+        Ok((plan, options))
     }
 
-    async fn run_plan(&self, session: &mut SqlSession, plan: LogicalPlan) -> Result<Output, SqlError> {
+    async fn run_plan(
+        &self,
+        session: &mut SqlSession,
+        plan: LogicalPlan,
+        options: TableOptions,
+    ) -> Result<Output, SqlError> {
         // Checked at every execution: grants may have changed since a
         // statement was prepared.
         privileges::check(&self.access, &session.info.user, &plan)?;
+        if let LogicalPlan::Ddl(ddl) = &plan {
+            if session.block != Block::None {
+                let what = match OutputKind::of(&plan) {
+                    OutputKind::Command(tag) => tag,
+                    _ => "this statement",
+                };
+                return Err(SqlError::ActiveTransaction(format!(
+                    "{what} cannot run inside a transaction block; COMMIT or ROLLBACK first"
+                )));
+            }
+            if let Some(durable) = &self.durable {
+                match ddl {
+                    DdlStatement::CreateMemoryTable(create) => {
+                        return self.create_table(session, durable, create, options).await;
+                    }
+                    DdlStatement::DropTable(drop) if self.stored_table(session, &drop.name).await?.is_some() => {
+                        return self.drop_table(session, durable, drop).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if options != TableOptions::default() {
+            return Err(SqlError::NotSupported("table options without a data directory".into()));
+        }
+        if let LogicalPlan::Dml(dml) = &plan
+            && matches!(dml.op, WriteOp::Delete | WriteOp::Update | WriteOp::Truncate)
+            && self.durable.is_some()
+        {
+            let rows = delete_or_update(&session.state, &plan).await?;
+            return Ok(match dml.op {
+                WriteOp::Truncate => Output::Command {
+                    tag: "TRUNCATE TABLE".into(),
+                    rows: None,
+                },
+                WriteOp::Update => Output::Command {
+                    tag: "UPDATE".into(),
+                    rows: Some(usize::try_from(rows).unwrap_or(usize::MAX)),
+                },
+                _ => Output::Command {
+                    tag: "DELETE".into(),
+                    rows: Some(usize::try_from(rows).unwrap_or(usize::MAX)),
+                },
+            });
+        }
         let kind = OutputKind::of(&plan);
         let dropped_table = match &plan {
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => Some(privileges::qualified_name(&d.name)),
@@ -458,6 +615,127 @@ impl Engine {
                 tag: tag.to_owned(),
                 rows: None,
             },
+        })
+    }
+
+    /// The storage engine's table `name`, if it is one.
+    async fn stored_table(&self, session: &SqlSession, name: &TableReference) -> Result<Option<SealTable>, SqlError> {
+        let provider = match session.ctx.table_provider(name.clone()).await {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        };
+        Ok(provider.downcast_ref::<SealTable>().cloned())
+    }
+
+    /// `CREATE TABLE`, durably, with a fresh table key; `AS SELECT` fills
+    /// it in one transaction (and drops it again if that fails).
+    async fn create_table(
+        &self,
+        session: &mut SqlSession,
+        durable: &Durable,
+        create: &CreateMemoryTable,
+        options: TableOptions,
+    ) -> Result<Output, SqlError> {
+        if create.temporary {
+            return Err(SqlError::NotSupported(
+                "TEMPORARY tables; create a regular table and drop it when done".into(),
+            ));
+        }
+        if create.or_replace {
+            return Err(SqlError::NotSupported(
+                "CREATE OR REPLACE TABLE; DROP TABLE first, then CREATE TABLE".into(),
+            ));
+        }
+        let name = durable::stored_name(&create.name)?;
+        let schema = durable::table_schema(create)?;
+        let fill = !defines_columns_only(&create.input);
+        if session
+            .ctx
+            .table_exist(TableReference::partial(SCHEMA, name.as_str()))?
+        {
+            if create.if_not_exists {
+                return Ok(Output::Command {
+                    tag: "CREATE TABLE".into(),
+                    rows: None,
+                });
+            }
+            return Err(SqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
+        }
+        let encryption = options.encryption.unwrap_or(durable.default_encryption);
+        let table = durable.store.create_table(&name, schema, encryption).await?;
+        let provider = Arc::new(SealTable::new(
+            table,
+            durable.keys.clone(),
+            durable.store.options().lock_timeout,
+        ));
+        self.base
+            .register_table(TableReference::partial(SCHEMA, name.as_str()), provider.clone())?;
+        self.catalog_version.fetch_add(1, Ordering::AcqRel);
+        session.refresh();
+        if !fill {
+            return Ok(Output::Command {
+                tag: "CREATE TABLE".into(),
+                rows: None,
+            });
+        }
+        let filled = async {
+            let insert = LogicalPlanBuilder::insert_into(
+                Arc::unwrap_or_clone(create.input.clone()),
+                TableReference::partial(SCHEMA, name.as_str()),
+                provider_as_source(provider),
+                InsertOp::Append,
+            )?
+            .build()?;
+            let physical = session.state.create_physical_plan(&insert).await?;
+            let batches = collect(physical, session.task.clone()).await?;
+            let tx = session.tx.0.lock().await.take();
+            if let Some(tx) = tx {
+                durable.store.commit(tx).await?;
+            }
+            Ok::<_, SqlError>(count_of(&batches))
+        }
+        .await;
+        match filled {
+            Ok(rows) => Ok(Output::Command {
+                tag: "SELECT".into(),
+                rows: Some(rows),
+            }),
+            Err(e) => {
+                session.tx.0.lock().await.take();
+                // Best effort: the table was never visible with rows.
+                let _ = durable.store.drop_table(&name).await;
+                let _ = self
+                    .base
+                    .deregister_table(TableReference::partial(SCHEMA, name.as_str()));
+                self.catalog_version.fetch_add(1, Ordering::AcqRel);
+                session.refresh();
+                Err(e)
+            }
+        }
+    }
+
+    /// `DROP TABLE` of a stored table: its keys are destroyed durably
+    /// before its files go.
+    async fn drop_table(
+        &self,
+        session: &mut SqlSession,
+        durable: &Durable,
+        drop: &DropTable,
+    ) -> Result<Output, SqlError> {
+        let name = durable::stored_name(&drop.name)?;
+        durable.store.drop_table(&name).await?;
+        self.base
+            .deregister_table(TableReference::partial(SCHEMA, name.as_str()))?;
+        self.catalog_version.fetch_add(1, Ordering::AcqRel);
+        session.refresh();
+        let qualified = format!("{SCHEMA}.{name}");
+        let _serial = self.access_changes.lock().await;
+        let before = self.access.export();
+        self.access.forget_table(&qualified);
+        self.persist_access(before).await?;
+        Ok(Output::Command {
+            tag: "DROP TABLE".into(),
+            rows: None,
         })
     }
 
@@ -646,9 +924,30 @@ impl Engine {
                 }
             }
             // The wire layer tracks the transaction status from these outputs.
-            SecurityStatement::Begin => Output::Begin,
-            SecurityStatement::Commit => Output::End { rolled_back: false },
-            SecurityStatement::Rollback => Output::End { rolled_back: true },
+            SecurityStatement::Begin => {
+                if session.block == Block::None {
+                    session.block = Block::Open;
+                }
+                Output::Begin
+            }
+            SecurityStatement::Commit => {
+                let block = std::mem::replace(&mut session.block, Block::None);
+                let tx = session.tx.0.lock().await.take();
+                match (block, tx, &self.durable) {
+                    // A failed block cannot commit: as in PostgreSQL, COMMIT rolls it back.
+                    (Block::Aborted, _, _) => Output::End { rolled_back: true },
+                    (_, Some(tx), Some(durable)) => {
+                        durable.store.commit(tx).await?;
+                        Output::End { rolled_back: false }
+                    }
+                    _ => Output::End { rolled_back: false },
+                }
+            }
+            SecurityStatement::Rollback => {
+                session.block = Block::None;
+                session.tx.0.lock().await.take();
+                Output::End { rolled_back: true }
+            }
         })
     }
 

@@ -1,4 +1,7 @@
 use datafusion::error::DataFusionError;
+use sealdb_storage::StorageError;
+
+use crate::storage_table::StorageTableError;
 
 /// A statement failed. Every variant maps to one SQLSTATE ([`SqlError::sqlstate`]).
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,15 @@ pub enum SqlError {
     /// An object exists already (42710).
     #[error("{0}")]
     DuplicateObject(String),
+    /// A table exists already (42P07).
+    #[error("{0}")]
+    DuplicateTable(String),
+    /// The statement cannot run inside a transaction block (25001).
+    #[error("{0}")]
+    ActiveTransaction(String),
+    /// An earlier statement of the transaction block failed (25P02).
+    #[error("current transaction is aborted, commands ignored until end of transaction block; ROLLBACK to continue")]
+    TransactionAborted,
     /// Not supported by sealdb (0A000).
     #[error("not supported: {0}")]
     NotSupported(String),
@@ -29,9 +41,15 @@ pub enum SqlError {
     #[error("{0}")]
     ServerState(String),
     /// The storage engine failed: disk full (53100), integrity (XX001),
-    /// lock timeout (55P03), missing key or file (XX000).
-    #[error("{0}")]
-    Storage(#[from] sealdb_storage::StorageError),
+    /// lock timeout (55P03), NULL in a NOT NULL column (23502), missing
+    /// key or file (XX000). `code` is the SQLSTATE.
+    #[error("{message}")]
+    Storage {
+        /// SQLSTATE.
+        code: &'static str,
+        /// What failed, naming the file or table.
+        message: String,
+    },
     /// Planning or execution failed in DataFusion (42000 for plans, XX000 otherwise).
     #[error("{message}")]
     Query {
@@ -51,25 +69,100 @@ impl SqlError {
             Self::UndefinedTable(_) => "42P01",
             Self::UndefinedObject(_) => "42704",
             Self::DuplicateObject(_) => "42710",
+            Self::DuplicateTable(_) => "42P07",
+            Self::ActiveTransaction(_) => "25001",
+            Self::TransactionAborted => "25P02",
             Self::NotSupported(_) => "0A000",
             Self::InvalidValue(_) => "22023",
             Self::ServerState(_) => "55000",
-            Self::Storage(e) if e.is_disk_full() => "53100",
-            Self::Storage(sealdb_storage::StorageError::Integrity { .. }) => "XX001",
-            Self::Storage(sealdb_storage::StorageError::LockTimeout(_)) => "55P03",
-            Self::Storage(sealdb_storage::StorageError::Schema { .. }) => "23502",
-            Self::Storage(_) => "XX000",
+            Self::Storage { code, .. } => code,
             Self::Query { plan: true, .. } => "42000",
             Self::Query { plan: false, .. } => "XX000",
         }
     }
 }
 
+impl From<StorageError> for SqlError {
+    fn from(e: StorageError) -> Self {
+        Self::from_storage(&e)
+    }
+}
+
+impl SqlError {
+    fn from_storage(e: &StorageError) -> Self {
+        let code = if e.is_disk_full() {
+            "53100"
+        } else {
+            match e {
+                StorageError::Integrity { .. } => "XX001",
+                StorageError::LockTimeout(_) => "55P03",
+                StorageError::Schema { .. } => "23502",
+                _ => "XX000",
+            }
+        };
+        Self::Storage {
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    fn from_storage_table(e: &StorageTableError) -> Self {
+        match e {
+            StorageTableError::Storage(s) => Self::from_storage(s),
+            StorageTableError::NotNull { .. } => Self::Storage {
+                code: "23502",
+                message: e.to_string(),
+            },
+            _ => Self::Storage {
+                code: "XX000",
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<StorageTableError> for SqlError {
+    fn from(e: StorageTableError) -> Self {
+        Self::from_storage_table(&e)
+    }
+}
+
 impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
-        let e = e.find_root().to_owned();
+        let e = e.find_root();
         let message = e.to_string();
-        match &e {
+        if let DataFusionError::External(inner) = e {
+            if let Some(s) = inner.downcast_ref::<StorageError>() {
+                return Self::from_storage(s);
+            }
+            if let Some(s) = inner.downcast_ref::<StorageTableError>() {
+                return Self::from_storage_table(s);
+            }
+        }
+        // The Parquet reader could not authenticate an encrypted segment:
+        // it was damaged, or replaced by another file.
+        if let DataFusionError::ParquetError(p) = e {
+            let text = p.to_string();
+            if text.contains("decrypt") || text.contains("AAD") {
+                return Self::Storage {
+                    code: "XX001",
+                    message: format!(
+                        "integrity check failed: a segment file was damaged or replaced ({text}); run `sealdb verify` with the server stopped, and restore the file from a backup"
+                    ),
+                };
+            }
+        }
+        // DataFusion's own check of INSERT values against NOT NULL columns.
+        if let DataFusionError::ArrowError(a, _) = e
+            && let datafusion::arrow::error::ArrowError::InvalidArgumentError(m) = a.as_ref()
+            && m.contains("non-nullable")
+        {
+            return Self::Storage {
+                code: "23502",
+                message: format!("null value violates not-null constraint: {m}"),
+            };
+        }
+        match e {
             DataFusionError::SQL(..) => Self::Syntax(strip_prefix(&message)),
             DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => {
                 Self::UndefinedTable(m.clone())

@@ -17,10 +17,12 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod durable;
 mod engine;
 mod error;
 mod privileges;
 pub mod security;
+mod storage_table;
 mod sys;
 
 pub use engine::{

@@ -1,11 +1,13 @@
 //! The `sys` schema: live security state as tables.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::SchemaProvider;
@@ -15,6 +17,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use sealdb_auth::AccessControl;
+use sealdb_storage::Store;
 
 use crate::SessionInfo;
 
@@ -67,10 +70,14 @@ pub struct CertificateRow {
 
 type Builder = dyn Fn(&SysContext) -> Result<Vec<ArrayRef>, DataFusionError> + Send + Sync;
 
+/// The store, once the engine has one.
+pub(crate) type StoreCell = Arc<OnceLock<Store>>;
+
 struct SysContext<'a> {
     access: &'a AccessControl,
     hooks: &'a dyn ServerHooks,
     viewer: Option<&'a SessionInfo>,
+    store: Option<&'a Store>,
 }
 
 struct SysTable {
@@ -78,6 +85,7 @@ struct SysTable {
     schema: SchemaRef,
     access: Arc<AccessControl>,
     hooks: Arc<dyn ServerHooks>,
+    store: StoreCell,
     build: Box<Builder>,
 }
 
@@ -109,6 +117,7 @@ impl TableProvider for SysTable {
             access: &self.access,
             hooks: self.hooks.as_ref(),
             viewer: viewer.as_deref(),
+            store: self.store.get(),
         };
         let columns = (self.build)(&ctx)?;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
@@ -137,6 +146,10 @@ fn micros(t: SystemTime) -> i64 {
     }
 }
 
+fn unix(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs(seconds)
+}
+
 fn strings<I: IntoIterator<Item = Option<String>>>(values: I) -> ArrayRef {
     Arc::new(StringArray::from(values.into_iter().collect::<Vec<_>>()))
 }
@@ -150,6 +163,7 @@ pub(crate) fn register(
     schema: &Arc<datafusion::catalog::MemorySchemaProvider>,
     access: Arc<AccessControl>,
     hooks: Arc<dyn ServerHooks>,
+    store: StoreCell,
 ) -> DfResult<()> {
     let add = |name: &'static str, fields: Vec<Field>, build: Box<Builder>| -> DfResult<()> {
         let table = SysTable {
@@ -157,6 +171,7 @@ pub(crate) fn register(
             schema: Arc::new(Schema::new(fields)),
             access: access.clone(),
             hooks: hooks.clone(),
+            store: store.clone(),
             build,
         };
         schema.register_table(name.to_owned(), Arc::new(table))?;
@@ -301,6 +316,83 @@ pub(crate) fn register(
     )?;
 
     add(
+        "tables",
+        vec![
+            text("table_name"),
+            text("encryption"),
+            Field::new("key_version", DataType::Int64, false),
+            Field::new("current_key_share", DataType::Float64, false),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("segments", DataType::Int64, false),
+            Field::new("bytes_on_disk", DataType::Int64, false),
+            Field::new("bytes_in_memory", DataType::Int64, false),
+            timestamp("created"),
+        ],
+        Box::new(|c: &SysContext| {
+            let rows = c.store.map(Store::table_summaries).unwrap_or_default();
+            let int = |f: fn(&sealdb_storage::TableSummary) -> u64| -> ArrayRef {
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX))
+                        .collect::<Vec<_>>(),
+                ))
+            };
+            Ok(vec![
+                strings(rows.iter().map(|r| Some(format!("public.{}", r.name)))),
+                strings(rows.iter().map(|r| Some(r.encryption.as_str().to_owned()))),
+                int(|r| u64::from(r.key_version)),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.current_key_share).collect::<Vec<_>>(),
+                )),
+                int(|r| r.rows),
+                int(|r| r.segments as u64),
+                int(|r| r.bytes_on_disk),
+                int(|r| r.bytes_in_memory),
+                times(rows.iter().map(|r| unix(r.created_unix))),
+            ])
+        }),
+    )?;
+
+    add(
+        "encryption_keys",
+        vec![
+            text("key_id"),
+            text("scope"),
+            text("provider"),
+            Field::new("version", DataType::Int64, false),
+            text("state"),
+            timestamp("created"),
+            text("wrapped_key_sha256"),
+        ],
+        Box::new(|c: &SysContext| {
+            let rows = c.store.map(Store::key_records).unwrap_or_default();
+            Ok(vec![
+                strings(rows.iter().map(|r| Some(r.id.clone()))),
+                strings(rows.iter().map(|r| {
+                    Some(match r.scope.strip_prefix("table ") {
+                        Some(name) => format!("table public.{name}"),
+                        None => r.scope.clone(),
+                    })
+                })),
+                strings(rows.iter().map(|r| Some(r.provider.clone()))),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| i64::from(r.version)).collect::<Vec<_>>(),
+                )) as ArrayRef,
+                strings(rows.iter().map(|r| Some(r.state.to_owned()))),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter()
+                            .map(|r| r.created_unix.map(|t| micros(unix(t))))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                strings(rows.iter().map(|r| r.wrapped_sha256.clone())),
+            ])
+        }),
+    )?;
+
+    add(
         "security_status",
         vec![text("severity"), text("finding"), text("detail"), text("fix")],
         Box::new(|c: &SysContext| {
@@ -345,6 +437,19 @@ fn findings(c: &SysContext) -> Vec<(&'static str, &'static str, String, &'static
                 "user without REQUIRE SSL",
                 format!("user \"{}\" may log in over any connection the server accepts", u.name),
                 "ALTER USER name REQUIRE SSL (or REQUIRE X509)",
+            ));
+        }
+    }
+    for table in c.store.map(Store::table_summaries).unwrap_or_default() {
+        if table.encryption == sealdb_storage::Encryption::None {
+            out.push((
+                "medium",
+                "unencrypted table",
+                format!(
+                    "table public.{} was created WITH (encryption = 'none'): its segment files are stored in the clear (checked by SHA-256 only)",
+                    table.name
+                ),
+                "copy it into a table created WITH (encryption = 'aes-256-gcm') and drop it",
             ));
         }
     }

@@ -22,6 +22,7 @@
 
 mod catalog;
 mod error;
+mod inventory;
 mod segment;
 mod store;
 mod table;
@@ -31,6 +32,7 @@ mod wal;
 
 pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta};
 pub use error::StorageError;
+pub use inventory::{KeyRecord, TableSummary};
 pub use segment::{Segment, TABLES_DIR};
 pub use store::{RecoveryReport, Store, StoreOptions};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};

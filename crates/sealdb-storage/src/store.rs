@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::StorageError;
 use crate::catalog::{self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableMeta};
+use crate::inventory::{self, KeyRecord, Published, TableSummary};
 use crate::segment::{self, Segment, TABLES_DIR};
 use crate::table::{MemChunk, Table, lock, without_deleted};
 use crate::txn::Transaction;
@@ -78,6 +79,8 @@ struct Inner {
     checkpoint: tokio::sync::Mutex<()>,
     options: StoreOptions,
     mem_bytes: AtomicU64,
+    /// The catalog as last written, for `key_records`/`table_summaries`.
+    published: std::sync::Mutex<Arc<Published>>,
 }
 
 /// An open data directory. Cheap to clone.
@@ -214,12 +217,19 @@ impl Store {
                 provider,
                 ring: std::sync::Mutex::new(Ring { key: ring_key.1 }),
                 catalog_key: catalog::body_key(&system)?,
-                catalog: tokio::sync::Mutex::new(CatalogState { header, body }),
+                catalog: tokio::sync::Mutex::new(CatalogState {
+                    header: header.clone(),
+                    body: body.clone(),
+                }),
                 tables: RwLock::new(tables),
                 log,
                 checkpoint: tokio::sync::Mutex::new(()),
                 options,
                 mem_bytes: AtomicU64::new(mem_bytes),
+                published: std::sync::Mutex::new(Arc::new(Published {
+                    header: header.clone(),
+                    tables: body.tables.clone(),
+                })),
             }),
         };
         info!(
@@ -229,6 +239,27 @@ impl Store {
             report.replayed_commits
         );
         Ok((store, report))
+    }
+
+    /// Every key of the hierarchy with its wrapped-key checksum (never
+    /// the key), as of the last catalog write. Calls no key provider.
+    pub fn key_records(&self) -> Vec<KeyRecord> {
+        let published = lock(&self.inner.published).clone();
+        inventory::key_records(&published)
+    }
+
+    /// Every table's encryption, key version, size and age.
+    pub fn table_summaries(&self) -> Vec<TableSummary> {
+        let published = lock(&self.inner.published).clone();
+        let tables = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+        published
+            .tables
+            .iter()
+            .filter_map(|meta| {
+                let table = tables.get(&meta.name).filter(|t| t.id == meta.id)?;
+                Some(inventory::table_summary(meta, table))
+            })
+            .collect()
     }
 
     /// The data directory.
@@ -614,6 +645,10 @@ impl Store {
         let mut header = state.header.clone();
         header.generation = body.generation;
         catalog::write(&self.inner.dir, &header, &body, &self.inner.catalog_key)?;
+        *lock(&self.inner.published) = Arc::new(Published {
+            header: header.clone(),
+            tables: body.tables.clone(),
+        });
         state.body = body;
         state.header = header;
         // Begin a log file that names the new generation, so that an older

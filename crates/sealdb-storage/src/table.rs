@@ -40,6 +40,14 @@ impl TableData {
     pub fn bytes_on_disk(&self) -> u64 {
         self.segments.iter().map(|s| s.meta.bytes).sum()
     }
+
+    /// Rows stored (in memory and in segments) less those deleted: an
+    /// estimate for planning and `sys.tables`.
+    pub fn live_rows(&self) -> u64 {
+        let in_memory: u64 = self.chunks.iter().map(|c| c.batch.num_rows() as u64).sum();
+        let in_segments: u64 = self.segments.iter().map(|s| s.meta.rows).sum();
+        (in_memory + in_segments).saturating_sub(self.deleted.len())
+    }
 }
 
 /// One table.

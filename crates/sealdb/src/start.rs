@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sealdb_auth::AccessControl;
-use sealdb_config::{Secret, Settings, SslMode, read_secret};
+use sealdb_config::{Secret, Settings, SslMode, TableEncryption, read_secret};
 use sealdb_pki::{CertUserMap, CertsDir, KeyType, ServerIdentitySource, TlsFiles, TrustSource};
 use sealdb_server::{Server, ServerSettings};
 use zeroize::Zeroizing;
@@ -108,6 +108,10 @@ async fn start(args: StartArgs) -> Result<()> {
         cert_user_map: CertUserMap::parse(&settings.cert_user_map)?,
         max_connections: settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize,
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
+        default_table_encryption: match settings.default_table_encryption.unwrap_or_default() {
+            TableEncryption::Aes256Gcm => sealdb_storage::Encryption::Aes256Gcm,
+            TableEncryption::None => sealdb_storage::Encryption::None,
+        },
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.
