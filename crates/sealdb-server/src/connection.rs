@@ -37,6 +37,7 @@ pub(crate) struct ConnectionTls {
 pub(crate) struct Handlers {
     startup: Arc<StartupHandler>,
     query: Arc<QueryHandler>,
+    copy: Arc<crate::copy::CopyIn>,
     errors: Arc<EscalateStartupErrors>,
     cancel: Arc<DefaultCancelHandler>,
 }
@@ -48,7 +49,8 @@ impl Handlers {
             AuthDriver::new(ParameterProvider::new(state.access.clone())).with_connection_manager(connections.clone());
         Self {
             startup: Arc::new(StartupHandler::new(state, engine.clone(), driver)),
-            query: Arc::new(QueryHandler::new(engine)),
+            query: Arc::new(QueryHandler::new(engine.clone())),
+            copy: Arc::new(crate::copy::CopyIn::new(engine)),
             errors: Arc::new(EscalateStartupErrors),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
@@ -69,7 +71,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
-        Arc::new(pgwire::api::NoopHandler)
+        self.copy.clone()
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod copy;
 mod encode;
 mod error;
 mod query;

@@ -42,7 +42,7 @@ impl QueryHandler {
     }
 }
 
-fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionSlot>> {
+pub(crate) fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionSlot>> {
     client
         .session_extensions()
         .get::<SessionSlot>()
@@ -72,6 +72,12 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
         Output::End { rolled_back } => {
             Response::TransactionEnd(Tag::new(if rolled_back { "ROLLBACK" } else { "COMMIT" }))
         }
+        Output::CopyIn { columns } => Response::CopyIn(crate::copy::copy_in(columns)),
+        Output::CopyOut {
+            schema,
+            batches,
+            format,
+        } => Response::CopyOut(crate::copy::copy_out(&schema, &batches, &format)?),
         Output::Empty => Response::EmptyQuery,
     })
 }

@@ -21,11 +21,13 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, Statement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
 
 use crate::cache::StatementCache;
+use crate::copy::{CopyFormat, CopyParser};
 use crate::durable::{self, Durable, TableOptions};
 use crate::security::{self, SecurityStatement, Target};
 use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
@@ -101,6 +103,18 @@ pub struct SqlSession {
     /// where table scans and inserts find it).
     tx: Arc<TxSlot>,
     block: Block,
+    /// A `COPY ... FROM STDIN` receiving data.
+    copy_in: Option<CopyIn>,
+}
+
+/// An incoming `COPY ... FROM STDIN`.
+struct CopyIn {
+    parser: CopyParser,
+    table: Arc<sealdb_storage::Table>,
+    lock_timeout: std::time::Duration,
+    rows: u64,
+    /// The first error; data after it is ignored until the client ends the copy.
+    failed: Option<SqlError>,
 }
 
 /// Where a session is with respect to `BEGIN`.
@@ -161,6 +175,22 @@ pub enum Output {
     End {
         /// Whether this was a rollback.
         rolled_back: bool,
+    },
+    /// `COPY ... FROM STDIN` is ready for data: send it with
+    /// [`Engine::copy_data`] and end it with [`Engine::copy_done`] or
+    /// [`Engine::copy_fail`].
+    CopyIn {
+        /// Columns per row.
+        columns: usize,
+    },
+    /// `COPY ... TO STDOUT`: the rows, to be sent in `format`.
+    CopyOut {
+        /// Column names and types.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+        /// Text or CSV and their options.
+        format: CopyFormat,
     },
     /// An empty statement.
     Empty,
@@ -303,6 +333,7 @@ impl Engine {
             cache: StatementCache::default(),
             tx,
             block: Block::None,
+            copy_in: None,
         }
     }
 
@@ -328,6 +359,10 @@ impl Engine {
         session: &mut SqlSession,
         result: Result<Output, SqlError>,
     ) -> Result<Output, SqlError> {
+        if session.copy_in.is_some() && result.is_ok() {
+            // COPY FROM STDIN: the statement ends at copy_done.
+            return result;
+        }
         match session.block {
             Block::None => {
                 let tx = session.tx.0.lock().await.take();
@@ -369,6 +404,12 @@ impl Engine {
             return Ok(Prepared::Text {
                 sql: piece.to_owned(),
                 schema,
+            });
+        }
+        if starts_with_keyword(piece, "copy") {
+            return Ok(Prepared::Text {
+                sql: piece.to_owned(),
+                schema: Arc::new(Schema::empty()),
             });
         }
         let (plan, _) = self.plan(session, piece).await?;
@@ -451,6 +492,29 @@ impl Engine {
         }
         if let Some(statement) = security {
             return self.execute_security(session, statement).await;
+        }
+        if starts_with_keyword(sql, "copy") {
+            let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+            if let [Statement::Copy { .. }] = statements.as_slice()
+                && let Some(Statement::Copy {
+                    source,
+                    to,
+                    target,
+                    options,
+                    legacy_options,
+                    ..
+                }) = statements.pop()
+            {
+                let format = CopyFormat::from_options(&options, &legacy_options)?;
+                return match (to, target) {
+                    (true, CopyTarget::Stdout) => self.copy_out(session, source, format).await,
+                    (false, CopyTarget::Stdin) => self.copy_in(session, source, format).await,
+                    (_, other) => Err(SqlError::Syntax(format!(
+                        "COPY {} {other} is not valid; use COPY ... FROM STDIN or COPY ... TO STDOUT",
+                        if to { "TO" } else { "FROM" }
+                    ))),
+                };
+            }
         }
         // The statement's clock: now() and friends read this instant.
         session.state.mark_start_execution();
@@ -616,6 +680,146 @@ impl Engine {
                 rows: None,
             },
         })
+    }
+
+    /// `COPY table|(query) TO STDOUT`: runs the query as a `SELECT`.
+    async fn copy_out(&self, session: &mut SqlSession, source: CopySource, format: CopyFormat) -> Result<Output, SqlError> {
+        let query = match source {
+            CopySource::Query(query) => query.to_string(),
+            CopySource::Table { table_name, columns } => {
+                let columns = if columns.is_empty() {
+                    "*".to_owned()
+                } else {
+                    columns.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                };
+                format!("SELECT {columns} FROM {table_name}")
+            }
+        };
+        let (plan, _) = self.plan(session, &query).await?;
+        if !returns_rows(&plan) {
+            return Err(SqlError::Syntax("COPY (...) TO STDOUT needs a query that returns rows".into()));
+        }
+        privileges::check(&self.access, &session.info.user, &plan)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let physical = session.state.create_physical_plan(&plan).await?;
+        let batches = collect(physical, session.task.clone()).await?;
+        Ok(Output::CopyOut {
+            schema,
+            batches,
+            format,
+        })
+    }
+
+    /// `COPY table [(columns)] FROM STDIN`: checks the table, the columns
+    /// and the INSERT privilege, then waits for data.
+    async fn copy_in(&self, session: &mut SqlSession, source: CopySource, format: CopyFormat) -> Result<Output, SqlError> {
+        let CopySource::Table { table_name, columns } = source else {
+            return Err(SqlError::Syntax("COPY (query) FROM STDIN is not valid; name a table".into()));
+        };
+        let Some(durable) = &self.durable else {
+            return Err(SqlError::NotSupported("COPY FROM STDIN without a data directory".into()));
+        };
+        let name = TableReference::from(table_name.to_string());
+        let Some(target) = self.stored_table(session, &name).await? else {
+            return Err(SqlError::UndefinedTable(format!("relation \"{table_name}\" does not exist")));
+        };
+        let schema = target.storage_table().schema().clone();
+        // The INSERT privilege, checked the way an INSERT is.
+        let insert = LogicalPlanBuilder::insert_into(
+            LogicalPlanBuilder::empty(false).build()?,
+            name.clone(),
+            provider_as_source(Arc::new(target.clone())),
+            InsertOp::Append,
+        )?
+        .build()?;
+        privileges::check(&self.access, &session.info.user, &insert)?;
+        let columns: Vec<String> = if columns.is_empty() {
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        } else {
+            let mut out: Vec<String> = Vec::with_capacity(columns.len());
+            for c in columns {
+                let column = c.value.clone();
+                if schema.field_with_name(&column).is_err() {
+                    return Err(SqlError::UndefinedColumn(format!(
+                        "column \"{column}\" of relation \"{table_name}\" does not exist"
+                    )));
+                }
+                if out.contains(&column) {
+                    return Err(SqlError::Syntax(format!("column \"{column}\" specified more than once")));
+                }
+                out.push(column);
+            }
+            out
+        };
+        let count = columns.len();
+        session.copy_in = Some(CopyIn {
+            parser: CopyParser::new(format, columns),
+            table: target.storage_table().clone(),
+            lock_timeout: durable.store.options().lock_timeout,
+            rows: 0,
+            failed: None,
+        });
+        Ok(Output::CopyIn { columns: count })
+    }
+
+    /// Data of the running `COPY ... FROM STDIN`. An error is kept and
+    /// reported when the client ends the copy.
+    pub async fn copy_data(&self, session: &mut SqlSession, data: &[u8]) {
+        let Some(mut copy) = session.copy_in.take() else {
+            return;
+        };
+        if copy.failed.is_none()
+            && let Err(e) = self.copy_step(session, &mut copy, data, false).await
+        {
+            copy.failed = Some(e);
+        }
+        session.copy_in = Some(copy);
+    }
+
+    async fn copy_step(&self, session: &SqlSession, copy: &mut CopyIn, data: &[u8], last: bool) -> Result<(), SqlError> {
+        copy.parser.feed(data, last)?;
+        if !(last || copy.parser.batch_ready()) {
+            return Ok(());
+        }
+        if last && copy.parser.unfinished() {
+            return Err(SqlError::InvalidValue("COPY data ended inside a record".into()));
+        }
+        let Some(batch) = copy.parser.take_batch(copy.table.schema())? else {
+            return Ok(());
+        };
+        let mut tx = session.tx.0.lock().await;
+        let pending = tx
+            .get_or_insert_with(sealdb_storage::Transaction::new)
+            .write(&copy.table, copy.lock_timeout)
+            .await?;
+        copy.rows += pending.insert(&batch)?;
+        Ok(())
+    }
+
+    /// The client ended the copy: the rest is parsed and added, and in
+    /// autocommit everything is committed before `COPY n` is returned.
+    pub async fn copy_done(&self, session: &mut SqlSession) -> Result<Output, SqlError> {
+        let result = match session.copy_in.take() {
+            None => Err(SqlError::ServerState("no COPY FROM STDIN is running".into())),
+            Some(mut copy) => match copy.failed.take() {
+                Some(e) => Err(e),
+                None => self.copy_step(session, &mut copy, &[], true).await.map(|()| Output::Command {
+                    tag: "COPY".into(),
+                    rows: Some(usize::try_from(copy.rows).unwrap_or(usize::MAX)),
+                }),
+            },
+        };
+        self.end_statement(session, result).await
+    }
+
+    /// The client abandoned the copy: nothing of it is kept.
+    pub async fn copy_fail(&self, session: &mut SqlSession, message: &str) -> SqlError {
+        session.copy_in = None;
+        let error = SqlError::CopyAborted(format!("COPY from stdin failed: {message}"));
+        match self.end_statement(session, Err(error)).await {
+            Err(e) => e,
+            Ok(_) => SqlError::CopyAborted(format!("COPY from stdin failed: {message}")),
+        }
     }
 
     /// The storage engine's table `name`, if it is one.
@@ -1171,6 +1375,13 @@ pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
         out.push(&sql[start..]);
     }
     out.into_iter().filter(|s| !is_blank(s)).collect()
+}
+
+/// Whether `sql` begins with `keyword` (after blanks), case-insensitively.
+fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
+    let sql = sql.trim_start();
+    sql.get(..keyword.len()).is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+        && !sql[keyword.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
 }
 
 fn is_blank(s: &str) -> bool {

@@ -22,6 +22,15 @@ pub enum SqlError {
     /// An object exists already (42710).
     #[error("{0}")]
     DuplicateObject(String),
+    /// A NULL for a NOT NULL column (23502).
+    #[error("{0}")]
+    NotNullViolation(String),
+    /// A column does not exist (42703).
+    #[error("{0}")]
+    UndefinedColumn(String),
+    /// The client abandoned a `COPY FROM STDIN` (57014).
+    #[error("{0}")]
+    CopyAborted(String),
     /// A table exists already (42P07).
     #[error("{0}")]
     DuplicateTable(String),
@@ -70,6 +79,9 @@ impl SqlError {
             Self::UndefinedObject(_) => "42704",
             Self::DuplicateObject(_) => "42710",
             Self::DuplicateTable(_) => "42P07",
+            Self::UndefinedColumn(_) => "42703",
+            Self::NotNullViolation(_) => "23502",
+            Self::CopyAborted(_) => "57014",
             Self::ActiveTransaction(_) => "25001",
             Self::TransactionAborted => "25P02",
             Self::NotSupported(_) => "0A000",
@@ -109,10 +121,7 @@ impl SqlError {
     fn from_storage_table(e: &StorageTableError) -> Self {
         match e {
             StorageTableError::Storage(s) => Self::from_storage(s),
-            StorageTableError::NotNull { .. } => Self::Storage {
-                code: "23502",
-                message: e.to_string(),
-            },
+            StorageTableError::NotNull { .. } => Self::NotNullViolation(e.to_string()),
             _ => Self::Storage {
                 code: "XX000",
                 message: e.to_string(),
@@ -157,10 +166,7 @@ impl From<DataFusionError> for SqlError {
             && let datafusion::arrow::error::ArrowError::InvalidArgumentError(m) = a.as_ref()
             && m.contains("non-nullable")
         {
-            return Self::Storage {
-                code: "23502",
-                message: format!("null value violates not-null constraint: {m}"),
-            };
+            return Self::NotNullViolation(format!("null value violates not-null constraint: {m}"));
         }
         match e {
             DataFusionError::SQL(..) => Self::Syntax(strip_prefix(&message)),

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+pub mod copy;
 mod durable;
 mod engine;
 mod error;

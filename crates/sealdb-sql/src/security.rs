@@ -214,16 +214,14 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         }
         Some("COPY") => {
             let to_client = p.tokens.iter().any(|t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("STDIN") || w.value.eq_ignore_ascii_case("STDOUT")));
-            return Err(if to_client {
-                SqlError::NotSupported(
-                    "COPY ... FROM STDIN / TO STDOUT is not available yet; use INSERT ... VALUES or SELECT".into(),
-                )
-            } else {
-                SqlError::PermissionDenied(
-                    "COPY to or from server files is not allowed; data enters and leaves through the client connection"
-                        .into(),
-                )
-            });
+            // To and from the client: the engine runs it.
+            if to_client {
+                return Ok(None);
+            }
+            return Err(SqlError::PermissionDenied(
+                "COPY to or from server files or programs is not allowed; use COPY ... FROM STDIN or TO STDOUT (psql: \\copy)"
+                    .into(),
+            ));
         }
         Some("BEGIN") | Some("START") => {
             p.pos = p.tokens.len();

@@ -352,6 +352,11 @@ impl SealTable {
         }
     }
 
+    /// The storage engine's table.
+    pub(crate) fn storage_table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
     /// Index of the row-id column in the stored schema.
     fn rowid_index(&self) -> usize {
         self.table.schema().fields().len()
