@@ -445,7 +445,10 @@ impl CopyParser {
         while i < data.len() {
             let b = data[i];
             if in_quotes {
-                if b == f.escape && f.escape != f.quote && data.get(i + 1).is_some_and(|n| *n == f.quote || *n == f.escape) {
+                if b == f.escape
+                    && f.escape != f.quote
+                    && data.get(i + 1).is_some_and(|n| *n == f.quote || *n == f.escape)
+                {
                     value.push(data[i + 1]);
                     i += 2;
                     continue;
@@ -548,7 +551,12 @@ mod tests {
 
     #[test]
     fn text_format_unescapes_and_reads_nulls_across_chunk_boundaries() {
-        let rows = parse(CopyFormat::text(), &[b"1\ta\\tb\n2\t\\N\n3\tx", b"y\\\\z\n\\.\nignored\n"], 2).unwrap();
+        let rows = parse(
+            CopyFormat::text(),
+            &[b"1\ta\\tb\n2\t\\N\n3\tx", b"y\\\\z\n\\.\nignored\n"],
+            2,
+        )
+        .unwrap();
         assert_eq!(
             rows,
             vec![
@@ -582,7 +590,10 @@ mod tests {
         p.feed(b"1\n2\nx\n", true).unwrap();
         let schema = Arc::new(Schema::new(vec![ArrowField::new("n", DataType::Int64, true)]));
         let e = p.take_batch(&schema).unwrap_err();
-        assert!(e.to_string().contains("line 3") && e.to_string().contains("\"x\""), "{e}");
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("\"x\""),
+            "{e}"
+        );
     }
 
     #[test]

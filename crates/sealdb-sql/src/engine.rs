@@ -683,7 +683,12 @@ impl Engine {
     }
 
     /// `COPY table|(query) TO STDOUT`: runs the query as a `SELECT`.
-    async fn copy_out(&self, session: &mut SqlSession, source: CopySource, format: CopyFormat) -> Result<Output, SqlError> {
+    async fn copy_out(
+        &self,
+        session: &mut SqlSession,
+        source: CopySource,
+        format: CopyFormat,
+    ) -> Result<Output, SqlError> {
         let query = match source {
             CopySource::Query(query) => query.to_string(),
             CopySource::Table { table_name, columns } => {
@@ -697,7 +702,9 @@ impl Engine {
         };
         let (plan, _) = self.plan(session, &query).await?;
         if !returns_rows(&plan) {
-            return Err(SqlError::Syntax("COPY (...) TO STDOUT needs a query that returns rows".into()));
+            return Err(SqlError::Syntax(
+                "COPY (...) TO STDOUT needs a query that returns rows".into(),
+            ));
         }
         privileges::check(&self.access, &session.info.user, &plan)?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
@@ -712,16 +719,27 @@ impl Engine {
 
     /// `COPY table [(columns)] FROM STDIN`: checks the table, the columns
     /// and the INSERT privilege, then waits for data.
-    async fn copy_in(&self, session: &mut SqlSession, source: CopySource, format: CopyFormat) -> Result<Output, SqlError> {
+    async fn copy_in(
+        &self,
+        session: &mut SqlSession,
+        source: CopySource,
+        format: CopyFormat,
+    ) -> Result<Output, SqlError> {
         let CopySource::Table { table_name, columns } = source else {
-            return Err(SqlError::Syntax("COPY (query) FROM STDIN is not valid; name a table".into()));
+            return Err(SqlError::Syntax(
+                "COPY (query) FROM STDIN is not valid; name a table".into(),
+            ));
         };
         let Some(durable) = &self.durable else {
-            return Err(SqlError::NotSupported("COPY FROM STDIN without a data directory".into()));
+            return Err(SqlError::NotSupported(
+                "COPY FROM STDIN without a data directory".into(),
+            ));
         };
         let name = TableReference::from(table_name.to_string());
         let Some(target) = self.stored_table(session, &name).await? else {
-            return Err(SqlError::UndefinedTable(format!("relation \"{table_name}\" does not exist")));
+            return Err(SqlError::UndefinedTable(format!(
+                "relation \"{table_name}\" does not exist"
+            )));
         };
         let schema = target.storage_table().schema().clone();
         // The INSERT privilege, checked the way an INSERT is.
@@ -745,7 +763,9 @@ impl Engine {
                     )));
                 }
                 if out.contains(&column) {
-                    return Err(SqlError::Syntax(format!("column \"{column}\" specified more than once")));
+                    return Err(SqlError::Syntax(format!(
+                        "column \"{column}\" specified more than once"
+                    )));
                 }
                 out.push(column);
             }
@@ -776,7 +796,13 @@ impl Engine {
         session.copy_in = Some(copy);
     }
 
-    async fn copy_step(&self, session: &SqlSession, copy: &mut CopyIn, data: &[u8], last: bool) -> Result<(), SqlError> {
+    async fn copy_step(
+        &self,
+        session: &SqlSession,
+        copy: &mut CopyIn,
+        data: &[u8],
+        last: bool,
+    ) -> Result<(), SqlError> {
         copy.parser.feed(data, last)?;
         if !(last || copy.parser.batch_ready()) {
             return Ok(());
@@ -803,10 +829,13 @@ impl Engine {
             None => Err(SqlError::ServerState("no COPY FROM STDIN is running".into())),
             Some(mut copy) => match copy.failed.take() {
                 Some(e) => Err(e),
-                None => self.copy_step(session, &mut copy, &[], true).await.map(|()| Output::Command {
-                    tag: "COPY".into(),
-                    rows: Some(usize::try_from(copy.rows).unwrap_or(usize::MAX)),
-                }),
+                None => self
+                    .copy_step(session, &mut copy, &[], true)
+                    .await
+                    .map(|()| Output::Command {
+                        tag: "COPY".into(),
+                        rows: Some(usize::try_from(copy.rows).unwrap_or(usize::MAX)),
+                    }),
             },
         };
         self.end_statement(session, result).await
@@ -1103,6 +1132,16 @@ impl Engine {
                     rows: None,
                 }
             }
+            SecurityStatement::Checkpoint => {
+                admin_only("run CHECKPOINT")?;
+                if let Some(durable) = &self.durable {
+                    durable.store.checkpoint().await?;
+                }
+                Output::Command {
+                    tag: "CHECKPOINT".into(),
+                    rows: None,
+                }
+            }
             SecurityStatement::Show(name) => {
                 let value = self.show_value(session, &name)?;
                 let schema = show_schema(&name);
@@ -1380,7 +1419,8 @@ pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
 /// Whether `sql` begins with `keyword` (after blanks), case-insensitively.
 fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
     let sql = sql.trim_start();
-    sql.get(..keyword.len()).is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    sql.get(..keyword.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
         && !sql[keyword.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
 }
 

@@ -70,6 +70,8 @@ pub enum SecurityStatement {
     },
     /// `ALTER SYSTEM RELOAD TLS`.
     ReloadTls,
+    /// `CHECKPOINT`: flush rows held in memory and the log into segments.
+    Checkpoint,
     /// `SHOW name` for a non-DataFusion setting.
     Show(String),
     /// `SET [SESSION|LOCAL] name {=|TO} value` for a non-DataFusion setting.
@@ -234,6 +236,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         Some("ROLLBACK") | Some("ABORT") => {
             p.pos = p.tokens.len();
             SecurityStatement::Rollback
+        }
+        Some("CHECKPOINT") => {
+            p.pos += 1;
+            SecurityStatement::Checkpoint
         }
         _ => return Ok(None),
     };

@@ -691,7 +691,7 @@ impl ExecutionPlan for SegmentScanExec {
         let stream = input.map(move |batch| {
             // The stream owns the segments until it is dropped.
             let _held = &segments;
-            let batch = batch?;
+            let batch = batch.map_err(|e| name_damaged_segment(e, &segments))?;
             match &filter {
                 None => Ok(batch),
                 Some(f) => Ok(f.deletions.filter(&batch, f.rowid)?.project(&f.keep)?),
@@ -699,6 +699,23 @@ impl ExecutionPlan for SegmentScanExec {
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
     }
+}
+
+/// A read error of the Parquet reader (a page that did not decrypt, say)
+/// does not name its file: the first of `segments` that no longer matches
+/// the catalog's SHA-256 is named instead, as an integrity error.
+fn name_damaged_segment(error: DataFusionError, segments: &[Arc<Segment>]) -> DataFusionError {
+    if let DataFusionError::External(inner) = error.find_root()
+        && inner.downcast_ref::<StorageError>().is_some()
+    {
+        return error;
+    }
+    for segment in segments {
+        if let Err(damaged) = segment.check_on_disk() {
+            return storage(damaged);
+        }
+    }
+    error
 }
 
 // ---------------------------------------------------------------------------

@@ -200,6 +200,14 @@ impl TestServer {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
+    /// Kills the server with SIGKILL (no shutdown at all) and hands back
+    /// its directory.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.signal("KILL");
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -257,7 +265,22 @@ pub fn psql_pw(conninfo: &str, password: &str, sql: &str) -> Psql {
     psql_with(conninfo, sql, Some(password))
 }
 
+/// `psql -c SQL` with `input` on its standard input (COPY ... FROM STDIN).
+pub fn psql_input(conninfo: &str, sql: &str, input: &str) -> Psql {
+    let mut file = tempfile::tempfile().expect("tempfile");
+    {
+        use std::io::{Seek, Write};
+        file.write_all(input.as_bytes()).expect("write input");
+        file.rewind().expect("rewind");
+    }
+    psql_run(conninfo, sql, None, Stdio::from(file))
+}
+
 fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
+    psql_run(conninfo, sql, password, Stdio::null())
+}
+
+fn psql_run(conninfo: &str, sql: &str, password: Option<&str>, stdin: Stdio) -> Psql {
     let mut cmd = Command::new("psql");
     cmd.arg(conninfo)
         .args([
@@ -272,7 +295,7 @@ fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
         ])
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGPASSWORD")
-        .stdin(Stdio::null());
+        .stdin(stdin);
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }

@@ -1,0 +1,265 @@
+//! SQL tables in the encrypted store, through psql against the real
+//! binary: what is acknowledged survives `kill -9`; transactions apply all
+//! or nothing; COPY loads and unloads text and CSV; a marker written
+//! through SQL appears in no file; a damaged segment is named, never read
+//! as rows; `sys.tables` and `sys.encryption_keys` describe it all.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::{LongSession, TestServer, psql, psql_input};
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn segments(data: &Path) -> Vec<PathBuf> {
+    files_under(&data.join("tables"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_and_a_restart() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(
+        &admin,
+        "CREATE TABLE accounts (id BIGINT NOT NULL, owner TEXT, balance DOUBLE PRECISION)",
+    )
+    .expect_ok();
+    psql(&admin, "CREATE TABLE plain (n INT) WITH (encryption = 'none')").expect_ok();
+    psql(
+        &admin,
+        "INSERT INTO accounts VALUES (1, 'ann', 10.5), (2, 'bob', 20), (3, 'cy', 30)",
+    )
+    .expect_ok();
+    psql(&admin, "UPDATE accounts SET balance = balance + 1 WHERE owner = 'bob'").expect_ok();
+    psql(&admin, "DELETE FROM accounts WHERE id = 3").expect_ok();
+    psql(&admin, "INSERT INTO plain VALUES (7)").expect_ok();
+    // Some rows flushed into segments, later ones only in the log.
+    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(&admin, "INSERT INTO accounts VALUES (4, 'dee', 40)").expect_ok();
+    let before = psql(&admin, "SELECT id, owner, balance FROM accounts ORDER BY id").expect_ok();
+    assert_eq!(before, "1|ann|10.5\n2|bob|21.0\n4|dee|40.0\n");
+
+    let dir = server.crash();
+    let server = TestServer::start_in(dir, &[]);
+    let admin = server.admin();
+    let after = psql(&admin, "SELECT id, owner, balance FROM accounts ORDER BY id").expect_ok();
+    assert_eq!(after, before);
+    assert_eq!(psql(&admin, "SELECT n FROM plain").expect_ok(), "7\n");
+    let tables = psql(
+        &admin,
+        "SELECT table_name, encryption, key_version, rows FROM sys.tables ORDER BY table_name",
+    )
+    .expect_ok();
+    assert_eq!(tables, "public.accounts|aes-256-gcm|1|3\npublic.plain|none|1|1\n");
+    let findings = psql(&admin, "SELECT finding, detail FROM sys.security_status").expect_ok();
+    assert!(findings.contains("unencrypted table|table public.plain"), "{findings}");
+}
+
+#[test]
+fn transactions_apply_all_or_nothing_and_readers_see_committed_rows_only() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (n INT NOT NULL)").expect_ok();
+
+    // ROLLBACK and a failed statement inside a block keep nothing.
+    psql(&admin, "BEGIN; INSERT INTO t VALUES (1); ROLLBACK").expect_ok();
+    let aborted = psql(&admin, "BEGIN; INSERT INTO t VALUES (2); SELECT * FROM nosuch; COMMIT");
+    assert!(!aborted.ok);
+    let e = psql(&admin, "BEGIN; INSERT INTO t VALUES (3); INSERT INTO t VALUES (NULL)").expect_err("23502");
+    assert!(e.contains("not-null"), "{e}");
+    assert_eq!(psql(&admin, "SELECT count(*) FROM t").expect_ok(), "0\n");
+
+    // A writer's open transaction is invisible to others, and its own
+    // statements see it.
+    // psql -q prints nothing for commands: each is followed by a SELECT.
+    let run = |session: &mut LongSession, sql: &str| {
+        assert_eq!(session.query(&format!("{sql}; SELECT 'done'")), "done", "{sql}");
+    };
+    let mut writer = LongSession::open(&admin);
+    run(&mut writer, "BEGIN");
+    run(&mut writer, "INSERT INTO t VALUES (10), (11)");
+    assert_eq!(writer.query("SELECT count(*) FROM t"), "2");
+    assert_eq!(psql(&admin, "SELECT count(*) FROM t").expect_ok(), "0\n");
+    run(&mut writer, "COMMIT");
+    assert_eq!(psql(&admin, "SELECT count(*) FROM t").expect_ok(), "2\n");
+
+    // A connection that goes away in the middle of a block applies nothing,
+    // and its table lock is released.
+    let mut dropped = LongSession::open(&admin);
+    run(&mut dropped, "BEGIN");
+    run(&mut dropped, "DELETE FROM t");
+    run(&mut dropped, "INSERT INTO t VALUES (99)");
+    drop(dropped);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    psql(&admin, "INSERT INTO t VALUES (12)").expect_ok();
+    assert_eq!(psql(&admin, "SELECT n FROM t ORDER BY n").expect_ok(), "10\n11\n12\n");
+
+    // DDL is refused inside a block.
+    psql(&admin, "BEGIN; CREATE TABLE u (a INT)").expect_err("25001");
+    // And all of it is durable.
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(
+        psql(&server.admin(), "SELECT n FROM t ORDER BY n").expect_ok(),
+        "10\n11\n12\n"
+    );
+}
+
+#[test]
+fn copy_loads_and_unloads_text_and_csv_and_names_a_bad_line() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(
+        &admin,
+        "CREATE TABLE items (id INT NOT NULL, label TEXT, price DOUBLE PRECISION)",
+    )
+    .expect_ok();
+    let loaded = psql_input(
+        &admin,
+        "COPY items FROM STDIN",
+        "1\tplain\t1.5\n2\ttab\\there\t\\N\n3\t\\N\t3\n\\.\n",
+    )
+    .expect_ok();
+    assert_eq!(loaded, "COPY 3\n");
+    let csv = psql_input(
+        &admin,
+        "COPY items (id, label) FROM STDIN WITH (FORMAT csv, HEADER)",
+        "id,label\n4,\"comma, \"\"quoted\"\"\nand newline\"\n5,\n6,\"\"\n",
+    )
+    .expect_ok();
+    assert_eq!(csv, "COPY 3\n");
+    let text_out = psql(
+        &admin,
+        "COPY (SELECT id, label FROM items WHERE id <= 3 ORDER BY id) TO STDOUT",
+    )
+    .expect_ok();
+    assert_eq!(text_out, "1\tplain\n2\ttab\\there\n3\t\\N\n");
+    let csv_out = psql(
+        &admin,
+        "COPY (SELECT id, label FROM items WHERE id >= 4 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+    )
+    .expect_ok();
+    assert_eq!(
+        csv_out,
+        "id,label\n4,\"comma, \"\"quoted\"\"\nand newline\"\n5,\n6,\"\"\n"
+    );
+
+    // A bad value names its line and loads nothing of the statement.
+    let e = psql_input(&admin, "COPY items FROM STDIN", "7\tok\t1\nseven\tbad\t2\n").expect_err("line 2");
+    assert!(e.contains("\"seven\""), "{e}");
+    let e = psql_input(&admin, "COPY items (label) FROM STDIN", "no id\n").expect_err("23502");
+    assert!(e.contains("\"id\""), "{e}");
+    assert_eq!(psql(&admin, "SELECT count(*) FROM items").expect_ok(), "6\n");
+    // Server files stay off limits.
+    psql(&admin, "COPY items FROM '/etc/passwd'").expect_err("42501");
+    psql(&admin, "COPY items TO '/tmp/x.csv'").expect_err("42501");
+
+    // Loaded rows are durable.
+    let dir = server.crash();
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(psql(&server.admin(), "SELECT count(*) FROM items").expect_ok(), "6\n");
+}
+
+#[test]
+fn a_marker_written_through_sql_appears_in_no_file_and_sys_tables_describe_the_keys() {
+    const MARKER: &str = "MARKER-7f3a9c-never-on-disk";
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE secrets (id INT, note TEXT)").expect_ok();
+    psql(
+        &admin,
+        &format!("INSERT INTO secrets VALUES (1, '{MARKER}'), (2, 'other')"),
+    )
+    .expect_ok();
+    psql_input(&admin, "COPY secrets FROM STDIN", &format!("3\t{MARKER} again\n")).expect_ok();
+    psql(&admin, "UPDATE secrets SET note = note || '!' WHERE id = 2").expect_ok();
+    // In the log now; then flushed into a segment, then more log.
+    let check = |data: &Path| {
+        for file in files_under(data) {
+            let bytes = std::fs::read(&file).expect("read");
+            assert!(
+                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                "{} holds the marker in the clear",
+                file.display()
+            );
+        }
+    };
+    check(&server.data);
+    psql(&admin, "CHECKPOINT").expect_ok();
+    assert!(!segments(&server.data).is_empty());
+    psql(&admin, &format!("INSERT INTO secrets VALUES (4, '{MARKER} late')")).expect_ok();
+    check(&server.data);
+    let keys = psql(
+        &admin,
+        "SELECT scope, provider, version, state, length(wrapped_key_sha256) FROM sys.encryption_keys ORDER BY key_id",
+    )
+    .expect_ok();
+    assert!(keys.contains("table public.secrets|local|1|active|64"), "{keys}");
+    assert!(keys.contains("master|local|1|active|"), "{keys}");
+    let dir = server.stop();
+    let data = dir.path().join("data");
+    check(&data);
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(
+        psql(
+            &server.admin(),
+            "SELECT count(*) FROM secrets WHERE note LIKE 'MARKER%'"
+        )
+        .expect_ok(),
+        "3\n"
+    );
+    // DROP TABLE takes the table key out of the catalog.
+    psql(&server.admin(), "DROP TABLE secrets").expect_ok();
+    let keys = psql(&server.admin(), "SELECT scope FROM sys.encryption_keys").expect_ok();
+    assert!(!keys.contains("secrets"), "{keys}");
+    assert!(segments(&server.data).is_empty());
+}
+
+#[test]
+fn a_damaged_segment_is_named_by_queries_and_verify_and_never_read_as_rows() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id INT, v TEXT)").expect_ok();
+    psql(
+        &admin,
+        "INSERT INTO t SELECT value, 'row ' || value FROM generate_series(1, 1000)",
+    )
+    .expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    let dir = server.stop();
+    let data = dir.path().join("data");
+    let files = segments(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let segment = &files[0];
+    let mut bytes = std::fs::read(segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(segment, &bytes).unwrap();
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+
+    let server = TestServer::start_in(dir, &[]);
+    let e = psql(&server.admin(), "SELECT count(*), max(v) FROM t").expect_err("XX001");
+    assert!(e.contains(&name), "{e}");
+    let dir = server.stop();
+    let mut cmd = std::process::Command::new(support::sealdb_bin());
+    cmd.arg("verify").arg("--data").arg(dir.path().join("data"));
+    let out = support::run_with_timeout(cmd, std::time::Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&name) && text.contains("FAILED"), "{text}");
+}
