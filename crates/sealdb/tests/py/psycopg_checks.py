@@ -54,6 +54,25 @@ with psycopg.connect(admin) as conn:  # not autocommit: BEGIN ... COMMIT from th
     conn.commit()
     check(conn.execute("select count(*) from items").fetchone() == (4,), "driver transactions commit")
     conn.rollback()
+    conn.execute("insert into items values (%s, %s, %s, %s)", (5, "lost", 0.0, False))
+    conn.rollback()
+    check(conn.execute("select count(*) from items").fetchone() == (4,), "driver rollback keeps nothing")
+    conn.rollback()
+
+with psycopg.connect(admin, autocommit=True) as conn:
+    with conn.cursor() as cur:
+        with cur.copy("COPY items (id, name, price, active) FROM STDIN") as copy:
+            for row in [(10, "tab\there", 1.25, True), (11, None, 2.0, False), (12, "back\\slash", 3.5, True)]:
+                copy.write_row(row)
+        check(cur.rowcount == 3, f"COPY FROM STDIN through psycopg loads 3 rows ({cur.rowcount})")
+        out = []
+        with cur.copy("COPY (SELECT id, name, price, active FROM items WHERE id >= 10 ORDER BY id) TO STDOUT") as copy:
+            copy.set_types(["int8", "text", "float8", "bool"])
+            out = list(copy.rows())
+        check(
+            out == [(10, "tab\there", 1.25, True), (11, None, 2.0, False), (12, "back\\slash", 3.5, True)],
+            f"COPY TO STDOUT round-trips through psycopg {out}",
+        )
 
 reader = f"host=localhost port={port} user=reader dbname=sealdb sslmode=verify-full sslrootcert={certs}/ca.crt password=Reader-pw-1"
 with psycopg.connect(reader, autocommit=True) as conn:

@@ -1,0 +1,145 @@
+//! `kill -9` at random points of a write-heavy workload, many times: after
+//! each restart every acknowledged row is there, every acknowledged delete
+//! has happened, and nothing else is (only the one operation each writer
+//! had in flight may have landed or not).
+//!
+//! Writers are psycopg clients (`tests/py/crash_writer.py`) that print each
+//! operation before sending it and again once acknowledged.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::{TestServer, psql, py_dir, venv_python};
+
+const ROUNDS: u64 = 8;
+const WRITERS: u64 = 3;
+
+/// A pseudo-random number from the clock (no rand crate needed).
+fn jitter(max_ms: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos).wrapping_mul(2_654_435_761) % max_ms
+}
+
+/// What one writer's output says: rows certainly present, rows certainly
+/// absent, and rows of the operation in flight (either way).
+#[derive(Default)]
+struct Expect {
+    present: BTreeSet<(i64, i64)>,
+    absent: BTreeSet<(i64, i64)>,
+    either: BTreeSet<(i64, i64)>,
+}
+
+fn read_writer(out: &str, expect: &mut Expect) {
+    let mut in_flight: Option<(String, Vec<(i64, i64)>)> = None;
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (phase, op, nums) = match words.as_slice() {
+            [phase, op, nums @ ..] if *phase == "try" || *phase == "ack" => (*phase, op.to_string(), nums),
+            _ => continue,
+        };
+        let nums: Vec<i64> = nums.iter().filter_map(|n| n.parse().ok()).collect();
+        let Some((writer, ids)) = nums.split_first() else {
+            continue;
+        };
+        let rows: Vec<(i64, i64)> = ids.iter().map(|i| (*writer, *i)).collect();
+        if phase == "try" {
+            in_flight = Some((op, rows));
+            continue;
+        }
+        in_flight = None;
+        for row in rows {
+            if op == "ins" {
+                expect.present.insert(row);
+            } else {
+                expect.present.remove(&row);
+                expect.absent.insert(row);
+            }
+        }
+    }
+    if let Some((_, rows)) = in_flight {
+        for row in rows {
+            expect.present.remove(&row);
+            expect.either.insert(row);
+        }
+    }
+}
+
+#[test]
+fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
+    let python = venv_python();
+    let mut server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "CREATE TABLE crash (writer BIGINT NOT NULL, i BIGINT NOT NULL, pad TEXT)",
+    )
+    .expect_ok();
+    let mut expect = Expect::default();
+    let mut total_acked = 0usize;
+    for round in 0..ROUNDS {
+        let outputs: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let writer = round * 10 + w;
+                Command::new(&python)
+                    .arg(py_dir().join("crash_writer.py"))
+                    .arg(server.port.to_string())
+                    .arg(server.certs())
+                    .arg(writer.to_string())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("writer")
+            })
+            .collect();
+        // Let them write, sometimes across a checkpoint, then kill -9.
+        std::thread::sleep(Duration::from_millis(400 + jitter(900)));
+        if round % 3 == 1 {
+            let _ = psql(&server.admin(), "CHECKPOINT");
+            std::thread::sleep(Duration::from_millis(jitter(200)));
+        }
+        let dir = server.crash();
+        for child in outputs {
+            let out = child.wait_with_output().expect("writer output");
+            let text = String::from_utf8_lossy(&out.stdout);
+            total_acked += text.lines().filter(|l| l.starts_with("ack")).count();
+            read_writer(&text, &mut expect);
+        }
+        server = TestServer::start_in(dir, &[]);
+        let rows = psql(&server.admin(), "SELECT writer, i FROM crash").expect_ok();
+        let found: BTreeSet<(i64, i64)> = rows
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(w, i)| (w.parse().expect("writer"), i.parse().expect("i")))
+            .collect();
+        let lost: Vec<_> = expect.present.difference(&found).collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged rows lost: {lost:?}");
+        let resurrected: Vec<_> = expect.absent.intersection(&found).collect();
+        assert!(
+            resurrected.is_empty(),
+            "round {round}: deleted rows back: {resurrected:?}"
+        );
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|r| !expect.present.contains(r) && !expect.either.contains(r))
+            .collect();
+        assert!(unknown.is_empty(), "round {round}: rows nobody wrote: {unknown:?}");
+        // What the in-flight operation did is settled now.
+        for row in std::mem::take(&mut expect.either) {
+            if found.contains(&row) {
+                expect.present.insert(row);
+            } else {
+                expect.absent.insert(row);
+            }
+        }
+    }
+    eprintln!("{ROUNDS} kill -9 rounds, {total_acked} acknowledged operations checked");
+    assert!(
+        total_acked > 100,
+        "the workload acknowledged only {total_acked} operations"
+    );
+}
