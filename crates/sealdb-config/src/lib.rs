@@ -40,6 +40,29 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Parses a byte size such as `512MB`, `2GB`, `1GiB`, `64kB` or `1048576`
+/// (KB/MB/GB/TB are powers of 1024, as in PostgreSQL's settings).
+pub fn parse_byte_size(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let invalid = || {
+        ConfigError::Invalid(format!(
+            "{key} = \"{text}\" is not a size; write a whole number with an optional unit, e.g. 512MB or 2GB"
+        ))
+    };
+    let number: u64 = digits.parse().map_err(|_| invalid())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(invalid)
+}
+
 /// A password or passphrase: never printed by `Debug`, wiped from memory on drop.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -337,6 +360,17 @@ mod tests {
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_toml(text, Path::new("sealdb.conf"))
+    }
+
+    #[test]
+    fn byte_sizes_take_units_and_refuse_garbage() {
+        assert_eq!(parse_byte_size("memory-limit", "512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_byte_size("memory-limit", "2 GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_byte_size("memory-limit", "4096").unwrap(), 4096);
+        let e = parse_byte_size("memory-limit", "lots").unwrap_err().to_string();
+        assert!(e.contains("memory-limit") && e.contains("512MB"), "{e}");
+        assert!(parse_byte_size("memory-limit", "2PB").is_err());
+        assert!(parse_byte_size("memory-limit", "99999999999TB").is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Time to finish TLS and authentication.
     pub handshake_timeout: Duration,
+    /// Query memory before spilling to encrypted files (`memory-limit`).
+    pub memory_limit: Option<usize>,
     /// What new tables get unless `CREATE TABLE ... WITH (encryption = ...)` says otherwise.
     pub default_table_encryption: sealdb_storage::Encryption,
 }
@@ -233,7 +235,11 @@ impl Server {
         let address = format!("{}:{}", settings.host, settings.port);
         let protected = store.as_ref().map(|s| s.provider().protected_at_rest());
         let state = Arc::new(ServerState::new(settings, access.clone(), protected)?);
-        let mut engine = Engine::new(access, state.clone())?;
+        let memory = sealdb_sql::QueryMemory {
+            limit: state.settings.memory_limit,
+            spill_dir: store.as_ref().map(|s| s.dir().join(sealdb_sql::spill::SPILL_DIR)),
+        };
+        let mut engine = Engine::with_memory(access, state.clone(), memory)?;
         if let Some(store) = store {
             engine = engine.with_store(store, state.settings.default_table_encryption)?;
         }

@@ -12,6 +12,9 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
@@ -30,6 +33,7 @@ use crate::cache::StatementCache;
 use crate::copy::{CopyFormat, CopyParser};
 use crate::durable::{self, Durable, TableOptions};
 use crate::security::{self, SecurityStatement, Target};
+use crate::spill::SealSpillFactory;
 use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
 use crate::sys::{self, ServerHooks};
 use crate::{SqlError, privileges};
@@ -244,15 +248,50 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// How much memory queries may use and where they spill beyond it.
+#[derive(Debug, Clone, Default)]
+pub struct QueryMemory {
+    /// Bytes all running queries may hold before spilling (`memory-limit`);
+    /// `None`: no limit.
+    pub limit: Option<usize>,
+    /// Where encrypted spill files go (`DATA/tmp`); `None`: queries never
+    /// spill, and fail when they run out of memory.
+    pub spill_dir: Option<std::path::PathBuf>,
+}
+
 impl Engine {
     /// A new engine with an empty `public` schema, `pg_catalog`,
-    /// `information_schema` and `sys`.
+    /// `information_schema` and `sys`, without a memory limit and without
+    /// spilling.
     pub fn new(access: Arc<AccessControl>, hooks: Arc<dyn ServerHooks>) -> Result<Self, SqlError> {
+        Self::with_memory(access, hooks, QueryMemory::default())
+    }
+
+    /// The same with a memory limit and encrypted spill files.
+    pub fn with_memory(
+        access: Arc<AccessControl>,
+        hooks: Arc<dyn ServerHooks>,
+        memory: QueryMemory,
+    ) -> Result<Self, SqlError> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
-        let base = SessionContext::new_with_config(config);
+        // Nothing is ever written to disk in the clear: without a spill
+        // directory the disk manager is off.
+        let disk = match &memory.spill_dir {
+            Some(dir) => {
+                Arc::new(SealSpillFactory::new(dir).map_err(|e| SqlError::ServerState(e.to_string()))?).disk_manager()
+            }
+            None => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        };
+        let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(disk);
+        if let Some(limit) = memory.limit {
+            // Fair shares among the operators that can spill, so that one
+            // sort cannot starve the others' merge buffers.
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let base = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         datafusion_pg_catalog::setup_pg_catalog(&base, CATALOG, EmptyContextProvider)
             .map_err(|e| SqlError::from(*e))?;
         let catalog = base

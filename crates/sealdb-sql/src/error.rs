@@ -147,6 +147,23 @@ impl From<DataFusionError> for SqlError {
             if let Some(s) = inner.downcast_ref::<StorageTableError>() {
                 return Self::from_storage_table(s);
             }
+            if let Some(s) = inner.downcast_ref::<crate::spill::SpillError>() {
+                let code = match s {
+                    crate::spill::SpillError::Integrity { .. } => "XX001",
+                    crate::spill::SpillError::Io { source, .. } if source.raw_os_error() == Some(28) => "53100",
+                    _ => "XX000",
+                };
+                return Self::Storage {
+                    code,
+                    message: s.to_string(),
+                };
+            }
+        }
+        if let DataFusionError::ResourcesExhausted(m) = e {
+            return Self::Storage {
+                code: "53200",
+                message: format!("the query needs more memory than memory-limit allows ({m}); raise memory-limit"),
+            };
         }
         // The Parquet reader could not authenticate an encrypted segment:
         // it was damaged, or replaced by another file.

@@ -23,11 +23,12 @@ mod engine;
 mod error;
 mod privileges;
 pub mod security;
+pub mod spill;
 mod storage_table;
 mod sys;
 
 pub use engine::{
-    ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, SessionInfo, SqlSession, TlsSessionInfo,
+    ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, QueryMemory, SessionInfo, SqlSession, TlsSessionInfo,
 };
 pub use error::SqlError;
 pub use sys::{CertificateRow, SERVER_VERSION, ServerHooks};

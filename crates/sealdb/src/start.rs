@@ -108,6 +108,13 @@ async fn start(args: StartArgs) -> Result<()> {
         cert_user_map: CertUserMap::parse(&settings.cert_user_map)?,
         max_connections: settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize,
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
+        memory_limit: match &settings.memory_limit {
+            Some(text) => Some(
+                usize::try_from(sealdb_config::parse_byte_size("memory-limit", text)?)
+                    .context("memory-limit is larger than this machine can address")?,
+            ),
+            None => None,
+        },
         default_table_encryption: match settings.default_table_encryption.unwrap_or_default() {
             TableEncryption::Aes256Gcm => sealdb_storage::Encryption::Aes256Gcm,
             TableEncryption::None => sealdb_storage::Encryption::None,

@@ -263,3 +263,74 @@ fn a_damaged_segment_is_named_by_queries_and_verify_and_never_read_as_rows() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains(&name) && text.contains("FAILED"), "{text}");
 }
+
+#[test]
+fn queries_beyond_memory_limit_spill_to_encrypted_files_only() {
+    const MARKER: &str = "MARKER-SPILL-5d1e";
+    let server = TestServer::start(&["--memory-limit", "64MB"]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE big (id BIGINT, note TEXT)").expect_ok();
+    psql(
+        &admin,
+        &format!(
+            "INSERT INTO big SELECT value, '{MARKER}-' || value || repeat('x', 50) FROM generate_series(1, 300000)"
+        ),
+    )
+    .expect_ok();
+    // Watch the spill directory while the query runs: every file seen is
+    // one of ours and holds no marker.
+    let tmp = server.data.join("tmp");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    assert!(
+                        name.starts_with("spill-") && name.ends_with(".seal"),
+                        "unexpected {name}"
+                    );
+                    if let Ok(bytes) = std::fs::read(entry.path()) {
+                        assert!(
+                            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                            "{name} holds the marker in the clear"
+                        );
+                        seen.insert(name);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            seen.len()
+        })
+    };
+    let plan = psql(
+        &admin,
+        "EXPLAIN ANALYZE SELECT max(rn) FROM (SELECT row_number() OVER (ORDER BY note DESC) AS rn FROM big) s",
+    )
+    .expect_ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().expect("watcher");
+    let spilled = plan
+        .split("spill_count=")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(spilled > 0, "the query did not spill:\n{plan}");
+    assert!(seen > 0, "no spill file was seen while the query ran");
+    // The answer is right, and nothing is left behind.
+    assert_eq!(
+        psql(
+            &admin,
+            "SELECT max(rn) FROM (SELECT row_number() OVER (ORDER BY note DESC) AS rn FROM big) s"
+        )
+        .expect_ok(),
+        "300000\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(server.data.join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "spill files left: {left:?}");
+}
