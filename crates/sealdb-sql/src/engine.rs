@@ -1171,6 +1171,10 @@ impl Engine {
                     rows: None,
                 }
             }
+            SecurityStatement::Deallocate { all } => Output::Command {
+                tag: if all { "DEALLOCATE ALL" } else { "DEALLOCATE" }.into(),
+                rows: None,
+            },
             SecurityStatement::Checkpoint => {
                 admin_only("run CHECKPOINT")?;
                 if let Some(durable) = &self.durable {

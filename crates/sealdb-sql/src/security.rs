@@ -72,6 +72,13 @@ pub enum SecurityStatement {
     ReloadTls,
     /// `CHECKPOINT`: flush rows held in memory and the log into segments.
     Checkpoint,
+    /// `DEALLOCATE [PREPARE] {name | ALL}`: drivers (psycopg) send it after
+    /// a rollback. Protocol-level statements are replaced when prepared
+    /// again under the same name, so it has nothing to free.
+    Deallocate {
+        /// `ALL`.
+        all: bool,
+    },
     /// `SHOW name` for a non-DataFusion setting.
     Show(String),
     /// `SET [SESSION|LOCAL] name {=|TO} value` for a non-DataFusion setting.
@@ -240,6 +247,15 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         Some("CHECKPOINT") => {
             p.pos += 1;
             SecurityStatement::Checkpoint
+        }
+        Some("DEALLOCATE") => {
+            p.pos += 1;
+            p.eat_word("PREPARE");
+            let all = p.eat_word("ALL");
+            if !all {
+                p.ident("a prepared statement name")?;
+            }
+            SecurityStatement::Deallocate { all }
         }
         _ => return Ok(None),
     };

@@ -625,6 +625,118 @@ impl Store {
         Ok(())
     }
 
+    /// Whether some table has small segments to merge or a segment mostly
+    /// made of deleted rows ([`Store::compact`]).
+    pub fn wants_compaction(&self) -> bool {
+        self.tables().iter().any(|t| !compaction_plan(&t.snapshot()).is_empty())
+    }
+
+    /// Merges each table's small segments (and rewrites segments with many
+    /// deleted rows) into one new segment under a fresh data key and the
+    /// current table-key version, leaving deleted rows out. The catalog
+    /// names the new segment before the old files go; readers still using
+    /// old files keep them until they finish. Returns the segments merged.
+    pub async fn compact(&self) -> Result<usize, StorageError> {
+        let _one = self.inner.checkpoint.lock().await;
+        let mut merged_total = 0;
+        for table in self.tables() {
+            let data = table.snapshot();
+            let merging = compaction_plan(&data);
+            if merging.is_empty() {
+                continue;
+            }
+            let key = match table.encryption {
+                Encryption::Aes256Gcm => Some(table.writing_key()?),
+                Encryption::None => None,
+            };
+            let mut sources = Vec::with_capacity(merging.len());
+            for s in &merging {
+                let data_key = match s.meta.key_version {
+                    0 => None,
+                    _ => Some(table.data_key(s)?),
+                };
+                sources.push((s.clone(), data_key));
+            }
+            let id = {
+                let mut state = self.inner.catalog.lock().await;
+                let id = state.body.next_file_id;
+                state.body.next_file_id += 1;
+                id
+            };
+            let deleted = data.deleted.clone();
+            let dir = self.inner.dir.clone();
+            let table_id = table.id;
+            let (segment, dropped) = tokio::task::spawn_blocking(move || {
+                let mut batches = Vec::new();
+                let mut dropped = RoaringTreemap::new();
+                for (s, data_key) in &sources {
+                    for batch in segment::read_all(&s.path, &s.display, table_id, &s.meta, data_key.as_deref())? {
+                        if let Some(ids) = crate::table::rowids(&batch) {
+                            dropped.extend(ids.values().iter().copied().filter(|id| deleted.contains(*id)));
+                        }
+                        let kept = without_deleted(&batch, &deleted)?;
+                        if kept.num_rows() > 0 {
+                            batches.push(kept);
+                        }
+                    }
+                }
+                let segment = if batches.is_empty() {
+                    None
+                } else {
+                    let meta = segment::write(
+                        &dir,
+                        table_id,
+                        id,
+                        &batches,
+                        key.as_ref().map(|(v, k)| (*v, k.as_ref())),
+                    )?;
+                    Some(Arc::new(Segment::new(&dir, table_id, meta)))
+                };
+                Ok::<_, StorageError>((segment, dropped))
+            })
+            .await
+            .map_err(|e| StorageError::Internal(format!("compaction: {e}")))??;
+            let mut state = self.inner.catalog.lock().await;
+            let mut segments: Vec<crate::catalog::SegmentMeta> = table
+                .segment_metas()
+                .into_iter()
+                .filter(|m| !merging.iter().any(|s| s.meta.id == m.id))
+                .collect();
+            if let Some(s) = &segment {
+                segments.push(s.meta.clone());
+            }
+            if !state.body.tables.iter().any(|m| m.id == table.id) {
+                // Dropped meanwhile: its keys are gone, and so goes the new file.
+                if let Some(s) = &segment {
+                    s.mark_obsolete();
+                }
+                continue;
+            }
+            let still_deleted = &*table.snapshot().deleted - &dropped;
+            self.persist(&mut state, |body| {
+                if let Some(meta) = body.tables.iter_mut().find(|m| m.id == table.id) {
+                    meta.segments = segments;
+                    meta.deleted = serialize_bitmap(&still_deleted)?;
+                }
+                Ok(())
+            })
+            .await?;
+            drop(state);
+            for s in &merging {
+                s.mark_obsolete();
+            }
+            table.install(&[], &merging, segment.into_iter().collect(), Some(&dropped));
+            merged_total += merging.len();
+            info!(
+                table = %table.name,
+                "compacted {} segments, {} deleted rows dropped",
+                merging.len(),
+                dropped.len()
+            );
+        }
+        Ok(merged_total)
+    }
+
     fn release_memory(&self, bytes: u64) {
         let _ = self
             .inner
@@ -658,6 +770,56 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Segments below this size are merged once a table has several.
+const SMALL_SEGMENT_BYTES: u64 = 16 << 20;
+/// How many small segments a table may have before they are merged.
+const SMALL_SEGMENTS_MAX: usize = 4;
+/// At most this many rows are merged at once (they are held in memory).
+const COMPACTION_ROWS_MAX: u64 = 8 << 20;
+/// A segment with at least this share of its rows deleted is rewritten.
+const DELETED_SHARE_REWRITE: f64 = 0.25;
+
+/// Which segments of a table to merge now: its small ones once there are
+/// more than [`SMALL_SEGMENTS_MAX`], plus any mostly deleted.
+fn compaction_plan(data: &crate::TableData) -> Vec<Arc<Segment>> {
+    let deleted_share = |s: &Segment| {
+        let m = &s.meta;
+        if m.rows == 0 || data.deleted.is_empty() {
+            return 0.0;
+        }
+        let before = if m.min_rowid == 0 {
+            0
+        } else {
+            data.deleted.rank(m.min_rowid - 1)
+        };
+        (data.deleted.rank(m.max_rowid) - before) as f64 / m.rows as f64
+    };
+    let small: Vec<&Arc<Segment>> = data
+        .segments
+        .iter()
+        .filter(|s| s.meta.bytes < SMALL_SEGMENT_BYTES)
+        .collect();
+    let mut plan: Vec<Arc<Segment>> = Vec::new();
+    if small.len() > SMALL_SEGMENTS_MAX {
+        plan.extend(small.into_iter().cloned());
+    }
+    for s in &data.segments {
+        if deleted_share(s) >= DELETED_SHARE_REWRITE && !plan.iter().any(|p| Arc::ptr_eq(p, s)) {
+            plan.push(s.clone());
+        }
+    }
+    let mut rows = 0;
+    plan.retain(|s| {
+        rows += s.meta.rows;
+        rows <= COMPACTION_ROWS_MAX
+    });
+    // One segment alone is rewritten only for its deleted rows.
+    if plan.len() == 1 && deleted_share(&plan[0]) < DELETED_SHARE_REWRITE {
+        plan.clear();
+    }
+    plan
 }
 
 pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadKey), Key256);

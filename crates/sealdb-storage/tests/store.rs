@@ -420,3 +420,49 @@ async fn verify_reports_every_damaged_file_and_passes_a_sound_directory() {
         );
     }
 }
+
+#[tokio::test]
+async fn compaction_merges_small_segments_drops_deleted_rows_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let t = store.create_table("t", schema(), Encryption::Aes256Gcm).await.unwrap();
+    for round in 0..6 {
+        insert(&store, "t", rows(round * 10..round * 10 + 10, "r")).await;
+        store.checkpoint().await.unwrap();
+    }
+    assert_eq!(t.snapshot().segments.len(), 6);
+    assert!(store.wants_compaction());
+    // Delete a few rows (their ids are the row ids: one row per id, in order).
+    let mut del = RoaringTreemap::new();
+    for id in [3u64, 17, 42, 43] {
+        del.insert(id);
+    }
+    let mut tx = Transaction::new();
+    tx.write(&t, store.options().lock_timeout).await.unwrap().delete(&del);
+    store.commit(tx).await.unwrap();
+    let expected: Vec<i64> = (0..60).filter(|i| ![3, 17, 42, 43].contains(i)).collect();
+    assert_eq!(ids(&store, "t"), expected);
+
+    assert_eq!(store.compact().await.unwrap(), 6);
+    assert!(!store.wants_compaction());
+    let data = t.snapshot();
+    assert_eq!(data.segments.len(), 1);
+    assert_eq!(data.segments[0].meta.rows, 56, "deleted rows are left out");
+    assert!(data.deleted.is_empty(), "the ids of rows left out are forgotten");
+    drop(data);
+    assert_eq!(ids(&store, "t"), expected);
+    let parquet = |dir: &Path| {
+        all_files(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+    assert_eq!(parquet(dir.path()), 1, "merged files are removed");
+    drop(t);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "t"), expected);
+    drop(store);
+    let report = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -150,6 +150,13 @@ async fn start(args: StartArgs) -> Result<()> {
             {
                 tracing::error!("checkpoint failed (the log keeps every acknowledged write): {e}");
             }
+            // Small segments (from frequent checkpoints) and segments mostly
+            // deleted are merged into one, in the background.
+            if background.wants_compaction()
+                && let Err(e) = background.compact().await
+            {
+                tracing::error!("compaction failed (the segments it read stay as they were): {e}");
+            }
         }
     });
     // Users and grants live in the encrypted catalog; a fresh one gets the
@@ -338,7 +345,14 @@ fn print_banner(settings: &ServerSettings, port: u16, certs: &CertsDir, own_iden
             certs.client_key(ADMIN).display()
         );
     }
-    println!("Tables are kept in memory until durable storage lands: they do not survive a restart.");
+    match settings.default_table_encryption {
+        sealdb_storage::Encryption::None => println!(
+            "New tables are NOT encrypted (default-table-encryption = none); CREATE TABLE ... WITH (encryption = 'aes-256-gcm') to encrypt one."
+        ),
+        _ => println!(
+            "New tables are encrypted with AES-256-GCM; with the server stopped, `sealdb verify` authenticates every file."
+        ),
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 }

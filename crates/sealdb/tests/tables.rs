@@ -334,3 +334,67 @@ fn queries_beyond_memory_limit_spill_to_encrypted_files_only() {
         .collect();
     assert!(left.is_empty(), "spill files left: {left:?}");
 }
+
+#[test]
+fn small_segments_are_compacted_in_the_background_and_filters_prune_row_groups() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, v TEXT)").expect_ok();
+    for round in 0..6 {
+        psql(
+            &admin,
+            &format!(
+                "INSERT INTO t SELECT value, 'v' || value FROM generate_series({}, {})",
+                round * 100_000 + 1,
+                (round + 1) * 100_000
+            ),
+        )
+        .expect_ok();
+        psql(&admin, "CHECKPOINT").expect_ok();
+    }
+    psql(&admin, "DELETE FROM t WHERE id % 10 = 0").expect_ok();
+    let segments = || {
+        psql(&admin, "SELECT segments FROM sys.tables WHERE table_name = 'public.t'")
+            .expect_ok()
+            .trim()
+            .parse::<u32>()
+            .expect("a number")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while segments() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(segments(), 1, "six small segments were not merged");
+    assert_eq!(
+        psql(&admin, "SELECT count(*), sum(id) FROM t").expect_ok(),
+        "540000|162000000000\n"
+    );
+
+    // 540 000 rows in 128Ki-row groups, in id order: a narrow range reads one.
+    let plan = psql(&admin, "EXPLAIN ANALYZE SELECT count(*) FROM t WHERE id > 590000").expect_ok();
+    let pruned = plan
+        .split("row_groups_pruned_statistics=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row-group statistics in the plan:\n{plan}"));
+    let numbers: Vec<u64> = pruned
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().expect("number"))
+        .collect();
+    assert!(
+        numbers.len() == 2 && numbers[1] < numbers[0],
+        "nothing pruned: {pruned}"
+    );
+    assert_eq!(
+        psql(&admin, "SELECT count(*) FROM t WHERE id > 590000").expect_ok(),
+        "9000\n"
+    );
+    // And it all survives a restart.
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(
+        psql(&server.admin(), "SELECT count(*), sum(id) FROM t").expect_ok(),
+        "540000|162000000000\n"
+    );
+}

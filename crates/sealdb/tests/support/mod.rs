@@ -95,7 +95,7 @@ impl TestServer {
                 let Ok(line) = line else { break };
                 banner.push_str(&line);
                 banner.push('\n');
-                if line.starts_with("Tables are kept") {
+                if line.starts_with("New tables are") {
                     let _ = tx.send(banner.clone());
                 }
             }
