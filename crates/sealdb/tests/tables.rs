@@ -409,3 +409,37 @@ fn small_segments_are_compacted_in_the_background_and_filters_prune_row_groups()
         "54000|1620000000\n"
     );
 }
+
+#[test]
+fn a_segment_copied_over_another_tables_segment_is_named_not_read() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    // Two tables with the same rows: their segments have the same length,
+    // so only the associated data (table, segment, key version) tells them apart.
+    for t in ["a", "b"] {
+        psql(&admin, &format!("CREATE TABLE {t} (id INT, v TEXT)")).expect_ok();
+        psql(
+            &admin,
+            &format!("INSERT INTO {t} SELECT value, 'same' FROM generate_series(1, 1000)"),
+        )
+        .expect_ok();
+    }
+    psql(&admin, "CHECKPOINT").expect_ok();
+    let ids = psql(&admin, "SELECT table_name, segments FROM sys.tables ORDER BY 1").expect_ok();
+    assert_eq!(ids, "public.a|1\npublic.b|1\n");
+    let dir = server.stop();
+    let data = dir.path().join("data");
+    let mut files = segments(&data);
+    files.sort();
+    let (a, b) = (&files[0], &files[1]);
+    let (la, lb) = (std::fs::metadata(a).unwrap().len(), std::fs::metadata(b).unwrap().len());
+    assert_eq!(la, lb, "the two segments should have the same length for this test");
+    std::fs::copy(a, b).unwrap();
+    let name = b.file_name().unwrap().to_string_lossy().into_owned();
+
+    let server = TestServer::start_in(dir, &[]);
+    let admin = server.admin();
+    assert_eq!(psql(&admin, "SELECT count(*) FROM a").expect_ok(), "1000\n");
+    let e = psql(&admin, "SELECT count(*), max(v) FROM b").expect_err("XX001");
+    assert!(e.contains(&name), "{e}");
+}
