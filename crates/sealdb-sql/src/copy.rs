@@ -254,12 +254,15 @@ impl CopyParser {
                 } else {
                     "extra data after the last expected column"
                 };
-                return Err(SqlError::InvalidValue(format!(
-                    "COPY line {}: {what}: expected {} fields, found {}",
-                    self.line,
-                    self.columns.len(),
-                    record.len()
-                )));
+                return Err(SqlError::BadData {
+                    code: "22P04",
+                    message: format!(
+                        "COPY line {}: {what}: expected {} fields, found {}",
+                        self.line,
+                        self.columns.len(),
+                        record.len()
+                    ),
+                });
             }
             if self.rows.is_empty() {
                 self.rows_first_line = self.line;
@@ -303,20 +306,26 @@ impl CopyParser {
                     for (i, row) in rows.iter().enumerate() {
                         let one: StringArray = std::iter::once(row[index].as_deref()).collect();
                         if cast_with_options(&one, field.data_type(), &options).is_err() {
-                            return Err(SqlError::InvalidValue(format!(
-                                "COPY line {}, column {}: invalid input syntax for type {}: \"{}\"",
-                                first_line + i as u64,
-                                field.name(),
-                                field.data_type(),
-                                row[index].as_deref().unwrap_or_default()
-                            )));
+                            return Err(SqlError::BadData {
+                                code: "22P02",
+                                message: format!(
+                                    "COPY line {}, column {}: invalid input syntax for type {}: \"{}\"",
+                                    first_line + i as u64,
+                                    field.name(),
+                                    field.data_type(),
+                                    row[index].as_deref().unwrap_or_default()
+                                ),
+                            });
                         }
                     }
-                    return Err(SqlError::InvalidValue(format!(
-                        "COPY column {}: values do not convert to {}",
-                        field.name(),
-                        field.data_type()
-                    )));
+                    return Err(SqlError::BadData {
+                        code: "22P02",
+                        message: format!(
+                            "COPY column {}: values do not convert to {}",
+                            field.name(),
+                            field.data_type()
+                        ),
+                    });
                 }
             };
             arrays.push(array);
@@ -369,8 +378,9 @@ impl CopyParser {
             if raw == self.format.null.as_bytes() {
                 fields.push(None);
             } else {
-                fields.push(Some(String::from_utf8(taken).map_err(|_| {
-                    SqlError::InvalidValue(format!("COPY line {}: invalid UTF-8", self.line + 1))
+                fields.push(Some(String::from_utf8(taken).map_err(|_| SqlError::BadData {
+                    code: "22021",
+                    message: format!("COPY line {}: invalid byte sequence for encoding UTF8", self.line + 1),
                 })?));
             }
             Ok(())
@@ -430,14 +440,18 @@ impl CopyParser {
         let mut value = Vec::new();
         let mut quoted = false;
         let mut in_quotes = false;
+        // Bytes of `value` that came from inside quotes: a `\r` before the
+        // newline is dropped only when it came after them.
+        let mut protected = 0;
         let mut i = 0;
         let push = |value: &mut Vec<u8>, quoted: bool, fields: &mut Vec<Field>| -> Result<(), SqlError> {
             let taken = std::mem::take(value);
             if !quoted && taken == f.null.as_bytes() {
                 fields.push(None);
             } else {
-                fields.push(Some(String::from_utf8(taken).map_err(|_| {
-                    SqlError::InvalidValue(format!("COPY line {}: invalid UTF-8", self.line + 1))
+                fields.push(Some(String::from_utf8(taken).map_err(|_| SqlError::BadData {
+                    code: "22021",
+                    message: format!("COPY line {}: invalid byte sequence for encoding UTF8", self.line + 1),
                 })?));
             }
             Ok(())
@@ -464,6 +478,7 @@ impl CopyParser {
                         return Ok(None);
                     }
                     in_quotes = false;
+                    protected = value.len();
                     i += 1;
                     continue;
                 }
@@ -473,7 +488,7 @@ impl CopyParser {
             }
             match b {
                 b'\n' => {
-                    if value.last() == Some(&b'\r') && !quoted {
+                    if value.last() == Some(&b'\r') && value.len() > protected {
                         value.pop();
                     }
                     push(&mut value, quoted, &mut fields)?;
@@ -482,6 +497,7 @@ impl CopyParser {
                 _ if b == f.delimiter => {
                     push(&mut value, quoted, &mut fields)?;
                     quoted = false;
+                    protected = 0;
                 }
                 _ if b == f.quote => {
                     quoted = true;
@@ -495,15 +511,15 @@ impl CopyParser {
             return Ok(None);
         }
         if in_quotes {
-            return Err(SqlError::InvalidValue(format!(
-                "COPY line {}: unterminated CSV quoted field",
-                self.line + 1
-            )));
+            return Err(SqlError::BadData {
+                code: "22P04",
+                message: format!("COPY line {}: unterminated CSV quoted field", self.line + 1),
+            });
         }
         if data.is_empty() {
             return Ok(None);
         }
-        if value.last() == Some(&b'\r') && !quoted {
+        if value.last() == Some(&b'\r') && value.len() > protected {
             value.pop();
         }
         push(&mut value, quoted, &mut fields)?;
@@ -578,6 +594,19 @@ mod tests {
                 vec![Some("1".into()), Some("x,\"y\"\nz".into())],
                 vec![Some("2".into()), None],
                 vec![Some("3".into()), Some(String::new())],
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_crlf_lines_lose_their_carriage_return_but_quoted_ones_keep_it() {
+        let rows = parse(CopyFormat::csv(), &[b"1,\"x\"\r\n2,y\r\n3,\"z\r\"\r\n"], 2).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("1".into()), Some("x".into())],
+                vec![Some("2".into()), Some("y".into())],
+                vec![Some("3".into()), Some("z\r".into())],
             ]
         );
     }

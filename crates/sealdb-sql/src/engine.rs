@@ -109,6 +109,8 @@ pub struct SqlSession {
     block: Block,
     /// A `COPY ... FROM STDIN` receiving data.
     copy_in: Option<CopyIn>,
+    /// A statement started and has not ended yet (see `begin_statement`).
+    running: bool,
 }
 
 /// An incoming `COPY ... FROM STDIN`.
@@ -373,6 +375,7 @@ impl Engine {
             tx,
             block: Block::None,
             copy_in: None,
+            running: false,
         }
     }
 
@@ -382,12 +385,39 @@ impl Engine {
         if pieces.is_empty() {
             return Ok(vec![Output::Empty]);
         }
+        let last = pieces.len() - 1;
         let mut out = Vec::with_capacity(pieces.len());
-        for piece in pieces {
-            let result = self.execute_one(session, piece).await;
-            out.push(self.end_statement(session, result).await?);
+        for (i, piece) in pieces.into_iter().enumerate() {
+            self.begin_statement(session).await;
+            let mut result = self.execute_one(session, piece).await;
+            if i < last && matches!(result, Ok(Output::CopyIn { .. })) {
+                session.copy_in = None;
+                result = Err(SqlError::NotSupported(
+                    "COPY ... FROM STDIN must be the last statement of a query string; send it on its own".into(),
+                ));
+            }
+            let ended = self.end_statement(session, result).await;
+            session.running = false;
+            out.push(ended?);
         }
         Ok(out)
+    }
+
+    /// Starts a statement. A statement that never reached its end was
+    /// cancelled (the client's CancelRequest drops it mid-way): in
+    /// autocommit whatever it left in the transaction is dropped, and in a
+    /// `BEGIN` block the block is aborted, as PostgreSQL does.
+    async fn begin_statement(&self, session: &mut SqlSession) {
+        if std::mem::replace(&mut session.running, true) {
+            session.copy_in = None;
+            match session.block {
+                Block::None => {
+                    session.tx.0.lock().await.take();
+                }
+                Block::Open => session.block = Block::Aborted,
+                Block::Aborted => {}
+            }
+        }
     }
 
     /// Ends a statement: in autocommit, commits its writes (durably, before
@@ -398,9 +428,12 @@ impl Engine {
         session: &mut SqlSession,
         result: Result<Output, SqlError>,
     ) -> Result<Output, SqlError> {
-        if session.copy_in.is_some() && result.is_ok() {
+        if matches!(result, Ok(Output::CopyIn { .. })) {
             // COPY FROM STDIN: the statement ends at copy_done.
             return result;
+        }
+        if result.is_err() {
+            session.copy_in = None;
         }
         match session.block {
             Block::None => {
@@ -496,12 +529,15 @@ impl Engine {
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output, SqlError> {
+        self.begin_statement(session).await;
         let result = match prepared {
             Prepared::Empty => Ok(Output::Empty),
             Prepared::Text { sql, .. } => self.execute_one(session, sql).await,
             Prepared::Plan { plan, .. } => self.execute_plan(session, plan, params).await,
         };
-        self.end_statement(session, result).await
+        let ended = self.end_statement(session, result).await;
+        session.running = false;
+        ended
     }
 
     async fn execute_plan(
@@ -795,7 +831,11 @@ impl Engine {
         } else {
             let mut out: Vec<String> = Vec::with_capacity(columns.len());
             for c in columns {
-                let column = c.value.clone();
+                // Unquoted names fold to lower case, as in PostgreSQL.
+                let column = match c.quote_style {
+                    None => c.value.to_lowercase(),
+                    Some(_) => c.value.clone(),
+                };
                 if schema.field_with_name(&column).is_err() {
                     return Err(SqlError::UndefinedColumn(format!(
                         "column \"{column}\" of relation \"{table_name}\" does not exist"
@@ -847,7 +887,10 @@ impl Engine {
             return Ok(());
         }
         if last && copy.parser.unfinished() {
-            return Err(SqlError::InvalidValue("COPY data ended inside a record".into()));
+            return Err(SqlError::BadData {
+                code: "22P04",
+                message: "COPY data ended inside a record".into(),
+            });
         }
         let Some(batch) = copy.parser.take_batch(copy.table.schema())? else {
             return Ok(());
@@ -864,6 +907,7 @@ impl Engine {
     /// The client ended the copy: the rest is parsed and added, and in
     /// autocommit everything is committed before `COPY n` is returned.
     pub async fn copy_done(&self, session: &mut SqlSession) -> Result<Output, SqlError> {
+        session.running = false;
         let result = match session.copy_in.take() {
             None => Err(SqlError::ServerState("no COPY FROM STDIN is running".into())),
             Some(mut copy) => match copy.failed.take() {
@@ -882,6 +926,7 @@ impl Engine {
 
     /// The client abandoned the copy: nothing of it is kept.
     pub async fn copy_fail(&self, session: &mut SqlSession, message: &str) -> SqlError {
+        session.running = false;
         session.copy_in = None;
         let error = SqlError::CopyAborted(format!("COPY from stdin failed: {message}"));
         match self.end_statement(session, Err(error)).await {

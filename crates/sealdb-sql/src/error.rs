@@ -22,6 +22,18 @@ pub enum SqlError {
     /// An object exists already (42710).
     #[error("{0}")]
     DuplicateObject(String),
+    /// Malformed `COPY` data: wrong field count or quoting (22P04), a value
+    /// that does not convert (22P02), bad UTF-8 (22021).
+    #[error("{message}")]
+    BadData {
+        /// SQLSTATE.
+        code: &'static str,
+        /// What and where (the line).
+        message: String,
+    },
+    /// A column named twice (42701).
+    #[error("{0}")]
+    DuplicateColumn(String),
     /// A NULL for a NOT NULL column (23502).
     #[error("{0}")]
     NotNullViolation(String),
@@ -81,6 +93,8 @@ impl SqlError {
             Self::DuplicateTable(_) => "42P07",
             Self::UndefinedColumn(_) => "42703",
             Self::NotNullViolation(_) => "23502",
+            Self::BadData { code, .. } => code,
+            Self::DuplicateColumn(_) => "42701",
             Self::CopyAborted(_) => "57014",
             Self::ActiveTransaction(_) => "25001",
             Self::TransactionAborted => "25P02",
@@ -108,6 +122,8 @@ impl SqlError {
             match e {
                 StorageError::Integrity { .. } => "XX001",
                 StorageError::LockTimeout(_) => "55P03",
+                StorageError::NoSuchTable(_) => "42P01",
+                StorageError::TableExists(_) => "42P07",
                 StorageError::Schema { .. } => "23502",
                 _ => "XX000",
             }

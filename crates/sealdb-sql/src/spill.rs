@@ -27,6 +27,9 @@ use sealdb_crypto::{AeadKey, Key256, TAG_LEN, derive_key, nonce_from_counter};
 
 /// Plaintext bytes per frame.
 const FRAME_BYTES: usize = 256 << 10;
+/// Most bytes all spill files together may hold (DataFusion's default for
+/// its own temporary files, which a custom file factory must enforce).
+const SPILL_BYTES_MAX: u64 = 100 << 30;
 /// The directory under the data directory.
 pub const SPILL_DIR: &str = "tmp";
 
@@ -64,6 +67,8 @@ pub struct SealSpillFactory {
     dir: PathBuf,
     process_key: Key256,
     next: AtomicU64,
+    /// Bytes held by live spill files.
+    used: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SealSpillFactory {
@@ -97,6 +102,7 @@ impl SealSpillFactory {
             dir: dir.to_path_buf(),
             process_key: Key256::random()?,
             next: AtomicU64::new(1),
+            used: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -118,7 +124,9 @@ impl TempFileFactory for SealSpillFactory {
             name,
             key: Arc::new(AeadKey::new(&key)),
             size: Arc::new(AtomicU64::new(0)),
+            used: self.used.clone(),
             writer_opened: AtomicBool::new(false),
+            finished: Arc::new(AtomicBool::new(false)),
         }))
     }
 }
@@ -129,12 +137,18 @@ struct SealSpillFile {
     name: String,
     key: Arc<AeadKey>,
     size: Arc<AtomicU64>,
+    /// The factory's total.
+    used: Arc<AtomicU64>,
     writer_opened: AtomicBool,
+    /// The writer sealed its last frame: a reader must find it.
+    finished: Arc<AtomicBool>,
 }
 
 impl Drop for SealSpillFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        self.used
+            .fetch_sub(self.size.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -168,6 +182,7 @@ impl SpillFile for SealSpillFile {
             key: self.key.clone(),
             index: 0,
             done: false,
+            writer_finished: self.finished.clone(),
         };
         Ok(Box::pin(futures::stream::iter(reader)))
     }
@@ -194,9 +209,11 @@ impl SpillFile for SealSpillFile {
             name: self.name.clone(),
             key: self.key.clone(),
             size: self.size.clone(),
+            used: self.used.clone(),
             buffer: Vec::with_capacity(FRAME_BYTES),
             index: 0,
             finished: false,
+            shared_finished: self.finished.clone(),
         }))
     }
 }
@@ -207,30 +224,47 @@ struct FrameWriter {
     name: String,
     key: Arc<AeadKey>,
     size: Arc<AtomicU64>,
+    used: Arc<AtomicU64>,
     buffer: Vec<u8>,
     index: u64,
     finished: bool,
+    shared_finished: Arc<AtomicBool>,
 }
 
 impl FrameWriter {
     fn seal_frame(&mut self, last: bool) -> std::io::Result<()> {
         let take = self.buffer.len().min(FRAME_BYTES);
-        let mut frame: Vec<u8> = self.buffer.drain(..take).collect();
+        let plain = take;
+        // One buffer, one write: a reader of a file still being written
+        // sees whole frames or nothing of the next one.
+        let mut frame = Vec::with_capacity(5 + plain + TAG_LEN);
+        let len = u32::try_from(plain + TAG_LEN).map_err(std::io::Error::other)?;
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.push(u8::from(last));
+        frame.extend(self.buffer.drain(..take));
         let tag = self
             .key
             .seal_in_place(
                 nonce_from_counter(self.index),
                 &frame_aad(&self.name, self.index, last),
-                &mut frame,
+                &mut frame[5..],
             )
             .map_err(std::io::Error::other)?;
-        let len = u32::try_from(frame.len() + TAG_LEN).map_err(std::io::Error::other)?;
-        self.file.write_all(&len.to_le_bytes())?;
-        self.file.write_all(&[u8::from(last)])?;
+        frame.extend_from_slice(&tag);
+        let bytes = frame.len() as u64;
+        if self.used.fetch_add(bytes, Ordering::Relaxed) + bytes > SPILL_BYTES_MAX {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!(
+                "spill files would exceed {} GiB; raise memory-limit or make the query need less",
+                SPILL_BYTES_MAX >> 30
+            )));
+        }
         self.file.write_all(&frame)?;
-        self.file.write_all(&tag)?;
-        self.size.fetch_add(5 + u64::from(len), Ordering::Relaxed);
+        self.size.fetch_add(bytes, Ordering::Relaxed);
         self.index += 1;
+        if last {
+            self.shared_finished.store(true, Ordering::Release);
+        }
         Ok(())
     }
 }
@@ -248,7 +282,11 @@ impl Write for FrameWriter {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        // Whole frames only: the rest waits for more data or `finish`.
+        // Readers of a file still being written (DataFusion's spill pool)
+        // read up to the last flush: what is buffered becomes a frame.
+        if !self.buffer.is_empty() && !self.finished {
+            self.seal_frame(false)?;
+        }
         self.file.flush()
     }
 }
@@ -285,6 +323,9 @@ struct FrameReader {
     key: Arc<AeadKey>,
     index: u64,
     done: bool,
+    /// Until the writer seals its last frame, the end of the file is the
+    /// end of what was flushed so far.
+    writer_finished: Arc<AtomicBool>,
 }
 
 impl FrameReader {
@@ -308,6 +349,10 @@ impl Iterator for FrameReader {
         match self.file.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                if !self.writer_finished.load(Ordering::Acquire) {
+                    self.done = true;
+                    return None;
+                }
                 return self.integrity("it ends before its last frame");
             }
             Err(source) => {
@@ -371,6 +416,20 @@ mod tests {
             out.extend_from_slice(&chunk?);
         }
         Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_file_being_written_reads_up_to_its_last_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let factory = SealSpillFactory::new(dir.path()).unwrap();
+        let file = factory.create_temp_file("pool").unwrap();
+        let mut w = file.open_writer().unwrap();
+        w.write_all(b"first batch").unwrap();
+        w.flush().unwrap();
+        assert_eq!(read(&file).await.unwrap(), b"first batch");
+        w.write_all(b", second").unwrap();
+        w.finish().unwrap();
+        assert_eq!(read(&file).await.unwrap(), b"first batch, second");
     }
 
     #[tokio::test]

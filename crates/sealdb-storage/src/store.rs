@@ -377,6 +377,7 @@ impl Store {
             Ok(())
         })
         .await?;
+        table.dropped.store(true, Ordering::Release);
         self.inner
             .tables
             .write()
@@ -400,10 +401,21 @@ impl Store {
     /// Commits a transaction: logs its writes, waits until they are
     /// durable (sharing the fsync with concurrent commits), then makes them
     /// visible. On error nothing of it is applied.
+    ///
+    /// Runs to its end even if the caller stops waiting (a cancelled
+    /// statement): once frames may be durable they are also applied, so a
+    /// later checkpoint never removes a log holding writes memory lacks.
     pub async fn commit(&self, tx: Transaction) -> Result<(), StorageError> {
         if tx.is_empty() {
             return Ok(());
         }
+        let store = self.clone();
+        tokio::spawn(async move { store.commit_now(tx).await })
+            .await
+            .map_err(|e| StorageError::Internal(format!("commit task: {e}")))?
+    }
+
+    async fn commit_now(&self, tx: Transaction) -> Result<(), StorageError> {
         let mut frames = Vec::new();
         let mut applies = Vec::new();
         for pending in tx.tables.values() {

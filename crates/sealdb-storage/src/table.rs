@@ -66,6 +66,9 @@ pub struct Table {
     /// Held by the transaction writing the table, until it ends.
     pub(crate) write_lock: Arc<tokio::sync::Mutex<()>>,
     pub(crate) next_rowid: AtomicU64,
+    /// Set by DROP TABLE (under the write lock): writers holding an old
+    /// handle are refused instead of writing into a table that is gone.
+    pub(crate) dropped: std::sync::atomic::AtomicBool,
     data_keys: Mutex<HashMap<u64, Arc<Key256>>>,
     /// Segments whose length and magic (or SHA-256, unencrypted) this process checked.
     checked: Mutex<std::collections::HashSet<u64>>,
@@ -86,6 +89,7 @@ impl Table {
             apply: Mutex::new(()),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             next_rowid: AtomicU64::new(next_rowid),
+            dropped: std::sync::atomic::AtomicBool::new(false),
             data_keys: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
         }

@@ -49,6 +49,9 @@ impl Transaction {
                 let guard = tokio::time::timeout(timeout, table.write_lock.clone().lock_owned())
                     .await
                     .map_err(|_| StorageError::LockTimeout(table.name.clone()))?;
+                if table.dropped.load(Ordering::Acquire) {
+                    return Err(StorageError::NoSuchTable(table.name.clone()));
+                }
                 Ok(e.insert(Pending {
                     table: table.clone(),
                     _guard: guard,

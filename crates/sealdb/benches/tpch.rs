@@ -60,25 +60,43 @@ fn generate(sf: f64, path: &Path) -> (u64, u64) {
     (rows, std::fs::metadata(path).expect("size").len())
 }
 
-/// Runs `sql` (and `\copy` meta-commands) through psql; the wall time.
-fn timed_psql(conninfo: &str, sql: &str, env: &[(&str, &str)]) -> Duration {
-    let mut cmd = Command::new("psql");
-    cmd.arg(conninfo)
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+/// Runs `sql` (or a `\copy` meta-command) through psql; the wall time,
+/// connection set-up included (negligible against a bulk load).
+fn timed_psql(conninfo: &str, sql: &str) -> Duration {
     let start = Instant::now();
-    let out = cmd.output().expect("psql");
-    let took = start.elapsed();
+    run_psql(conninfo, &[sql]);
+    start.elapsed()
+}
+
+/// Runs a query through psql and returns the time psql's `\timing`
+/// reports for it: the server's work and the result transfer, without the
+/// connection set-up (TLS and authentication for sealdb, neither for the
+/// local PostgreSQL).
+fn query_time(conninfo: &str, sql: &str) -> Duration {
+    let out = run_psql(conninfo, &["\\timing on", sql]);
+    let ms = out
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Time: "))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no timing in psql's output:\n{out}"));
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
+fn run_psql(conninfo: &str, commands: &[&str]) -> String {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conninfo).args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]);
+    for c in commands {
+        cmd.arg("-c").arg(c);
+    }
+    let out = cmd.stderr(Stdio::piped()).output().expect("psql");
     assert!(
         out.status.success(),
-        "psql failed on {sql}: {}",
+        "psql failed on {commands:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    took
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -201,17 +219,16 @@ fn main() {
             timed_psql(
                 &admin,
                 &format!("CREATE TABLE {table} ({COLUMNS}) WITH (encryption = '{encryption}')"),
-                &[],
             );
-            let took = timed_psql(&admin, &copy(&table), &[]);
+            let took = timed_psql(&admin, &copy(&table));
             println!("  COPY into {table}: {:.2} s", secs(took));
             load.entry(kind).or_default().push(took);
         }
     }
-    timed_psql(&admin, "DROP TABLE scratch_enc", &[]);
-    timed_psql(&admin, "DROP TABLE scratch_none", &[]);
+    timed_psql(&admin, "DROP TABLE scratch_enc");
+    timed_psql(&admin, "DROP TABLE scratch_none");
     let start = Instant::now();
-    timed_psql(&admin, "CHECKPOINT", &[]);
+    timed_psql(&admin, "CHECKPOINT");
     println!(
         "  CHECKPOINT (both tables into segments): {:.2} s",
         secs(start.elapsed())
@@ -221,7 +238,7 @@ fn main() {
     let mut times = std::collections::BTreeMap::<(&str, &str), Vec<Duration>>::new();
     for (qname, q) in [("Q1", Q1), ("Q6", Q6)] {
         for kind in ["enc", "none"] {
-            timed_psql(&admin, &q.replace("TABLE", &format!("lineitem_{kind}")), &[]);
+            query_time(&admin, &q.replace("TABLE", &format!("lineitem_{kind}")));
         }
         for round in 0..rounds {
             let order: [&str; 2] = if round % 2 == 0 {
@@ -230,7 +247,7 @@ fn main() {
                 ["none", "enc"]
             };
             for kind in order {
-                let took = timed_psql(&admin, &q.replace("TABLE", &format!("lineitem_{kind}")), &[]);
+                let took = query_time(&admin, &q.replace("TABLE", &format!("lineitem_{kind}")));
                 times.entry((qname, kind)).or_default().push(took);
             }
         }
@@ -262,19 +279,19 @@ fn main() {
         None => println!("  PostgreSQL comparison skipped: initdb/pg_ctl not found or the cluster did not start"),
         Some(pg) => {
             let conn = pg.conninfo();
-            timed_psql(&conn, &format!("CREATE TABLE lineitem ({COLUMNS})"), &[]);
-            let took = timed_psql(&conn, &copy("lineitem"), &[]);
+            timed_psql(&conn, &format!("CREATE TABLE lineitem ({COLUMNS})"));
+            let took = timed_psql(&conn, &copy("lineitem"));
             println!("  PostgreSQL 15 COPY: {:.2} s", secs(took));
-            timed_psql(&conn, "VACUUM ANALYZE lineitem", &[]);
+            timed_psql(&conn, "VACUUM ANALYZE lineitem");
             for (qname, q) in [("Q1", Q1), ("Q6", Q6)] {
                 let pg_q = q.replace("TABLE", "lineitem");
                 let ours = q.replace("TABLE", "lineitem_enc");
-                timed_psql(&conn, &pg_q, &[]);
+                query_time(&conn, &pg_q);
                 let mut pg_times = Vec::new();
                 let mut our_times = Vec::new();
                 for _ in 0..rounds.min(3) {
-                    pg_times.push(timed_psql(&conn, &pg_q, &[]));
-                    our_times.push(timed_psql(&admin, &ours, &[]));
+                    pg_times.push(query_time(&conn, &pg_q));
+                    our_times.push(query_time(&admin, &ours));
                 }
                 let (p, o) = (median(pg_times), median(our_times));
                 println!(

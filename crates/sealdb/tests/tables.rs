@@ -160,11 +160,17 @@ fn copy_loads_and_unloads_text_and_csv_and_names_a_bad_line() {
     );
 
     // A bad value names its line and loads nothing of the statement.
-    let e = psql_input(&admin, "COPY items FROM STDIN", "7\tok\t1\nseven\tbad\t2\n").expect_err("line 2");
+    let e = psql_input(&admin, "COPY items FROM STDIN", "7\tok\t1\nseven\tbad\t2\n").expect_err("22P02");
+    assert!(e.contains("line 2"), "{e}");
     assert!(e.contains("\"seven\""), "{e}");
     let e = psql_input(&admin, "COPY items (label) FROM STDIN", "no id\n").expect_err("23502");
     assert!(e.contains("\"id\""), "{e}");
     assert_eq!(psql(&admin, "SELECT count(*) FROM items").expect_ok(), "6\n");
+    // A COPY must end its query string; unquoted column names fold to lower case.
+    psql_input(&admin, "COPY items FROM STDIN; SELECT 1", "8\tx\t1\n").expect_err("0A000");
+    let folded = psql_input(&admin, "COPY items (ID, Label) FROM STDIN", "8\tfolded\n").expect_ok();
+    assert_eq!(folded, "COPY 1\n");
+    psql(&admin, "DELETE FROM items WHERE id = 8").expect_ok();
     // Server files stay off limits.
     psql(&admin, "COPY items FROM '/etc/passwd'").expect_err("42501");
     psql(&admin, "COPY items TO '/tmp/x.csv'").expect_err("42501");
