@@ -466,3 +466,64 @@ async fn compaction_merges_small_segments_drops_deleted_rows_and_survives_reopen
     let report = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[tokio::test]
+async fn a_truncated_file_is_reported_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .create_table("public.t", schema(), Encryption::Aes256Gcm)
+            .await
+            .unwrap();
+        insert(&store, "public.t", rows(0..50, "a")).await;
+        store.checkpoint().await.unwrap();
+        insert(&store, "public.t", rows(50..60, "b")).await;
+    }
+    // Reopened once more: the log then has an older file and a newest one.
+    drop(open(dir.path()).unwrap());
+    let pristine = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), pristine.path());
+    let mut logs: Vec<_> = all_files(&pristine.path().join("log"));
+    logs.sort();
+    let newest_log = logs.last().cloned().unwrap();
+    let files: Vec<_> = all_files(pristine.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(pristine.path().join("keystore")))
+        .collect();
+    for file in files {
+        let rel = file.strip_prefix(pristine.path()).unwrap().to_path_buf();
+        let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+        let len = std::fs::metadata(&file).unwrap().len();
+        for keep in [len / 2, len - 1] {
+            let work = tempfile::tempdir().unwrap();
+            copy_dir(pristine.path(), work.path());
+            let target = work.path().join(&rel);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .unwrap()
+                .set_len(keep)
+                .unwrap();
+            let outcome =
+                Store::open(work.path(), provider(work.path()), StoreOptions::default()).and_then(|(s, r)| {
+                    let t = s.table("public.t").unwrap();
+                    s.read_table(&t).map(|_| r)
+                });
+            match outcome {
+                Err(e) => assert!(e.to_string().contains(&name), "{}: {e}", rel.display()),
+                // Cutting the newest log file looks like a crash in the
+                // middle of a write: recovery says so, naming the file.
+                Ok(report) if file == newest_log => {
+                    let torn = report.torn_tail.unwrap_or_default();
+                    assert!(
+                        torn.contains(&name),
+                        "{} cut to {keep} bytes was accepted silently",
+                        rel.display()
+                    );
+                }
+                Ok(_) => panic!("{} cut to {keep} bytes was not detected", rel.display()),
+            }
+        }
+    }
+}
