@@ -1041,6 +1041,7 @@ impl Engine {
     ) -> Result<Output, SqlError> {
         let name = durable::stored_name(&drop.name)?;
         durable.store.drop_table(&name).await?;
+        durable.keys.forget_obsolete();
         self.base
             .deregister_table(TableReference::partial(SCHEMA, name.as_str()))?;
         self.catalog_version.fetch_add(1, Ordering::AcqRel);

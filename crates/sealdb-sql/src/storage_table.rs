@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -35,7 +36,10 @@ use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statis
 use datafusion::config::{ConfigOptions, EncryptionFactoryOptions, TableParquetOptions};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
@@ -50,20 +54,28 @@ use datafusion::logical_expr::{
     DmlStatement, Expr, LogicalPlan, Projection, TableProviderFilterPushDown, TableScan, TableScanBuilder, TableSource,
     WriteOp,
 };
+use datafusion::object_store::local::LocalFileSystem;
 use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::encryption::decrypt::FileDecryptionProperties;
 use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
+use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
     execute_stream,
 };
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use roaring::RoaringTreemap;
 use sealdb_storage::{ROWID_COLUMN, Segment, StorageError, Table, Transaction};
 
@@ -243,10 +255,28 @@ fn count_in(set: &RoaringTreemap, lo: u64, hi: u64) -> u64 {
 /// segment file. One per engine, shared by every [`SealTable`]: a scan
 /// registers the segments it reads, and the reader asks by object-store
 /// path when it opens each file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SegmentKeys {
     /// By object-store path.
     files: Mutex<HashMap<String, SegmentRef>>,
+    /// Decrypted footers (and page indexes) of segments read before, by
+    /// object-store path. DataFusion's own metadata cache leaves encrypted
+    /// files out, so without this every query would read and decrypt every
+    /// footer again. Segments are immutable; an entry goes when its segment
+    /// is obsolete (merged, dropped) or gone.
+    metadata: Arc<Mutex<HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>>>,
+    /// Reads local files for the Parquet reader.
+    readers: DefaultParquetFileReaderFactory,
+}
+
+impl Default for SegmentKeys {
+    fn default() -> Self {
+        Self {
+            files: Mutex::default(),
+            metadata: Arc::default(),
+            readers: DefaultParquetFileReaderFactory::new(Arc::new(LocalFileSystem::new())),
+        }
+    }
 }
 
 /// A segment being read, and its table; weak so that the registry keeps
@@ -270,6 +300,17 @@ impl SegmentKeys {
         }
         files.insert(key, (Arc::downgrade(table), Arc::downgrade(segment)));
         Ok(location)
+    }
+
+    /// Forgets the cached footers (and with them the decryptors holding
+    /// data keys) of segments merged away or of dropped tables.
+    pub(crate) fn forget_obsolete(&self) {
+        Self::prune_metadata(&mut self.metadata.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Drops cached footers of segments that are obsolete or gone.
+    fn prune_metadata(metadata: &mut HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>) {
+        metadata.retain(|_, (segment, _)| segment.upgrade().is_some_and(|s| !s.is_obsolete()));
     }
 
     fn lookup(&self, location: &ObjectPath) -> Result<(Arc<Table>, Arc<Segment>)> {
@@ -305,6 +346,74 @@ impl EncryptionFactory for SegmentKeys {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(storage)
+    }
+}
+
+impl ParquetFileReaderFactory for SegmentKeys {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let key = partitioned_file.object_meta.location.as_ref().to_owned();
+        let segment = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.get(&key).map(|(_, s)| s.clone())
+        };
+        let inner = self
+            .readers
+            .create_reader(partition_index, partitioned_file, metadata_size_hint, metrics)?;
+        Ok(Box::new(CachingReader {
+            inner,
+            key,
+            segment,
+            metadata: self.metadata.clone(),
+        }))
+    }
+}
+
+/// A segment reader that takes the footer from [`SegmentKeys`]' cache.
+struct CachingReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    key: String,
+    segment: Option<Weak<Segment>>,
+    metadata: Arc<Mutex<HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>>>,
+}
+
+impl AsyncFileReader for CachingReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<std::ops::Range<u64>>) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        let cached = {
+            let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
+            SegmentKeys::prune_metadata(&mut metadata);
+            metadata.get(&self.key).map(|(_, m)| m.clone())
+        };
+        async move {
+            if let Some(m) = cached {
+                return Ok(m);
+            }
+            let fetched = self.inner.get_metadata(options).await?;
+            if let Some(segment) = &self.segment {
+                let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
+                if segment.upgrade().is_some_and(|s| !s.is_obsolete()) {
+                    metadata.insert(self.key.clone(), (segment.clone(), fetched.clone()));
+                }
+            }
+            Ok(fetched)
+        }
+        .boxed()
     }
 }
 
@@ -380,7 +489,8 @@ impl SealTable {
         };
         let mut source = ParquetSource::new(stored.clone())
             .with_table_parquet_options(options)
-            .with_encryption_factory(self.keys.clone() as Arc<dyn EncryptionFactory>);
+            .with_encryption_factory(self.keys.clone() as Arc<dyn EncryptionFactory>)
+            .with_parquet_file_reader_factory(self.keys.clone() as Arc<dyn ParquetFileReaderFactory>);
         // For row-group and page pruning only: the filters are re-applied
         // above the scan (Inexact), so one that does not convert is dropped.
         if let Some(predicate) = conjunction(unnormalize_cols(filters.iter().cloned()))

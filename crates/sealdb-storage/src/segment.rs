@@ -64,6 +64,12 @@ impl Segment {
     pub(crate) fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);
     }
+
+    /// Whether it was merged away or its table dropped: readers must not
+    /// keep anything of it beyond the queries already running.
+    pub fn is_obsolete(&self) -> bool {
+        self.obsolete.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Segment {

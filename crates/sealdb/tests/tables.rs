@@ -449,3 +449,35 @@ fn a_segment_copied_over_another_tables_segment_is_named_not_read() {
     let e = psql(&admin, "SELECT count(*), max(v) FROM b").expect_err("XX001");
     assert!(e.contains(&name), "{e}");
 }
+
+#[test]
+fn a_segment_swapped_while_the_server_runs_is_named_even_with_its_footer_cached() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    for t in ["a", "b"] {
+        psql(&admin, &format!("CREATE TABLE {t} (id INT, v TEXT)")).expect_ok();
+        psql(
+            &admin,
+            &format!("INSERT INTO {t} SELECT value, 'same' FROM generate_series(1, 1000)"),
+        )
+        .expect_ok();
+    }
+    psql(&admin, "CHECKPOINT").expect_ok();
+    // Read both once: their decrypted footers are now cached.
+    for t in ["a", "b"] {
+        assert_eq!(
+            psql(&admin, &format!("SELECT count(*), max(v) FROM {t}")).expect_ok(),
+            "1000|same\n"
+        );
+    }
+    let mut files = segments(&server.data);
+    files.sort();
+    std::fs::copy(&files[0], &files[1]).unwrap();
+    let name = files[1].file_name().unwrap().to_string_lossy().into_owned();
+    let e = psql(&admin, "SELECT count(*), max(v) FROM b").expect_err("XX001");
+    assert!(e.contains(&name), "{e}");
+    assert_eq!(
+        psql(&admin, "SELECT count(*), max(v) FROM a").expect_ok(),
+        "1000|same\n"
+    );
+}
