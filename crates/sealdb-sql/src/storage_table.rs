@@ -264,7 +264,7 @@ pub struct SegmentKeys {
     /// files out, so without this every query would read and decrypt every
     /// footer again. Segments are immutable; an entry goes when its segment
     /// is obsolete (merged, dropped) or gone.
-    metadata: Arc<Mutex<HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>>>,
+    metadata: Arc<Mutex<FooterCache>>,
     /// Reads local files for the Parquet reader.
     readers: DefaultParquetFileReaderFactory,
 }
@@ -278,6 +278,9 @@ impl Default for SegmentKeys {
         }
     }
 }
+
+/// Decrypted footers by object-store path, with the segment they belong to.
+type FooterCache = HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>;
 
 /// A segment being read, and its table; weak so that the registry keeps
 /// neither alive (the scans do).
@@ -309,7 +312,7 @@ impl SegmentKeys {
     }
 
     /// Drops cached footers of segments that are obsolete or gone.
-    fn prune_metadata(metadata: &mut HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>) {
+    fn prune_metadata(metadata: &mut FooterCache) {
         metadata.retain(|_, (segment, _)| segment.upgrade().is_some_and(|s| !s.is_obsolete()));
     }
 
@@ -379,7 +382,7 @@ struct CachingReader {
     inner: Box<dyn AsyncFileReader + Send>,
     key: String,
     segment: Option<Weak<Segment>>,
-    metadata: Arc<Mutex<HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>>>,
+    metadata: Arc<Mutex<FooterCache>>,
 }
 
 impl AsyncFileReader for CachingReader {
