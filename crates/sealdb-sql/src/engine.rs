@@ -985,50 +985,60 @@ impl Engine {
             durable.keys.clone(),
             durable.store.options().lock_timeout,
         ));
-        self.base
-            .register_table(TableReference::partial(SCHEMA, name.as_str()), provider.clone())?;
-        self.catalog_version.fetch_add(1, Ordering::AcqRel);
-        session.refresh();
-        if !fill {
-            return Ok(Output::Command {
-                tag: "CREATE TABLE".into(),
-                rows: None,
-            });
-        }
-        let filled = async {
-            let insert = LogicalPlanBuilder::insert_into(
-                Arc::unwrap_or_clone(create.input.clone()),
-                TableReference::partial(SCHEMA, name.as_str()),
-                provider_as_source(provider),
-                InsertOp::Append,
-            )?
-            .build()?;
-            let physical = session.state.create_physical_plan(&insert).await?;
-            let batches = collect(physical, session.task.clone()).await?;
-            let tx = session.tx.0.lock().await.take();
-            if let Some(tx) = tx {
-                durable.store.commit(tx).await?;
+        // `AS SELECT` fills the table before anyone else can see it: no other
+        // session can write to it, and a failure drops it unseen.
+        if fill {
+            let filled = async {
+                let insert = LogicalPlanBuilder::insert_into(
+                    Arc::unwrap_or_clone(create.input.clone()),
+                    TableReference::partial(SCHEMA, name.as_str()),
+                    provider_as_source(provider.clone()),
+                    InsertOp::Append,
+                )?
+                .build()?;
+                let physical = session.state.create_physical_plan(&insert).await?;
+                let batches = collect(physical, session.task.clone()).await?;
+                let tx = session.tx.0.lock().await.take();
+                if let Some(tx) = tx {
+                    durable.store.commit(tx).await?;
+                }
+                Ok::<_, SqlError>(count_of(&batches))
             }
-            Ok::<_, SqlError>(count_of(&batches))
-        }
-        .await;
-        match filled {
-            Ok(rows) => Ok(Output::Command {
+            .await;
+            let rows = match filled {
+                Ok(rows) => rows,
+                Err(e) => {
+                    session.tx.0.lock().await.take();
+                    if let Err(undo) = durable.store.drop_table(&name).await {
+                        tracing::warn!("could not drop table {name} after CREATE TABLE AS failed: {undo}");
+                    }
+                    return Err(e);
+                }
+            };
+            self.register_new_table(session, &name, provider)?;
+            return Ok(Output::Command {
                 tag: "SELECT".into(),
                 rows: Some(rows),
-            }),
-            Err(e) => {
-                session.tx.0.lock().await.take();
-                // Best effort: the table was never visible with rows.
-                let _ = durable.store.drop_table(&name).await;
-                let _ = self
-                    .base
-                    .deregister_table(TableReference::partial(SCHEMA, name.as_str()));
-                self.catalog_version.fetch_add(1, Ordering::AcqRel);
-                session.refresh();
-                Err(e)
-            }
+            });
         }
+        self.register_new_table(session, &name, provider)?;
+        Ok(Output::Command {
+            tag: "CREATE TABLE".into(),
+            rows: None,
+        })
+    }
+
+    fn register_new_table(
+        &self,
+        session: &mut SqlSession,
+        name: &str,
+        provider: Arc<SealTable>,
+    ) -> Result<(), SqlError> {
+        self.base
+            .register_table(TableReference::partial(SCHEMA, name), provider)?;
+        self.catalog_version.fetch_add(1, Ordering::AcqRel);
+        session.refresh();
+        Ok(())
     }
 
     /// `DROP TABLE` of a stored table: its keys are destroyed durably

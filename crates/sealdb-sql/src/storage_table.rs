@@ -279,6 +279,10 @@ impl Default for SegmentKeys {
     }
 }
 
+/// Most footers kept: each holds the row-group and page statistics of one
+/// segment (tens to hundreds of KiB).
+const FOOTER_CACHE_ENTRIES: usize = 4096;
+
 /// Decrypted footers by object-store path, with the segment they belong to.
 type FooterCache = HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>;
 
@@ -411,6 +415,10 @@ impl AsyncFileReader for CachingReader {
             if let Some(segment) = &self.segment {
                 let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
                 if segment.upgrade().is_some_and(|s| !s.is_obsolete()) {
+                    if metadata.len() >= FOOTER_CACHE_ENTRIES {
+                        // Bounded: a burst of new segments starts it afresh.
+                        metadata.clear();
+                    }
                     metadata.insert(self.key.clone(), (segment.clone(), fetched.clone()));
                 }
             }

@@ -53,6 +53,18 @@ fn acknowledged_writes_survive_kill_9_and_a_restart() {
     psql(&admin, "INSERT INTO accounts VALUES (4, 'dee', 40)").expect_ok();
     let before = psql(&admin, "SELECT id, owner, balance FROM accounts ORDER BY id").expect_ok();
     assert_eq!(before, "1|ann|10.5\n2|bob|21.0\n4|dee|40.0\n");
+    // CREATE TABLE AS fills the table before it is visible; a failure leaves none.
+    let tag = psql(
+        &admin,
+        "CREATE TABLE rich AS SELECT id, owner FROM accounts WHERE balance > 15",
+    );
+    assert_eq!(tag.expect_ok(), "SELECT 2\n");
+    psql(
+        &admin,
+        "CREATE TABLE broken AS SELECT id / (id - id) AS x FROM accounts",
+    )
+    .expect_err("ERROR");
+    psql(&admin, "SELECT * FROM broken").expect_err("42P01");
 
     let dir = server.crash();
     let server = TestServer::start_in(dir, &[]);
@@ -60,12 +72,19 @@ fn acknowledged_writes_survive_kill_9_and_a_restart() {
     let after = psql(&admin, "SELECT id, owner, balance FROM accounts ORDER BY id").expect_ok();
     assert_eq!(after, before);
     assert_eq!(psql(&admin, "SELECT n FROM plain").expect_ok(), "7\n");
+    assert_eq!(
+        psql(&admin, "SELECT id, owner FROM rich ORDER BY id").expect_ok(),
+        "2|bob\n4|dee\n"
+    );
     let tables = psql(
         &admin,
         "SELECT table_name, encryption, key_version, rows FROM sys.tables ORDER BY table_name",
     )
     .expect_ok();
-    assert_eq!(tables, "public.accounts|aes-256-gcm|1|3\npublic.plain|none|1|1\n");
+    assert_eq!(
+        tables,
+        "public.accounts|aes-256-gcm|1|3\npublic.plain|none|1|1\npublic.rich|aes-256-gcm|1|2\n"
+    );
     let findings = psql(&admin, "SELECT finding, detail FROM sys.security_status").expect_ok();
     assert!(findings.contains("unencrypted table|table public.plain"), "{findings}");
 }
