@@ -361,6 +361,17 @@ impl CopyParser {
         }
     }
 
+    /// One field: NULL, or its bytes as UTF-8.
+    fn field(&self, null: bool, bytes: Vec<u8>) -> Result<Field, SqlError> {
+        if null {
+            return Ok(None);
+        }
+        String::from_utf8(bytes).map(Some).map_err(|_| SqlError::BadData {
+            code: "22021",
+            message: format!("COPY line {}: invalid byte sequence for encoding UTF8", self.line + 1),
+        })
+    }
+
     fn text_record(&self, data: &[u8], last: bool) -> Result<Option<(Vec<Field>, usize)>, SqlError> {
         let (line, used) = match data.iter().position(|b| *b == b'\n') {
             Some(end) => (&data[..end], end + 1),
@@ -374,15 +385,7 @@ impl CopyParser {
         let mut value = Vec::new();
         let mut i = 0;
         let finish = |raw: &[u8], value: &mut Vec<u8>, fields: &mut Vec<Field>| -> Result<(), SqlError> {
-            let taken = std::mem::take(value);
-            if raw == self.format.null.as_bytes() {
-                fields.push(None);
-            } else {
-                fields.push(Some(String::from_utf8(taken).map_err(|_| SqlError::BadData {
-                    code: "22021",
-                    message: format!("COPY line {}: invalid byte sequence for encoding UTF8", self.line + 1),
-                })?));
-            }
+            fields.push(self.field(raw == self.format.null.as_bytes(), std::mem::take(value))?);
             Ok(())
         };
         while i < line.len() {
@@ -445,15 +448,8 @@ impl CopyParser {
         let mut protected = 0;
         let mut i = 0;
         let push = |value: &mut Vec<u8>, quoted: bool, fields: &mut Vec<Field>| -> Result<(), SqlError> {
-            let taken = std::mem::take(value);
-            if !quoted && taken == f.null.as_bytes() {
-                fields.push(None);
-            } else {
-                fields.push(Some(String::from_utf8(taken).map_err(|_| SqlError::BadData {
-                    code: "22021",
-                    message: format!("COPY line {}: invalid byte sequence for encoding UTF8", self.line + 1),
-                })?));
-            }
+            let null = !quoted && value.as_slice() == f.null.as_bytes();
+            fields.push(self.field(null, std::mem::take(value))?);
             Ok(())
         };
         while i < data.len() {

@@ -340,6 +340,14 @@ impl Engine {
         Ok(self)
     }
 
+    /// Removes the grants on a dropped table, durably.
+    async fn forget_grants(&self, qualified: &str) -> Result<(), SqlError> {
+        let _serial = self.access_changes.lock().await;
+        let before = self.access.export();
+        self.access.forget_table(qualified);
+        self.persist_access(before).await
+    }
+
     /// Writes users and grants; on failure restores `before`.
     async fn persist_access(&self, before: serde_json::Value) -> Result<(), SqlError> {
         let Some(durable) = &self.durable else {
@@ -735,10 +743,7 @@ impl Engine {
             (schema, collect(physical, session.task.clone()).await?)
         };
         if let Some(table) = dropped_table {
-            let _serial = self.access_changes.lock().await;
-            let before = self.access.export();
-            self.access.forget_table(&table);
-            self.persist_access(before).await?;
+            self.forget_grants(&table).await?;
         }
         Ok(match kind {
             OutputKind::Rows => Output::Rows {
@@ -895,12 +900,10 @@ impl Engine {
         let Some(batch) = copy.parser.take_batch(copy.table.schema())? else {
             return Ok(());
         };
-        let mut tx = session.tx.0.lock().await;
-        let pending = tx
-            .get_or_insert_with(sealdb_storage::Transaction::new)
-            .write(&copy.table, copy.lock_timeout)
+        copy.rows += session
+            .tx
+            .write(&copy.table, copy.lock_timeout, |pending| pending.insert(&batch))
             .await?;
-        copy.rows += pending.insert(&batch)?;
         Ok(())
     }
 
@@ -1056,11 +1059,7 @@ impl Engine {
             .deregister_table(TableReference::partial(SCHEMA, name.as_str()))?;
         self.catalog_version.fetch_add(1, Ordering::AcqRel);
         session.refresh();
-        let qualified = format!("{SCHEMA}.{name}");
-        let _serial = self.access_changes.lock().await;
-        let before = self.access.export();
-        self.access.forget_table(&qualified);
-        self.persist_access(before).await?;
+        self.forget_grants(&format!("{SCHEMA}.{name}")).await?;
         Ok(Output::Command {
             tag: "DROP TABLE".into(),
             rows: None,

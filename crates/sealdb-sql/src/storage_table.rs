@@ -77,7 +77,7 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use roaring::RoaringTreemap;
-use sealdb_storage::{ROWID_COLUMN, Segment, StorageError, Table, Transaction};
+use sealdb_storage::{Pending, ROWID_COLUMN, Segment, StorageError, Table, Transaction};
 
 /// What can go wrong between DataFusion and the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,19 @@ impl TxSlot {
     /// An empty slot, ready to be a session config extension.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Runs `f` on the transaction's pending writes to `table`, beginning
+    /// the transaction and taking the table's write lock (waiting at most
+    /// `timeout`) if need be.
+    pub(crate) async fn write<T>(
+        &self,
+        table: &Arc<Table>,
+        timeout: Duration,
+        f: impl FnOnce(&mut Pending) -> std::result::Result<T, StorageError>,
+    ) -> std::result::Result<T, StorageError> {
+        let mut tx = self.0.lock().await;
+        f(tx.get_or_insert_with(Transaction::new).write(table, timeout).await?)
     }
 }
 
@@ -403,8 +416,7 @@ impl AsyncFileReader for CachingReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         let cached = {
-            let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
-            SegmentKeys::prune_metadata(&mut metadata);
+            let metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
             metadata.get(&self.key).map(|(_, m)| m.clone())
         };
         async move {
@@ -413,7 +425,10 @@ impl AsyncFileReader for CachingReader {
             }
             let fetched = self.inner.get_metadata(options).await?;
             if let Some(segment) = &self.segment {
+                // Pruned on a miss only, not on every open of a cached file;
+                // DROP TABLE prunes at once (`forget_obsolete`).
                 let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
+                SegmentKeys::prune_metadata(&mut metadata);
                 if segment.upgrade().is_some_and(|s| !s.is_obsolete()) {
                     if metadata.len() >= FOOTER_CACHE_ENTRIES {
                         // Bounded: a burst of new segments starts it afresh.
@@ -865,13 +880,9 @@ impl DataSink for SealSink {
     async fn write_all(&self, mut data: SendableRecordBatchStream, context: &Arc<TaskContext>) -> Result<u64> {
         let slot = tx_slot(context.session_config())?;
         // The lock first: a busy table fails before any input is computed.
-        {
-            let mut tx = slot.0.lock().await;
-            tx.get_or_insert_with(Transaction::new)
-                .write(&self.table, self.lock_timeout)
-                .await
-                .map_err(storage)?;
-        }
+        slot.write(&self.table, self.lock_timeout, |_| Ok(()))
+            .await
+            .map_err(storage)?;
         // Checked in full before any row is added, so a failing statement
         // adds nothing to the transaction.
         let mut rows = Vec::new();
@@ -881,17 +892,12 @@ impl DataSink for SealSink {
                 rows.push(batch);
             }
         }
-        let mut tx = slot.0.lock().await;
-        let pending = tx
-            .get_or_insert_with(Transaction::new)
-            .write(&self.table, self.lock_timeout)
-            .await
-            .map_err(storage)?;
-        let mut count = 0;
-        for batch in &rows {
-            count += pending.insert(batch).map_err(storage)?;
-        }
-        Ok(count)
+        slot.write(&self.table, self.lock_timeout, |pending| {
+            rows.iter()
+                .try_fold(0, |count, batch| Ok(count + pending.insert(batch)?))
+        })
+        .await
+        .map_err(storage)
     }
 }
 
@@ -956,25 +962,26 @@ pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Resul
     let target = seal_table(&dml.target, &dml.table_name.to_string())?;
     let table = target.table.clone();
     let slot = tx_slot(state.config())?;
-    {
-        let mut tx = slot.0.lock().await;
-        let pending = tx
-            .get_or_insert_with(Transaction::new)
-            .write(&table, target.lock_timeout)
-            .await
-            .map_err(storage)?;
-        match dml.op {
-            WriteOp::Truncate => {
-                pending.truncate();
-                return Ok(0);
-            }
-            WriteOp::Delete | WriteOp::Update => {}
-            ref other => {
-                return Err(DataFusionError::NotImplemented(format!(
-                    "{other} is not run by delete_or_update"
-                )));
-            }
+    let truncate = match dml.op {
+        WriteOp::Truncate => true,
+        WriteOp::Delete | WriteOp::Update => false,
+        ref other => {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{other} is not run by delete_or_update"
+            )));
         }
+    };
+    // The lock first: a busy table fails before any row is read.
+    slot.write(&table, target.lock_timeout, |pending| {
+        if truncate {
+            pending.truncate();
+        }
+        Ok(())
+    })
+    .await
+    .map_err(storage)?;
+    if truncate {
+        return Ok(0);
     }
     let update = matches!(dml.op, WriteOp::Update);
     let input = with_rowids(dml, &target)?;
@@ -1004,16 +1011,15 @@ pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Resul
     }
     drop(stream);
 
-    let mut tx = slot.0.lock().await;
-    let pending = tx
-        .get_or_insert_with(Transaction::new)
-        .write(&table, target.lock_timeout)
+    let deleted = slot
+        .write(&table, target.lock_timeout, |pending| {
+            for batch in &rows {
+                pending.insert(batch)?;
+            }
+            Ok(pending.delete(&ids))
+        })
         .await
         .map_err(storage)?;
-    for batch in &rows {
-        pending.insert(batch).map_err(storage)?;
-    }
-    let deleted = pending.delete(&ids);
     Ok(if update { ids.len() } else { deleted })
 }
 

@@ -68,6 +68,20 @@ async fn insert(store: &Store, table: &str, batch: RecordBatch) {
     store.commit(tx).await.unwrap();
 }
 
+/// A store with table `public.t`: 50 rows in a segment, 10 in the log.
+async fn with_segment_and_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store
+        .create_table("public.t", schema(), Encryption::Aes256Gcm)
+        .await
+        .unwrap();
+    insert(&store, "public.t", rows(0..50, "a")).await;
+    store.checkpoint().await.unwrap();
+    insert(&store, "public.t", rows(50..60, "b")).await;
+    dir
+}
+
 fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -222,17 +236,7 @@ async fn dropping_a_table_makes_a_copy_of_its_files_unreadable() {
 
 #[tokio::test]
 async fn a_flipped_byte_in_any_file_is_reported_with_the_file_name() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        store
-            .create_table("public.t", schema(), Encryption::Aes256Gcm)
-            .await
-            .unwrap();
-        insert(&store, "public.t", rows(0..50, "a")).await;
-        store.checkpoint().await.unwrap();
-        insert(&store, "public.t", rows(50..60, "b")).await;
-    }
+    let dir = with_segment_and_log().await;
     let pristine = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), pristine.path());
     let files: Vec<_> = all_files(pristine.path())
@@ -469,17 +473,7 @@ async fn compaction_merges_small_segments_drops_deleted_rows_and_survives_reopen
 
 #[tokio::test]
 async fn a_truncated_file_is_reported_with_the_file_name() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path()).unwrap();
-        store
-            .create_table("public.t", schema(), Encryption::Aes256Gcm)
-            .await
-            .unwrap();
-        insert(&store, "public.t", rows(0..50, "a")).await;
-        store.checkpoint().await.unwrap();
-        insert(&store, "public.t", rows(50..60, "b")).await;
-    }
+    let dir = with_segment_and_log().await;
     // Reopened once more: the log then has an older file and a newest one.
     drop(open(dir.path()).unwrap());
     let pristine = tempfile::tempdir().unwrap();

@@ -126,7 +126,7 @@ fn users_and_grants_survive_a_restart_and_no_file_shows_them_in_the_clear() {
     let data = server.data.clone();
     let dir = server.stop();
     for needle in ["persistent_alice", "pw-MARKER-41c7", "persistent_readers"] {
-        for f in walk(&data) {
+        for f in support::files_under(&data) {
             if f.starts_with(data.join("certs")) {
                 continue;
             }
@@ -157,22 +157,6 @@ fn users_and_grants_survive_a_restart_and_no_file_shows_them_in_the_clear() {
     let server = TestServer::start_in(dir, &[]);
     let users = support::psql(&server.admin(), "SELECT user_name FROM sys.users").expect_ok();
     assert!(!users.contains("persistent_alice"), "{users}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readable directory").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

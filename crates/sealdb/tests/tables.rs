@@ -8,20 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{LongSession, TestServer, psql, psql_input};
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
+use support::{LongSession, TestServer, files_under, psql, psql_input};
 
 fn segments(data: &Path) -> Vec<PathBuf> {
     files_under(&data.join("tables"))
@@ -435,21 +422,26 @@ fn small_segments_are_compacted_in_the_background_and_filters_prune_row_groups()
     );
 }
 
-#[test]
-fn a_segment_copied_over_another_tables_segment_is_named_not_read() {
-    let server = TestServer::start(&[]);
-    let admin = server.admin();
-    // Two tables with the same rows: their segments have the same length,
-    // so only the associated data (table, segment, key version) tells them apart.
+/// Tables `a` and `b` with the same rows, each in one segment: the two
+/// files have the same length, so only the associated data (table,
+/// segment, key version) tells them apart.
+fn two_tables_with_the_same_rows(admin: &str) {
     for t in ["a", "b"] {
-        psql(&admin, &format!("CREATE TABLE {t} (id INT, v TEXT)")).expect_ok();
+        psql(admin, &format!("CREATE TABLE {t} (id INT, v TEXT)")).expect_ok();
         psql(
-            &admin,
+            admin,
             &format!("INSERT INTO {t} SELECT value, 'same' FROM generate_series(1, 1000)"),
         )
         .expect_ok();
     }
-    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(admin, "CHECKPOINT").expect_ok();
+}
+
+#[test]
+fn a_segment_copied_over_another_tables_segment_is_named_not_read() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    two_tables_with_the_same_rows(&admin);
     let ids = psql(&admin, "SELECT table_name, segments FROM sys.tables ORDER BY 1").expect_ok();
     assert_eq!(ids, "public.a|1\npublic.b|1\n");
     let dir = server.stop();
@@ -473,15 +465,7 @@ fn a_segment_copied_over_another_tables_segment_is_named_not_read() {
 fn a_segment_swapped_while_the_server_runs_is_named_even_with_its_footer_cached() {
     let server = TestServer::start(&[]);
     let admin = server.admin();
-    for t in ["a", "b"] {
-        psql(&admin, &format!("CREATE TABLE {t} (id INT, v TEXT)")).expect_ok();
-        psql(
-            &admin,
-            &format!("INSERT INTO {t} SELECT value, 'same' FROM generate_series(1, 1000)"),
-        )
-        .expect_ok();
-    }
-    psql(&admin, "CHECKPOINT").expect_ok();
+    two_tables_with_the_same_rows(&admin);
     // Read both once: their decrypted footers are now cached.
     for t in ["a", "b"] {
         assert_eq!(
