@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding, Type as PhysicalType};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::properties::WriterProperties;
@@ -109,9 +109,7 @@ pub(crate) fn write(
         .first()
         .map(|b| b.schema())
         .ok_or_else(|| StorageError::Internal("a segment needs rows".into()))?;
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    let mut props = writer_properties(&schema).map_err(|e| format_error(&display, e))?;
     let (key_version, wrapped_key) = match table_key {
         Some((version, tk)) => {
             let dek = Key256::random()?;
@@ -156,6 +154,32 @@ pub(crate) fn write(
         min_rowid: if rows == 0 { 0 } else { min_rowid },
         max_rowid,
     })
+}
+
+/// Parquet writer settings for a segment of `schema`: LZ4, row groups of
+/// [`ROW_GROUP_ROWS`], dictionaries for text and binary columns, and
+/// `DELTA_BINARY_PACKED` without a dictionary for integer columns (integers,
+/// dates, timestamps, decimals up to 18 digits, the row id), which stores
+/// each value in the bits its neighbours' differences need and decodes
+/// faster than a dictionary. On TPC-H `lineitem` the price column takes half
+/// the bytes of Parquet's default, row ids almost none, and Q6 runs about
+/// 25% faster (`cargo bench -p sealdb --bench tpch`, see `docs/storage.md`).
+fn writer_properties(
+    schema: &arrow::datatypes::Schema,
+) -> Result<parquet::file::properties::WriterPropertiesBuilder, parquet::errors::ParquetError> {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    let columns = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
+    for column in columns.columns() {
+        if matches!(column.physical_type(), PhysicalType::INT32 | PhysicalType::INT64) {
+            let path = column.path().clone();
+            props = props
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    Ok(props)
 }
 
 /// Unwraps a segment's data key with its table key version.
@@ -321,5 +345,68 @@ fn format_error(display: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Format {
         context: format!("segment {display}"),
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use std::sync::Arc;
+
+    use arrow::array::{Date32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use crate::ROWID_COLUMN;
+
+    /// Integer columns are delta-encoded without a dictionary, text keeps
+    /// its dictionary, and sequential row ids take almost no space.
+    #[test]
+    fn integer_columns_are_delta_encoded_and_text_keeps_its_dictionary() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 100_000u64;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Int64, false),
+            Field::new("day", DataType::Date32, false),
+            Field::new("mode", DataType::Utf8, false),
+            Field::new(ROWID_COLUMN, DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as i64).map(|i| (i * 7919) % 1_000_003),
+                )),
+                Arc::new(Date32Array::from_iter_values((0..n as i32).map(|i| 9000 + i % 2500))),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["AIR", "RAIL", "SHIP"][(i % 3) as usize]),
+                )),
+                Arc::new(UInt64Array::from_iter_values(1..=n)),
+            ],
+        )
+        .unwrap();
+        let meta = super::write(dir.path(), 7, 1, &[batch], None).unwrap();
+        let file = std::fs::File::open(dir.path().join(super::segment_display(7, 1))).unwrap();
+        let reader = SerializedFileReader::new(file).unwrap();
+        let group = reader.metadata().row_group(0);
+        let encodings = |i: usize| group.column(i).encodings().collect::<Vec<_>>();
+        for (i, name) in [(0, "price"), (1, "day"), (3, ROWID_COLUMN)] {
+            assert!(
+                encodings(i).contains(&Encoding::DELTA_BINARY_PACKED),
+                "{name}: {:?}",
+                encodings(i)
+            );
+            assert!(
+                !encodings(i).contains(&Encoding::RLE_DICTIONARY),
+                "{name}: {:?}",
+                encodings(i)
+            );
+        }
+        assert!(encodings(2).contains(&Encoding::RLE_DICTIONARY), "{:?}", encodings(2));
+        let rowid_bytes = group.column(3).compressed_size();
+        assert!(rowid_bytes < 4096, "{n} sequential row ids took {rowid_bytes} bytes");
+        assert_eq!(meta.rows, n);
     }
 }

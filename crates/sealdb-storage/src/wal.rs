@@ -172,7 +172,16 @@ impl LogWriter {
         if let Some((previous_seq, path)) = previous {
             state.adopt(previous_seq, path)?;
         }
-        state.open_file(seq)?;
+        match state.open_file(seq) {
+            Ok(()) => {}
+            // A full disk must not keep the store from opening for reads: the
+            // first commit after space returns starts the file.
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!("{e}; commits fail until space returns");
+                state.must_rotate = true;
+            }
+            Err(e) => return Err(e),
+        }
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("sealdb-log".into())
@@ -251,7 +260,7 @@ impl WriterState {
         if let Some(reason) = &self.closed {
             return Err(StorageError::LogClosed(reason.clone()));
         }
-        self.open_file(self.seq + 1)?;
+        self.open_file(self.next_seq())?;
         Ok(Rotated {
             boundary_lsn: self.next_lsn - 1,
             seq: self.seq,
@@ -269,14 +278,21 @@ impl WriterState {
             return;
         }
         if self.must_rotate || self.written >= FILE_BYTES_TARGET {
-            let rotated = self.open_file(self.seq + 1);
+            let rotated = self.open_file(self.next_seq());
             if let Err(e) = rotated {
-                let text = e.to_string();
+                // Each writer gets the OS error (a full disk stays 53100).
+                let (code, text) = match &e {
+                    StorageError::Io { source, .. } => (source.raw_os_error(), source.to_string()),
+                    other => (None, other.to_string()),
+                };
                 for (_, reply) in commits {
                     let _ = reply.send(Err(StorageError::Io {
                         op: "starting a log file in",
                         path: self.dir.clone(),
-                        source: std::io::Error::other(text.clone()),
+                        source: code.map_or_else(
+                            || std::io::Error::other(text.clone()),
+                            std::io::Error::from_raw_os_error,
+                        ),
                     }));
                 }
                 // The message keeps the OS error, and the next commit tries again.
@@ -363,6 +379,13 @@ impl WriterState {
 
     fn encode_frame(&mut self, buf: &mut Vec<u8>, lsn: u64, frame: &FrameSpec, end: bool) -> Result<(), StorageError> {
         seal_frame(&mut self.keys, &self.system, self.seq, buf, lsn, frame, end)
+    }
+
+    /// The number of the next file to start: the current one's successor,
+    /// or the current number itself when its file could not be created
+    /// (a full disk at start).
+    fn next_seq(&self) -> u64 {
+        if self.file.is_some() { self.seq + 1 } else { self.seq }
     }
 
     fn path(&self, seq: u64) -> PathBuf {

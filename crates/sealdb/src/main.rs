@@ -51,8 +51,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sealdb: error: {e:#}");
+            eprintln!("sealdb: error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error with its causes, each said once: many errors already print
+/// their source in their own message (`writing FILE: No space left on
+/// device`), and anyhow's `{:#}` would repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let inner = anyhow::Error::new(io).context(format!("writing x.wal: {}", std::io::Error::from_raw_os_error(28)));
+        let e = inner.context("the start-up checkpoint failed");
+        assert_eq!(
+            super::error_text(&e),
+            "the start-up checkpoint failed: writing x.wal: No space left on device (os error 28)"
+        );
     }
 }

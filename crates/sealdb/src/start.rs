@@ -139,23 +139,43 @@ async fn start(args: StartArgs) -> Result<()> {
     );
     // Fold what recovery replayed into segments and drop the old log files,
     // so that restarts and catalog changes do not pile up log files.
-    store.checkpoint().await.context("the start-up checkpoint failed")?;
+    // A full disk does not keep the server from starting: it serves reads,
+    // and the background checkpoint retries once space returns.
+    match store.checkpoint().await {
+        Ok(()) => {}
+        Err(e) if e.is_disk_full() => tracing::warn!(
+            "the start-up checkpoint failed (the log keeps every acknowledged write; it is retried in the background): {e}"
+        ),
+        Err(e) => return Err(e).context("the start-up checkpoint failed"),
+    }
     let background = store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_CHECK_INTERVAL);
+        let mut checkpoints = Backoff::default();
+        let mut compactions = Backoff::default();
         loop {
             tick.tick().await;
-            if background.wants_checkpoint()
-                && let Err(e) = background.checkpoint().await
-            {
-                tracing::error!("checkpoint failed (the log keeps every acknowledged write): {e}");
+            if checkpoints.due() && background.wants_checkpoint() {
+                let result = background.checkpoint().await;
+                if let Some(wait) = checkpoints.record(result.as_ref().err()) {
+                    tracing::error!(
+                        "checkpoint failed (the log keeps every acknowledged write; next try in {} s): {}",
+                        wait.as_secs(),
+                        result.err().map(|e| e.to_string()).unwrap_or_default()
+                    );
+                }
             }
             // Small segments (from frequent checkpoints) and segments mostly
             // deleted are merged into one, in the background.
-            if background.wants_compaction()
-                && let Err(e) = background.compact().await
-            {
-                tracing::error!("compaction failed (the segments it read stay as they were): {e}");
+            if compactions.due() && background.wants_compaction() {
+                let result = background.compact().await;
+                if let Some(wait) = compactions.record(result.as_ref().err()) {
+                    tracing::error!(
+                        "compaction failed (the segments it read stay as they were; next try in {} s): {}",
+                        wait.as_secs(),
+                        result.err().map(|e| e.to_string()).unwrap_or_default()
+                    );
+                }
             }
         }
     });
@@ -355,4 +375,35 @@ fn print_banner(settings: &ServerSettings, port: u16, certs: &CertsDir, own_iden
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+/// Spacing of background retries after failures (a full disk, say): the
+/// wait doubles from 2 s up to [`BACKOFF_MAX`], so the log gets one line per
+/// try rather than one a second, and resets after a success.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+/// The longest wait between background retries.
+const BACKOFF_MAX: Duration = Duration::from_secs(64);
+
+impl Backoff {
+    fn due(&self) -> bool {
+        self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Records an attempt's outcome; after a failure, returns the wait
+    /// before the next try.
+    fn record<E>(&mut self, error: Option<&E>) -> Option<Duration> {
+        if error.is_none() {
+            *self = Self::default();
+            return None;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = Duration::from_secs(1u64 << self.failures.min(6)).min(BACKOFF_MAX);
+        self.retry_at = Some(std::time::Instant::now() + wait);
+        Some(wait)
+    }
 }

@@ -1,0 +1,233 @@
+//! A disk that fills up under the real server: the writer gets SQLSTATE
+//! 53100 with a message that names the cause, reads keep working, nothing
+//! acknowledged is lost (also across `kill -9`), and writes and checkpoints
+//! succeed again once space returns. Runs on a small tmpfs mounted by the
+//! test (needs root, like the CI machine); unmounted when done.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{TestServer, psql};
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// A tmpfs of `size` at a mount point of its own (`label` tells apart
+    /// the tests of this binary, which run in parallel).
+    fn mount(size: &str, label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sealdb-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir)
+    }
+
+    fn available(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the available bytes")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// One statement through psql with SQLSTATEs in its error messages.
+fn verbose(conninfo: &str, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .arg(conninfo)
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && !text.contains("ERROR"), text)
+}
+
+fn count(conninfo: &str) -> u64 {
+    psql(conninfo, "SELECT count(*) FROM t")
+        .expect_ok()
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// Rows `first..first+n` with 1 KiB of padding each: about 1 MiB a statement.
+fn insert(first: u64, n: u64) -> String {
+    format!(
+        "INSERT INTO t SELECT i, repeat(md5(i::text), 32) FROM generate_series({first}, {}) AS s(i)",
+        first + n - 1
+    )
+}
+
+/// Writes `path` until the disk has no byte left.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 64 << 10];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.write_all(&[0u8; 512]);
+    let _ = file.write_all(&[0u8; 1]);
+    let _ = file.sync_all();
+}
+
+fn sealdb_verify(data: &Path) -> (bool, String) {
+    let out = Command::new(support::sealdb_bin())
+        .args(["verify", "--data"])
+        .arg(data)
+        .output()
+        .expect("sealdb verify");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_full_disk_fails_writes_with_53100_keeps_reads_and_acknowledged_rows_and_recovers_when_space_returns() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let fs = Tmpfs::mount("64m", "full-disk");
+    let dir = tempfile::Builder::new()
+        .prefix("sealdb")
+        .tempdir_in(&fs.0)
+        .expect("tempdir on the tmpfs");
+    let server = TestServer::start_in(dir, &[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, pad TEXT NOT NULL)").expect_ok();
+
+    // Leave about 6 MiB: a filler file takes the rest of the disk.
+    let filler = fs.0.join("filler");
+    let room = 6u64 << 20;
+    let fill = fs.available().saturating_sub(room);
+    std::fs::write(&filler, vec![0u8; usize::try_from(fill).expect("fits")]).expect("filler");
+
+    let mut acknowledged = 0u64;
+    let mut failure = None;
+    for _ in 0..64 {
+        let (ok, text) = verbose(&admin, &insert(acknowledged + 1, 1000));
+        if ok {
+            acknowledged += 1000;
+        } else {
+            failure = Some(text);
+            break;
+        }
+    }
+    let failure = failure.expect("the disk filled up");
+    assert!(
+        failure.contains("53100") && failure.contains("disk is full"),
+        "the writer is told the disk is full (53100) and what to do:\n{failure}"
+    );
+    assert!(acknowledged > 0, "some writes fitted before the disk filled");
+    assert_eq!(
+        count(&admin),
+        acknowledged,
+        "reads keep working and show what was acknowledged"
+    );
+
+    // A checkpoint on the full disk fails clearly and loses nothing.
+    let (ok, text) = verbose(&admin, "CHECKPOINT");
+    if !ok {
+        assert!(text.contains("53100") && text.contains("disk is full"), "{text}");
+    }
+    assert_eq!(count(&admin), acknowledged);
+
+    // Space returns: writes and checkpoints work again, without a restart.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let (ok, text) = verbose(&admin, &insert(acknowledged + 1, 1000));
+    assert!(ok, "a write after space returned: {text}");
+    acknowledged += 1000;
+    let (ok, text) = verbose(&admin, "CHECKPOINT");
+    assert!(ok, "a checkpoint after space returned: {text}");
+    assert_eq!(count(&admin), acknowledged);
+    let distinct = psql(&admin, "SELECT count(DISTINCT id), min(id), max(id) FROM t").expect_ok();
+    assert_eq!(distinct.trim(), format!("{acknowledged}|1|{acknowledged}"));
+
+    // kill -9, restart: exactly the acknowledged rows, and every file sound.
+    let dir = server.crash();
+    let data = dir.path().join("data");
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(count(&server.admin()), acknowledged);
+    let dir = server.stop();
+    let (ok, report) = sealdb_verify(&data);
+    assert!(ok, "sealdb verify after the full disk:\n{report}");
+    drop(dir);
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn a_server_restarted_on_a_full_disk_serves_reads_and_recovers_when_space_returns() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let fs = Tmpfs::mount("64m", "full-at-start");
+    let dir = tempfile::Builder::new()
+        .prefix("sealdb")
+        .tempdir_in(&fs.0)
+        .expect("tempdir on the tmpfs");
+    let server = TestServer::start_in(dir, &[]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, pad TEXT NOT NULL)").expect_ok();
+    psql(&admin, &insert(1, 2000)).expect_ok();
+    // Crash with the rows only in the log, then take every free byte.
+    let dir = server.crash();
+    let filler = fs.0.join("filler");
+    fill_up(&filler);
+
+    let server = TestServer::try_start_in(dir, &[])
+        .unwrap_or_else(|e| panic!("a full disk must not keep the server from starting: {e}"));
+    let admin = server.admin();
+    assert_eq!(count(&admin), 2000, "reads work on a full disk");
+    let (ok, text) = verbose(&admin, &insert(2001, 1000));
+    assert!(!ok && text.contains("53100"), "writes fail clearly: {text}");
+
+    std::fs::remove_file(&filler).expect("remove filler");
+    let (ok, text) = verbose(&admin, &insert(2001, 1000));
+    assert!(ok, "a write after space returned: {text}");
+    assert_eq!(count(&admin), 3000);
+}
