@@ -41,6 +41,9 @@ pub struct ServerSettings {
     pub memory_limit: Option<usize>,
     /// What new tables get unless `CREATE TABLE ... WITH (encryption = ...)` says otherwise.
     pub default_table_encryption: sealdb_storage::Encryption,
+    /// Where queries run: a runtime of their own, so that heavy queries
+    /// never hold up connections and handshakes (default: the caller's).
+    pub queries: sealdb_sql::executor::QueryExecutor,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -239,7 +242,8 @@ impl Server {
             limit: state.settings.memory_limit,
             spill_dir: store.as_ref().map(|s| s.dir().join(sealdb_sql::spill::SPILL_DIR)),
         };
-        let mut engine = Engine::with_memory(access, state.clone(), memory)?;
+        let mut engine =
+            Engine::with_memory(access, state.clone(), memory)?.with_executor(state.settings.queries.clone());
         if let Some(store) = store {
             engine = engine.with_store(store, state.settings.default_table_encryption)?;
         }

@@ -21,7 +21,6 @@ use datafusion::logical_expr::{
     ColumnarValue, CreateMemoryTable, DdlStatement, DropTable, LogicalPlan, LogicalPlanBuilder, Volatility, WriteOp,
     create_udf,
 };
-use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, Statement};
@@ -32,6 +31,7 @@ use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, U
 use crate::cache::StatementCache;
 use crate::copy::{CopyFormat, CopyParser};
 use crate::durable::{self, Durable, TableOptions};
+use crate::executor::QueryExecutor;
 use crate::security::{self, SecurityStatement, Target};
 use crate::spill::SealSpillFactory;
 use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
@@ -240,6 +240,8 @@ pub struct Engine {
     stored: sys::StoreCell,
     /// Serializes changes of users and grants with their persistence.
     access_changes: tokio::sync::Mutex<()>,
+    /// Where plans run (a runtime of their own in the server).
+    executor: QueryExecutor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -312,7 +314,14 @@ impl Engine {
             durable: None,
             stored,
             access_changes: tokio::sync::Mutex::new(()),
+            executor: QueryExecutor::default(),
         })
+    }
+
+    /// Runs every query on `executor`'s runtime (see [`crate::executor`]).
+    pub fn with_executor(mut self, executor: QueryExecutor) -> Self {
+        self.executor = executor;
+        self
     }
 
     /// Keeps tables, users and grants durably in `store`: every change is
@@ -615,7 +624,7 @@ impl Engine {
                 }
             };
             let schema: SchemaRef = Arc::new(cached.plan.schema().as_arrow().clone());
-            let batches = collect(physical, session.task.clone()).await?;
+            let batches = self.executor.collect(physical, session.task.clone()).await?;
             return Ok(Output::Rows {
                 schema,
                 batches,
@@ -635,7 +644,7 @@ impl Engine {
             .await?;
         let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
         session.cache.insert(sql, &plan, optimized, &physical, version);
-        let batches = collect(physical, session.task.clone()).await?;
+        let batches = self.executor.collect(physical, session.task.clone()).await?;
         Ok(Output::Rows {
             schema,
             batches,
@@ -698,7 +707,11 @@ impl Engine {
             && matches!(dml.op, WriteOp::Delete | WriteOp::Update | WriteOp::Truncate)
             && self.durable.is_some()
         {
-            let rows = delete_or_update(&session.state, &plan).await?;
+            let (state, statement) = (session.state.clone(), plan.clone());
+            let rows = self
+                .executor
+                .run(async move { delete_or_update(&state, &statement).await })
+                .await?;
             return Ok(match dml.op {
                 WriteOp::Truncate => Output::Command {
                     tag: "TRUNCATE TABLE".into(),
@@ -740,7 +753,7 @@ impl Engine {
         } else {
             let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
             let physical = session.state.create_physical_plan(&plan).await?;
-            (schema, collect(physical, session.task.clone()).await?)
+            (schema, self.executor.collect(physical, session.task.clone()).await?)
         };
         if let Some(table) = dropped_table {
             self.forget_grants(&table).await?;
@@ -789,7 +802,7 @@ impl Engine {
         privileges::check(&self.access, &session.info.user, &plan)?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let physical = session.state.create_physical_plan(&plan).await?;
-        let batches = collect(physical, session.task.clone()).await?;
+        let batches = self.executor.collect(physical, session.task.clone()).await?;
         Ok(Output::CopyOut {
             schema,
             batches,
@@ -982,7 +995,17 @@ impl Engine {
             return Err(SqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
         }
         let encryption = options.encryption.unwrap_or(durable.default_encryption);
-        let table = durable.store.create_table(&name, schema, encryption).await?;
+        // `AS SELECT` creates the table unpublished: a crash before it is
+        // filled and published leaves nothing, as for any statement that
+        // was never acknowledged.
+        let table = if fill {
+            durable
+                .store
+                .create_unpublished_table(&name, schema, encryption)
+                .await?
+        } else {
+            durable.store.create_table(&name, schema, encryption).await?
+        };
         let provider = Arc::new(SealTable::new(
             table,
             durable.keys.clone(),
@@ -1000,11 +1023,12 @@ impl Engine {
                 )?
                 .build()?;
                 let physical = session.state.create_physical_plan(&insert).await?;
-                let batches = collect(physical, session.task.clone()).await?;
+                let batches = self.executor.collect(physical, session.task.clone()).await?;
                 let tx = session.tx.0.lock().await.take();
                 if let Some(tx) = tx {
                     durable.store.commit(tx).await?;
                 }
+                durable.store.publish_table(&name).await?;
                 Ok::<_, SqlError>(count_of(&batches))
             }
             .await;

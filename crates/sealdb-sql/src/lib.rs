@@ -21,6 +21,7 @@ pub mod copy;
 mod durable;
 mod engine;
 mod error;
+pub mod executor;
 mod privileges;
 pub mod security;
 pub mod spill;

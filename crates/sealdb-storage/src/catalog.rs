@@ -124,6 +124,10 @@ pub struct TableMeta {
     /// Deleted row ids (a serialized roaring bitmap).
     #[serde(with = "b64")]
     pub deleted: Vec<u8>,
+    /// Created by `CREATE TABLE AS` and not yet filled: the statement was
+    /// never acknowledged, so the next open drops the table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpublished: bool,
 }
 
 /// The encrypted body.

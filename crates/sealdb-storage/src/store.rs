@@ -57,6 +57,9 @@ pub struct RecoveryReport {
     pub removed_files: Vec<String>,
     /// Key-provider calls made while opening.
     pub provider_calls: u64,
+    /// Tables dropped because the `CREATE TABLE AS` that made them did not
+    /// finish before a crash.
+    pub abandoned_tables: Vec<String>,
 }
 
 struct CatalogState {
@@ -117,7 +120,7 @@ impl Store {
         let calls_before = provider.call_count();
         let catalog_path = dir.join(CATALOG_FILE);
         let mut report = RecoveryReport::default();
-        let (header, body, ring_key, system) = if catalog_path.exists() {
+        let (header, mut body, ring_key, system) = if catalog_path.exists() {
             open_catalog(&catalog_path, provider.as_ref())?
         } else {
             if dir.join(LOG_DIR).exists() || dir.join(TABLES_DIR).exists() {
@@ -156,6 +159,14 @@ impl Store {
             (header, body, (master, ring_key), system)
         };
 
+        // A `CREATE TABLE AS` that a crash interrupted was never
+        // acknowledged: the table goes (its files with the orphans below,
+        // its keys with the next catalog write).
+        for meta in body.tables.iter().filter(|t| t.unpublished) {
+            warn!(table = %meta.name, "dropped a table whose CREATE TABLE AS did not finish before a crash");
+            report.abandoned_tables.push(meta.name.clone());
+        }
+        body.tables.retain(|t| !t.unpublished);
         let mut tables = BTreeMap::new();
         for meta in &body.tables {
             let table = Arc::new(build_table(dir, meta, &ring_key.1)?);
@@ -320,6 +331,44 @@ impl Store {
         schema: Schema,
         encryption: Encryption,
     ) -> Result<Arc<Table>, StorageError> {
+        self.create(name, schema, encryption, false).await
+    }
+
+    /// Creates a table that a statement still has to fill (`CREATE TABLE
+    /// AS`): until [`Store::publish_table`] makes it durable as a finished
+    /// table, a crash leaves nothing of it, as for any statement that was
+    /// never acknowledged.
+    pub async fn create_unpublished_table(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+    ) -> Result<Arc<Table>, StorageError> {
+        self.create(name, schema, encryption, true).await
+    }
+
+    /// Marks a table from [`Store::create_unpublished_table`] finished, durably.
+    pub async fn publish_table(&self, name: &str) -> Result<(), StorageError> {
+        let table = self
+            .table(name)
+            .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
+        let mut state = self.inner.catalog.lock().await;
+        self.persist(&mut state, |body| {
+            for meta in body.tables.iter_mut().filter(|t| t.id == table.id) {
+                meta.unpublished = false;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+        unpublished: bool,
+    ) -> Result<Arc<Table>, StorageError> {
         let mut state = self.inner.catalog.lock().await;
         if self.table(name).is_some() {
             return Err(StorageError::TableExists(name.to_owned()));
@@ -344,6 +393,7 @@ impl Store {
             next_rowid: 0,
             segments: Vec::new(),
             deleted: Vec::new(),
+            unpublished,
         };
         let table = Arc::new(Table::new(id, name.to_owned(), schema, encryption, 0));
         lock(&table.keys).push((1, Arc::new(key)));

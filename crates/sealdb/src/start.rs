@@ -10,6 +10,7 @@ use sealdb_auth::AccessControl;
 use sealdb_config::{Secret, Settings, SslMode, TableEncryption, read_secret};
 use sealdb_pki::{CertUserMap, CertsDir, KeyType, ServerIdentitySource, TlsFiles, TrustSource};
 use sealdb_server::{Server, ServerSettings};
+use sealdb_sql::executor::QueryExecutor;
 use zeroize::Zeroizing;
 
 use crate::Common;
@@ -30,13 +31,31 @@ pub(crate) struct StartArgs {
     settings: Settings,
 }
 
+/// Query runtime threads per core (see `run`).
+const QUERY_THREADS_PER_CORE: usize = 4;
+
 pub(crate) fn run(args: StartArgs) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(start(args))
+    // Queries get a runtime of their own: a heavy one never holds up
+    // accepting connections, TLS handshakes or other sessions' replies.
+    // DataFusion's operators can keep a worker thread for seconds without
+    // yielding, so the runtime has more threads than cores: a query that
+    // busies as many threads as there are cores leaves others idle for the
+    // next session's query, and the operating system shares the cores.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let queries = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(QUERY_THREADS_PER_CORE * cores)
+        .thread_name("sealdb-query")
+        .enable_all()
+        .build()
+        .context("cannot start the query runtime")?;
+    let result = runtime.block_on(start(args, QueryExecutor::on(queries.handle().clone())));
+    queries.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 fn init_logging() {
@@ -71,7 +90,7 @@ pub(crate) fn resolve_settings(common: &Common, flags: &Settings) -> Result<(Set
     Ok((merged, data))
 }
 
-async fn start(args: StartArgs) -> Result<()> {
+async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let (settings, data) = resolve(&args)?;
     let data = absolute(&data)?;
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -119,6 +138,7 @@ async fn start(args: StartArgs) -> Result<()> {
             TableEncryption::Aes256Gcm => sealdb_storage::Encryption::Aes256Gcm,
             TableEncryption::None => sealdb_storage::Encryption::None,
         },
+        queries,
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.

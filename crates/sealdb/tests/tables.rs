@@ -484,3 +484,99 @@ fn a_segment_swapped_while_the_server_runs_is_named_even_with_its_footer_cached(
         "1000|same\n"
     );
 }
+
+/// `kill -9` while `CREATE TABLE AS` is still filling its table: the
+/// statement was never acknowledged, so after the restart the table does
+/// not exist (not even empty), its name is free, and `sealdb verify` passes.
+#[test]
+fn a_crash_during_create_table_as_leaves_no_table() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    // 10^10 joined rows grouped: far more work than the test waits for.
+    let slow = "CREATE TABLE big AS SELECT a.i, count(*) AS n \
+                FROM generate_series(1, 100000) AS a(i), generate_series(1, 100000) AS b(j) GROUP BY a.i";
+    let mut ctas = std::process::Command::new("psql")
+        .arg(&admin)
+        .args(["-X", "-At", "-c", slow])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    // Wait until the table is in the catalog, unpublished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = psql(
+            &admin,
+            "SELECT count(*) FROM sys.tables WHERE table_name = 'public.big'",
+        )
+        .expect_ok();
+        if listed.trim() == "1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "CREATE TABLE AS never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        matches!(ctas.try_wait(), Ok(None)),
+        "CREATE TABLE AS finished before the crash: make it slower"
+    );
+    let dir = server.crash();
+    let _ = ctas.wait();
+    let data = dir.path().join("data");
+    let server = TestServer::start_in(dir, &[]);
+    let admin = server.admin();
+    psql(&admin, "SELECT count(*) FROM big").expect_err("42P01");
+    assert_eq!(
+        psql(
+            &admin,
+            "SELECT count(*) FROM sys.tables WHERE table_name = 'public.big'"
+        )
+        .expect_ok(),
+        "0\n"
+    );
+    assert!(
+        server.stderr().contains("CREATE TABLE AS did not finish"),
+        "the log says what was dropped:\n{}",
+        server.stderr()
+    );
+    psql(&admin, "CREATE TABLE big AS SELECT 1 AS i").expect_ok();
+    assert_eq!(psql(&admin, "SELECT i FROM big").expect_ok(), "1\n");
+    let dir = server.stop();
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["verify", "--data"])
+        .arg(&data)
+        .output()
+        .expect("sealdb verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    drop(dir);
+}
+
+/// A query that keeps every core busy runs on the query runtime, so new
+/// verified-TLS connections are still accepted and answered meanwhile
+/// (before, the handshakes waited for free worker threads and psql's
+/// connect timeout expired).
+#[test]
+fn a_heavy_query_does_not_hold_up_new_connections() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    let heavy = "SELECT count(*) FROM generate_series(1, 100000) AS a(i), generate_series(1, 100000) AS b(j) \
+                 WHERE (a.i * b.j) % 7 = 3";
+    let mut running = std::process::Command::new("psql")
+        .arg(&admin)
+        .args(["-X", "-At", "-c", heavy])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for i in 0..5 {
+        // psql's connect timeout is 10 s (support::psql).
+        assert_eq!(psql(&admin, &format!("SELECT {i}")).expect_ok(), format!("{i}\n"));
+    }
+    assert!(
+        matches!(running.try_wait(), Ok(None)),
+        "the heavy query was still running while the connections were answered"
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+}
