@@ -34,5 +34,5 @@ pub use inspect::{CertInfo, cert_info, cert_info_pem_file};
 pub use load::check_private_key_permissions;
 pub use tls::{
     LoadedCertificate, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
-    install_crypto_provider, supported_cipher_suite_names,
+    client_config, install_crypto_provider, supported_cipher_suite_names,
 };

@@ -433,6 +433,51 @@ fn suite_name(suite: rustls::CipherSuite) -> String {
         .unwrap_or_else(|| format!("{suite:?}"))
 }
 
+/// A TLS client configuration for mutual TLS to servers signed by one of
+/// `trust`'s CAs (KMIP servers, other nodes), presenting `identity` (its
+/// certificate chain and key, PEM or PKCS#12). TLS 1.2 and 1.3.
+pub fn client_config(
+    identity: &ServerIdentitySource,
+    trust: &TrustSource,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let (chain, key) = match identity {
+        ServerIdentitySource::Pem { cert, key } => {
+            check_private_key_permissions(key)?;
+            (pem_certs(cert)?, pem_key(key)?)
+        }
+        ServerIdentitySource::Pkcs12 { path, password } => {
+            check_private_key_permissions(path)?;
+            pkcs12_identity(path, password)?
+        }
+    };
+    let (roots, trust_path) = match trust {
+        TrustSource::Pem(path) => (pem_certs(path)?, path.clone()),
+        TrustSource::Pkcs12 { path, password } => (pkcs12_trust(path, password)?, path.clone()),
+    };
+    let mut store = RootCertStore::empty();
+    for der in roots {
+        store
+            .add(der)
+            .map_err(|e| PkiError::bad(&trust_path, format!("not a usable CA certificate: {e}")))?;
+    }
+    let identity_path = match identity {
+        ServerIdentitySource::Pem { cert, .. } => cert.clone(),
+        ServerIdentitySource::Pkcs12 { path, .. } => path.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| PkiError::Config(format!("TLS client: {e}")))?
+        .with_root_certificates(store)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            PkiError::bad(
+                &identity_path,
+                format!("the certificate and key do not make a TLS identity: {e}"),
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
 fn provider_with_suites(names: &[String]) -> Result<CryptoProvider, PkiError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if names.is_empty() {

@@ -1,0 +1,257 @@
+//! sealdb's KMIP client against a real PyKMIP server that the test starts
+//! (mutual TLS 1.2, ECDSA certificates) and stops by PID: version
+//! negotiation, Query, the key life cycle, AES-GCM Encrypt/Decrypt with
+//! the tag on the key server, failover, and the errors of a host that is
+//! down, a wrong client certificate and a destroyed key.
+//!
+//! Needs the Python environment of `scripts/setup-test-env.sh` (PyKMIP);
+//! `./scripts/test.sh` sets it up.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealdb_kmip::{KmipClient, KmipClientConfig, KmipError, ProtocolVersion, State};
+use sealdb_pki::{ServerIdentitySource, TrustSource};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn py_dir() -> PathBuf {
+    repo().join("crates/sealdb/tests/py")
+}
+
+fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/setup-test-env.sh (./scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Test certificates: a CA, a server certificate for localhost and a client
+/// certificate, all ECDSA P-256.
+fn certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    let status = Command::new("bash")
+        .arg(py_dir().join("make_kmip_certs.sh"))
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "make_kmip_certs.sh failed");
+    certs
+}
+
+/// A PyKMIP server; killed (by PID) when dropped.
+struct KmipServer {
+    child: Child,
+    port: u16,
+}
+
+impl KmipServer {
+    fn start(dir: &Path, certs: &Path) -> Self {
+        let port = free_port();
+        let work = dir.join(format!("kmip-{port}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = Command::new(python())
+            .arg(py_dir().join("kmip_server.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--dir")
+            .arg(&work)
+            .arg("--cert")
+            .arg(certs.join("server.crt"))
+            .arg("--key")
+            .arg(certs.join("server.key"))
+            .arg("--ca")
+            .arg(certs.join("ca.crt"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("KMIP server ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "the PyKMIP server did not start; see {}",
+                work.join("server.log").display()
+            );
+        }
+        Self { child, port }
+    }
+
+    fn host(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+}
+
+impl Drop for KmipServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls(certs: &Path, client: &str) -> Arc<rustls::ClientConfig> {
+    sealdb_pki::client_config(
+        &ServerIdentitySource::Pem {
+            cert: certs.join(format!("{client}.crt")),
+            key: certs.join(format!("{client}.key")),
+        },
+        &TrustSource::Pem(certs.join("ca.crt")),
+    )
+    .unwrap()
+}
+
+fn client(hosts: Vec<String>, tls: Arc<rustls::ClientConfig>, version: Option<ProtocolVersion>) -> KmipClient {
+    KmipClient::new(KmipClientConfig {
+        hosts,
+        tls,
+        timeout: Duration::from_secs(10),
+        version,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_key_life_cycle_and_gcm_wrapping_work_against_pykmip() {
+    sealdb_pki::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let server = KmipServer::start(dir.path(), &certs);
+    let kmip = client(vec![server.host()], tls(&certs, "client"), None);
+
+    // Negotiated: the newest version both speak that PyKMIP lists first.
+    let versions = kmip.discover_versions().await.unwrap();
+    assert!(versions.contains(&ProtocolVersion::new(1, 4)), "{versions:?}");
+    let negotiated = kmip.version().await.unwrap();
+    assert_eq!(negotiated, versions[0], "the server's first choice that sealdb speaks");
+
+    let query = kmip.query().await.unwrap();
+    assert!(query.vendor.as_deref().unwrap_or("").contains("PyKMIP"), "{query:?}");
+    assert!(query.missing().is_empty(), "PyKMIP lacks {:?}", query.missing());
+
+    for version in [None, Some(ProtocolVersion::new(1, 4)), Some(ProtocolVersion::new(2, 0))] {
+        let kmip = client(vec![server.host()], tls(&certs, "client"), version);
+        let name = format!(
+            "sealdb/test/mk/{}",
+            version.map_or("negotiated".into(), |v| v.to_string())
+        );
+        let id = kmip.create_aes256(&name).await.unwrap();
+        assert_eq!(kmip.state(&id).await.unwrap(), State::PreActive, "{version:?}");
+        kmip.activate(&id).await.unwrap();
+        let attributes = kmip.attributes(&id).await.unwrap();
+        assert_eq!(attributes.state, Some(State::Active), "{version:?}");
+        assert_eq!(attributes.names, vec![name.clone()], "{version:?}");
+        assert_eq!(kmip.locate(&name).await.unwrap(), vec![id.clone()], "{version:?}");
+
+        // Wrap a data key on the key server, and unwrap it.
+        let secret = [7u8; 32];
+        let nonce = [1u8; 12];
+        let (wrapped, tag) = kmip.encrypt_gcm(&id, &secret, &nonce, b"table 7 v1").await.unwrap();
+        assert_ne!(&wrapped[..], &secret[..]);
+        let opened = kmip
+            .decrypt_gcm(&id, &wrapped, &nonce, b"table 7 v1", &tag)
+            .await
+            .unwrap();
+        assert_eq!(&opened[..], &secret[..]);
+        // Other additional data, or a flipped byte, does not open.
+        assert!(
+            kmip.decrypt_gcm(&id, &wrapped, &nonce, b"table 8 v1", &tag)
+                .await
+                .is_err()
+        );
+        let mut flipped = wrapped.clone();
+        flipped[0] ^= 1;
+        assert!(
+            kmip.decrypt_gcm(&id, &flipped, &nonce, b"table 7 v1", &tag)
+                .await
+                .is_err()
+        );
+        // Get mode: the key itself (held in memory only by the caller).
+        assert_eq!(kmip.get_key(&id).await.unwrap().len(), 32);
+
+        kmip.revoke(&id, false).await.unwrap();
+        assert_eq!(kmip.state(&id).await.unwrap(), State::Deactivated, "{version:?}");
+        kmip.destroy(&id).await.unwrap();
+        let e = kmip.encrypt_gcm(&id, &secret, &nonce, b"x").await.unwrap_err();
+        assert!(matches!(e, KmipError::Failed { .. }), "{e}");
+        assert!(e.to_string().contains(&format!("on object {id}")), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn failover_skips_a_host_that_is_down_and_an_unreachable_group_names_every_host() {
+    sealdb_pki::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let server = KmipServer::start(dir.path(), &certs);
+    let down = format!("localhost:{}", free_port());
+    let kmip = client(vec![down.clone(), server.host()], tls(&certs, "client"), None);
+    let id = kmip.create_aes256("sealdb/test/failover").await.unwrap();
+    assert_eq!(kmip.connected_host().await, Some(server.host()));
+    let status = kmip.host_status();
+    assert_eq!(status[0].status, "unreachable", "{status:?}");
+    assert_eq!(status[1].status, "ok", "{status:?}");
+    assert!(status[1].latency.is_some());
+
+    // The server goes away: the kept connection breaks, and the error lists
+    // every host with its cause.
+    drop(server);
+    let e = kmip.state(&id).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, KmipError::Unreachable { .. } | KmipError::Transport { .. }),
+        "{text}"
+    );
+    let e = kmip.state(&id).await.unwrap_err().to_string();
+    assert!(e.contains(&down), "{e}");
+    assert!(e.contains("no KMIP host answered"), "{e}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused_in_the_handshake() {
+    sealdb_pki::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let other = self::certs(&dir.path().join("other"));
+    let server = KmipServer::start(dir.path(), &certs);
+    // Trusts the right CA, but presents a certificate the server's CA did not sign.
+    let tls = sealdb_pki::client_config(
+        &ServerIdentitySource::Pem {
+            cert: other.join("client.crt"),
+            key: other.join("client.key"),
+        },
+        &TrustSource::Pem(certs.join("ca.crt")),
+    )
+    .unwrap();
+    let kmip = client(vec![server.host()], tls, None);
+    let e = kmip.query().await.unwrap_err().to_string();
+    assert!(e.contains("no KMIP host answered") && e.contains(&server.host()), "{e}");
+
+    // And a server signed by a CA the client does not trust is refused too.
+    let kmip = client(vec![server.host()], self::tls(&other, "client"), None);
+    let e = kmip.query().await.unwrap_err().to_string();
+    assert!(e.contains("TLS handshake failed"), "{e}");
+}
