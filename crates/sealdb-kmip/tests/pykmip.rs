@@ -9,109 +9,17 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../../sealdb/tests/support/kmip.rs"]
+mod kmip_support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kmip_support::{KmipServer, certs, free_port};
+
 use sealdb_kmip::{KmipClient, KmipClientConfig, KmipError, ProtocolVersion, State};
 use sealdb_pki::{ServerIdentitySource, TrustSource};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn py_dir() -> PathBuf {
-    repo().join("crates/sealdb/tests/py")
-}
-
-fn python() -> PathBuf {
-    let p = repo().join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run ./scripts/setup-test-env.sh (./scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Test certificates: a CA, a server certificate for localhost and a client
-/// certificate, all ECDSA P-256.
-fn certs(dir: &Path) -> PathBuf {
-    let certs = dir.join("certs");
-    let status = Command::new("bash")
-        .arg(py_dir().join("make_kmip_certs.sh"))
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "make_kmip_certs.sh failed");
-    certs
-}
-
-/// A PyKMIP server; killed (by PID) when dropped.
-struct KmipServer {
-    child: Child,
-    port: u16,
-}
-
-impl KmipServer {
-    fn start(dir: &Path, certs: &Path) -> Self {
-        let port = free_port();
-        let work = dir.join(format!("kmip-{port}"));
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = Command::new(python())
-            .arg(py_dir().join("kmip_server.py"))
-            .args(["--port", &port.to_string()])
-            .arg("--dir")
-            .arg(&work)
-            .arg("--cert")
-            .arg(certs.join("server.crt"))
-            .arg("--key")
-            .arg(certs.join("server.key"))
-            .arg("--ca")
-            .arg(certs.join("ca.crt"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("KMIP server ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "the PyKMIP server did not start; see {}",
-                work.join("server.log").display()
-            );
-        }
-        Self { child, port }
-    }
-
-    fn host(&self) -> String {
-        format!("localhost:{}", self.port)
-    }
-}
-
-impl Drop for KmipServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tls(certs: &Path, client: &str) -> Arc<rustls::ClientConfig> {
     sealdb_pki::client_config(

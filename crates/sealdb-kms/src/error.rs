@@ -72,4 +72,10 @@ pub enum KmsError {
     /// A primitive failed.
     #[error(transparent)]
     Crypto(#[from] sealdb_crypto::CryptoError),
+    /// The KMIP key server failed or could not be reached.
+    #[error(transparent)]
+    Kmip(#[from] sealdb_kmip::KmipError),
+    /// Bad provider settings.
+    #[error("{0}")]
+    Config(String),
 }

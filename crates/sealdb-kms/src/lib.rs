@@ -14,10 +14,12 @@
 
 mod error;
 mod fs;
+mod kmip;
 mod local;
 mod provider;
 
 pub use error::KmsError;
 pub use fs::{fsync_dir, replace_file_durably};
+pub use kmip::{KmipMode, KmipProvider};
 pub use local::{KEYSTORE_FILE, LocalKeystore};
 pub use provider::{KeyProvider, KeyState, MasterKeyId, MasterKeyInfo};

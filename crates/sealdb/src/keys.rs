@@ -2,10 +2,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sealdb_config::{Settings, read_secret};
-use sealdb_kms::{KeyProvider, LocalKeystore};
+use sealdb_kmip::KmipClientConfig;
+use sealdb_kms::{KeyProvider, KmipMode, KmipProvider, LocalKeystore};
+use sealdb_pki::{ServerIdentitySource, TrustSource};
 use zeroize::Zeroizing;
 
 /// The local keystore directory inside the data directory.
@@ -17,9 +20,10 @@ pub(crate) const KEYSTORE_DIR: &str = "keystore";
 pub(crate) fn provider(settings: &Settings, data: &Path) -> Result<Arc<dyn KeyProvider>> {
     match settings.key_provider.as_deref() {
         None | Some("local") => {}
-        Some(other) => bail!(
-            "key-provider = \"{other}\" is not available in this build; use \"local\" (KMIP providers are configured with `sealdb kms set`)"
-        ),
+        Some(name) => match name.strip_prefix("kmip:") {
+            Some(group) => return kmip_provider(settings, data, group),
+            None => bail!("key-provider = \"{name}\" is not a key provider; use \"local\" or \"kmip:GROUP\""),
+        },
     }
     let passphrase = read_secret(
         None,
@@ -40,4 +44,107 @@ pub(crate) fn provider(settings: &Settings, data: &Path) -> Result<Arc<dyn KeyPr
         );
     }
     Ok(Arc::new(keystore))
+}
+
+/// This installation's name on key servers, kept in `DATA/keystore/`:
+/// its master keys are named `sealdb/<id>/master-key`.
+const INSTANCE_FILE: &str = "kmip-instance";
+
+/// The KMIP provider for `[kmip_hosts.GROUP]`.
+fn kmip_provider(settings: &Settings, data: &Path, group: &str) -> Result<Arc<dyn KeyProvider>> {
+    let Some(config) = settings.kmip_hosts.get(group) else {
+        bail!(
+            "key-provider = \"kmip:{group}\" names no [kmip_hosts.{group}] section; add one to the config file (or run `sealdb kms set {group} ...`)"
+        );
+    };
+    if config.hosts.is_empty() {
+        bail!("[kmip_hosts.{group}] has no hosts; add hosts = [\"kms1.example.com:5696\"]");
+    }
+    let identity = match (&config.client_cert, &config.client_key, &config.keystore) {
+        (Some(cert), Some(key), None) => ServerIdentitySource::Pem {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None, Some(path)) => {
+            let password = read_secret(
+                config.keystore_password.as_ref().map(|s| s.expose()),
+                config.keystore_password_file.as_deref(),
+                "SEALDB_KMIP_KEYSTORE_PASSWORD",
+            )?
+            .unwrap_or_default();
+            ServerIdentitySource::Pkcs12 {
+                path: path.clone(),
+                password: Zeroizing::new(password),
+            }
+        }
+        _ => bail!(
+            "[kmip_hosts.{group}] needs the client identity for mutual TLS: client-cert and client-key (PEM), or keystore (PKCS#12), not both"
+        ),
+    };
+    let trust = match (&config.ca, &config.truststore, &settings.ssl_trust_ca_server) {
+        (Some(ca), None, _) => TrustSource::Pem(ca.clone()),
+        (None, Some(path), _) => TrustSource::Pkcs12 {
+            path: path.clone(),
+            password: Zeroizing::new(
+                read_secret(
+                    config.truststore_password.as_ref().map(|s| s.expose()),
+                    config.truststore_password_file.as_deref(),
+                    "SEALDB_KMIP_TRUSTSTORE_PASSWORD",
+                )?
+                .unwrap_or_default(),
+            ),
+        },
+        (None, None, Some(ca)) => TrustSource::Pem(ca.clone()),
+        _ => bail!(
+            "[kmip_hosts.{group}] needs the CA of the key servers: ca (PEM) or truststore (PKCS#12), or ssl-trust-ca-server"
+        ),
+    };
+    sealdb_pki::install_crypto_provider();
+    let tls = sealdb_pki::client_config(&identity, &trust).with_context(|| format!("[kmip_hosts.{group}]"))?;
+    let version = match &config.kmip_version {
+        Some(v) => Some(v.parse::<sealdb_kmip::ProtocolVersion>()?),
+        None => None,
+    };
+    let mode = match &config.mode {
+        Some(m) => m.parse::<KmipMode>()?,
+        None => KmipMode::Wrap,
+    };
+    let client = KmipClientConfig {
+        hosts: config.hosts.clone(),
+        tls,
+        timeout: Duration::from_millis(config.timeout_ms.unwrap_or(DEFAULT_KMIP_TIMEOUT_MS)),
+        version,
+    };
+    let prefix = format!("sealdb/{}", instance_id(&data.join(KEYSTORE_DIR))?);
+    Ok(Arc::new(KmipProvider::new(group, client, mode, &prefix)?))
+}
+
+/// Default limit of one KMIP round trip.
+const DEFAULT_KMIP_TIMEOUT_MS: u64 = 5_000;
+
+/// The installation's id (16 hex digits), created on first use.
+fn instance_id(dir: &Path) -> Result<String> {
+    let path = dir.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_owned();
+            if id.len() != 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!(
+                    "{} is damaged (expected 16 hex digits); restore it from a backup",
+                    path.display()
+                );
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 8];
+            sealdb_crypto::random_bytes(&mut bytes)?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            sealdb_kms::replace_file_durably(&path, id.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }

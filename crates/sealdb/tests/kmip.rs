@@ -1,0 +1,97 @@
+//! The master key on a real KMIP server (PyKMIP, started and stopped by
+//! the test): `key-provider = "kmip:GROUP"` in `wrap` mode (the key never
+//! leaves the key server) and `get` mode, through the real binary and psql.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+#[path = "support/kmip.rs"]
+mod kmip_support;
+mod support;
+
+use std::path::Path;
+
+use kmip_support::{KmipServer, certs, free_port};
+use support::{TestServer, files_under, psql};
+
+/// A config file with `[kmip_hosts.hsm]` and `key-provider = "kmip:hsm"`.
+fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
+    let hosts = hosts.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "key-provider = \"kmip:hsm\"\n\n[kmip_hosts.hsm]\nhosts = [{hosts}]\nca = {:?}\nclient-cert = {:?}\nclient-key = {:?}\ntimeout-ms = 3000\nmode = \"{mode}\"\n",
+        certs.join("ca.crt"),
+        certs.join("client.crt"),
+        certs.join("client.key"),
+    );
+    let path = dir.join(format!("sealdb-{mode}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_master_key_lives_on_the_kmip_server_and_a_cold_start_without_it_names_every_host() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let down = format!("localhost:{}", free_port());
+
+    for mode in ["wrap", "get"] {
+        let cfg = config(keys.path(), &certs, &[down.clone(), kmip.host()], mode);
+        let server = TestServer::start(&["--config", &cfg]);
+        assert!(
+            !server.stderr().contains("stored unsealed"),
+            "no local master key: {}",
+            server.stderr()
+        );
+        let admin = server.admin();
+        psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, secret TEXT)").expect_ok();
+        psql(
+            &admin,
+            "INSERT INTO t VALUES (1, 'KMIP-MARKER-one'), (2, 'KMIP-MARKER-two')",
+        )
+        .expect_ok();
+        let keys_row = psql(
+            &admin,
+            "SELECT provider, state FROM sys.encryption_keys WHERE scope = 'master'",
+        )
+        .expect_ok();
+        assert!(keys_row.contains("kmip:hsm|active"), "{mode}: {keys_row}");
+        let findings = psql(&admin, "SELECT finding FROM sys.security_status").expect_ok();
+        assert!(!findings.contains("master key"), "{mode}: {findings}");
+
+        // Restart: the catalog's key ring is unwrapped by the key server.
+        let dir = server.crash();
+        let data = dir.path().join("data");
+        assert!(
+            !data.join("keystore/master.keys").exists(),
+            "{mode}: no local master key file"
+        );
+        let server = TestServer::start_in(dir, &["--config", &cfg]);
+        assert_eq!(
+            psql(&server.admin(), "SELECT secret FROM t ORDER BY id").expect_ok(),
+            "KMIP-MARKER-one\nKMIP-MARKER-two\n",
+            "{mode}"
+        );
+        let dir = server.stop();
+        for file in files_under(&data) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes.windows(11).any(|w| w == b"KMIP-MARKER"),
+                "{mode}: the marker is in {} in the clear",
+                file.display()
+            );
+        }
+        drop(dir);
+    }
+
+    // A cold start with no host reachable fails and lists every host tried.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(keys.path(), &certs, &[down.clone(), kmip.host()], "wrap");
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let dir = server.stop();
+    drop(kmip);
+    let e = TestServer::try_start_in(dir, &["--config", &cfg])
+        .err()
+        .expect("no key server: the start fails");
+    assert!(e.contains("no KMIP host answered"), "{e}");
+    assert!(e.contains(&down), "{e}");
+}
