@@ -95,3 +95,58 @@ fn the_master_key_lives_on_the_kmip_server_and_a_cold_start_without_it_names_eve
     assert!(e.contains("no KMIP host answered"), "{e}");
     assert!(e.contains(&down), "{e}");
 }
+
+/// The master key destroyed on the key server (as an operator would, in
+/// its console): the next start fails and says the key is destroyed,
+/// naming it, rather than reporting a failed decryption.
+#[test]
+fn a_master_key_destroyed_on_the_key_server_is_named_at_start() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let cfg = config(keys.path(), &certs, &[kmip.host()], "wrap");
+    let server = TestServer::start(&["--config", &cfg]);
+    psql(&server.admin(), "CREATE TABLE t (n INT)").expect_ok();
+    let dir = server.stop();
+
+    let instance = std::fs::read_to_string(dir.path().join("data/keystore/kmip-instance")).unwrap();
+    let name = format!("sealdb/{}/master-key", instance.trim());
+    sealdb_pki::install_crypto_provider();
+    let client = sealdb_kmip::KmipClient::new(sealdb_kmip::KmipClientConfig {
+        hosts: vec![kmip.host()],
+        tls: sealdb_pki::client_config(
+            &sealdb_pki::ServerIdentitySource::Pem {
+                cert: certs.join("client.crt"),
+                key: certs.join("client.key"),
+            },
+            &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
+        )
+        .unwrap(),
+        timeout: std::time::Duration::from_secs(10),
+        version: None,
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ids = runtime.block_on(async {
+        let ids = client.locate(&name).await.unwrap();
+        for id in &ids {
+            client.revoke(id, false).await.unwrap();
+            client.destroy(id).await.unwrap();
+        }
+        ids
+    });
+    assert_eq!(ids.len(), 1, "one master key: {ids:?}");
+
+    let e = TestServer::try_start_in(dir, &["--config", &cfg])
+        .err()
+        .expect("the master key is gone: the start fails");
+    // PyKMIP forgets destroyed objects ("not in kmip:hsm; it was
+    // destroyed..."); servers that keep them answer "is destroyed".
+    assert!(
+        e.contains(&format!("master key {} ", ids[0])) && e.contains("kmip:hsm") && e.contains("destroyed"),
+        "{e}"
+    );
+}
