@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use sealdb_crypto::{AeadKey, Key256, random_bytes, unwrap_key, wrap_key};
 use sealdb_kmip::{KmipClient, KmipClientConfig, KmipError, State};
 
-use crate::{KeyProvider, KeyState, KmsError, MasterKeyId, MasterKeyInfo};
+use crate::{KeyProvider, KeyState, KmsError, MasterKeyId, MasterKeyInfo, ProviderHost};
 
 /// How the master key is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -311,5 +311,20 @@ impl KeyProvider for KmipProvider {
 
     fn call_count(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    fn hosts(&self) -> Vec<ProviderHost> {
+        self.client
+            .host_status()
+            .into_iter()
+            .map(|h| ProviderHost {
+                group: self.group.clone(),
+                host: h.host,
+                status: h.status,
+                error: h.error,
+                last_success_unix: h.last_success_unix,
+                latency_ms: h.latency.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect()
     }
 }

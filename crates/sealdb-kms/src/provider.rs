@@ -82,4 +82,27 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
 
     /// Calls made to the provider's key operations so far.
     fn call_count(&self) -> u64;
+
+    /// The key servers behind the provider and what was last seen of each
+    /// (`sys.kmip_hosts`); empty for the local keystore.
+    fn hosts(&self) -> Vec<ProviderHost> {
+        Vec::new()
+    }
+}
+
+/// One key server of a provider, as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHost {
+    /// The `[kmip_hosts.GROUP]` group.
+    pub group: String,
+    /// `host:port`.
+    pub host: String,
+    /// `ok`, `unreachable` or `never tried`.
+    pub status: String,
+    /// The last failure, when the last attempt failed.
+    pub error: Option<String>,
+    /// Unix seconds of the last successful round trip.
+    pub last_success_unix: Option<u64>,
+    /// Milliseconds the last successful round trip took.
+    pub latency_ms: Option<f64>,
 }

@@ -393,6 +393,38 @@ pub(crate) fn register(
     )?;
 
     add(
+        "kmip_hosts",
+        vec![
+            text("group"),
+            text("host"),
+            text("status"),
+            timestamp("last_success"),
+            Field::new("latency_ms", DataType::Float64, true),
+            text("error"),
+        ],
+        Box::new(|c: &SysContext| {
+            let rows = kmip_hosts(c);
+            Ok(vec![
+                strings(rows.iter().map(|r| Some(r.group.clone()))),
+                strings(rows.iter().map(|r| Some(r.host.clone()))),
+                strings(rows.iter().map(|r| Some(r.status.clone()))),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter()
+                            .map(|r| r.last_success_unix.map(|t| micros(unix(t))))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>(),
+                )),
+                strings(rows.iter().map(|r| r.error.clone())),
+            ])
+        }),
+    )?;
+
+    add(
         "security_status",
         vec![text("severity"), text("finding"), text("detail"), text("fix")],
         Box::new(|c: &SysContext| {
@@ -406,6 +438,11 @@ pub(crate) fn register(
         }),
     )?;
     Ok(())
+}
+
+/// The key servers of the store's key provider, as last seen.
+fn kmip_hosts(c: &SysContext) -> Vec<sealdb_kms::ProviderHost> {
+    c.store.map(|s| s.provider().hosts()).unwrap_or_default()
 }
 
 /// Days before expiry from which a certificate is reported.
@@ -452,6 +489,19 @@ fn findings(c: &SysContext) -> Vec<(&'static str, &'static str, String, &'static
                 "copy it into a table created WITH (encryption = 'aes-256-gcm') and drop it",
             ));
         }
+    }
+    for host in kmip_hosts(c).into_iter().filter(|h| h.status == "unreachable") {
+        out.push((
+            "medium",
+            "kmip host unreachable",
+            format!(
+                "key server {} of [kmip_hosts.{}] failed its last request: {}",
+                host.host,
+                host.group,
+                host.error.unwrap_or_default()
+            ),
+            "check that the key server runs and is reachable with this node's certificate; sealdb uses the next host of the group meanwhile",
+        ));
     }
     for cert in c.hooks.certificates() {
         if cert.days_left < 0 {

@@ -55,8 +55,23 @@ fn the_master_key_lives_on_the_kmip_server_and_a_cold_start_without_it_names_eve
         )
         .expect_ok();
         assert!(keys_row.contains("kmip:hsm|active"), "{mode}: {keys_row}");
-        let findings = psql(&admin, "SELECT finding FROM sys.security_status").expect_ok();
+        let findings = psql(&admin, "SELECT finding, detail FROM sys.security_status").expect_ok();
         assert!(!findings.contains("master key"), "{mode}: {findings}");
+        // The dead first host is reported; the live one answered.
+        assert!(
+            findings.contains(&format!("kmip host unreachable|key server {down} of [kmip_hosts.hsm]")),
+            "{mode}: {findings}"
+        );
+        let hosts = psql(
+            &admin,
+            "SELECT \"group\", host, status, last_success IS NOT NULL, latency_ms > 0 FROM sys.kmip_hosts",
+        )
+        .expect_ok();
+        assert_eq!(
+            hosts,
+            format!("hsm|{down}|unreachable|f|\nhsm|{}|ok|t|t\n", kmip.host()),
+            "{mode}"
+        );
 
         // Restart: the catalog's key ring is unwrapped by the key server.
         let dir = server.crash();
