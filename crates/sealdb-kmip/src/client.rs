@@ -65,6 +65,21 @@ struct Connection {
     host: String,
     stream: TlsStream<TcpStream>,
     version: ProtocolVersion,
+    /// The versions the server listed in Discover Versions, if asked.
+    offered: Vec<ProtocolVersion>,
+}
+
+/// What `sealdb kms test` shows of one host that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTest {
+    /// `TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`, say.
+    pub tls: String,
+    /// The versions the server lists, its preferred first.
+    pub offered: Vec<ProtocolVersion>,
+    /// The version sealdb uses with it.
+    pub version: ProtocolVersion,
+    /// Its Query answer.
+    pub query: QueryResult,
 }
 
 /// A KMIP client for one group of hosts.
@@ -136,11 +151,31 @@ impl KmipClient {
 
     /// Connects to each host in turn (not stopping at the first) and reports
     /// for each: the negotiated version and Query result, or the failure.
-    pub async fn test_hosts(&self) -> Vec<(String, Result<(ProtocolVersion, QueryResult), KmipError>)> {
+    pub async fn test_hosts(&self) -> Vec<(String, Result<HostTest, KmipError>)> {
         let mut out = Vec::new();
         for host in &self.config.hosts {
             let result = async {
                 let mut conn = self.connect(host).await?;
+                let (_, tls) = conn.stream.get_ref();
+                let tls = format!(
+                    "{} {}",
+                    tls.protocol_version().and_then(|v| v.as_str()).unwrap_or("?"),
+                    tls.negotiated_cipher_suite()
+                        .and_then(|s| s.suite().as_str())
+                        .unwrap_or("?")
+                );
+                if conn.offered.is_empty() {
+                    let payload = round_trip(
+                        &mut conn,
+                        Operation::DiscoverVersions,
+                        message::discover_versions_payload(&message::SUPPORTED),
+                        None,
+                        self.config.timeout,
+                    )
+                    .await
+                    .map_err(RoundTripError::into_error)?;
+                    conn.offered = message::discovered_versions(&payload);
+                }
                 let payload = round_trip(
                     &mut conn,
                     Operation::Query,
@@ -150,7 +185,12 @@ impl KmipClient {
                 )
                 .await
                 .map_err(RoundTripError::into_error)?;
-                Ok((conn.version, message::query_result(&payload)))
+                Ok(HostTest {
+                    tls,
+                    offered: conn.offered.clone(),
+                    version: conn.version,
+                    query: message::query_result(&payload),
+                })
             }
             .await;
             self.record(host, result.as_ref().err().map(|e: &KmipError| e.to_string()), None);
@@ -401,6 +441,7 @@ impl KmipClient {
             host: host.to_owned(),
             stream,
             version: self.config.version.unwrap_or(ProtocolVersion::new(1, 0)),
+            offered: Vec::new(),
         };
         if self.config.version.is_none() {
             // Discover Versions exists since KMIP 1.1; ask in 1.1 form.
@@ -415,6 +456,7 @@ impl KmipClient {
             .await
             .map_err(RoundTripError::into_error)?;
             let offered = message::discovered_versions(&payload);
+            conn.offered = offered.clone();
             conn.version = offered
                 .iter()
                 .copied()

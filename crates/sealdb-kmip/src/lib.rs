@@ -19,7 +19,7 @@ pub mod message;
 pub mod spec;
 pub mod ttlv;
 
-pub use client::{HostStatus, KmipClient, KmipClientConfig};
+pub use client::{HostStatus, HostTest, KmipClient, KmipClientConfig};
 pub use error::KmipError;
 pub use message::ProtocolVersion;
 pub use spec::{Operation, State};

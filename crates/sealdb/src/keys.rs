@@ -48,10 +48,22 @@ pub(crate) fn provider(settings: &Settings, data: &Path) -> Result<Arc<dyn KeyPr
 
 /// This installation's name on key servers, kept in `DATA/keystore/`:
 /// its master keys are named `sealdb/<id>/master-key`.
-const INSTANCE_FILE: &str = "kmip-instance";
+pub(crate) const INSTANCE_FILE: &str = "kmip-instance";
 
 /// The KMIP provider for `[kmip_hosts.GROUP]`.
 fn kmip_provider(settings: &Settings, data: &Path, group: &str) -> Result<Arc<dyn KeyProvider>> {
+    let (client, mode) = kmip_client_config(settings, group)?;
+    let prefix = instance_prefix(data)?;
+    Ok(Arc::new(KmipProvider::new(group, client, mode, &prefix)?))
+}
+
+/// The name prefix of this installation's objects on key servers.
+pub(crate) fn instance_prefix(data: &Path) -> Result<String> {
+    Ok(format!("sealdb/{}", instance_id(&data.join(KEYSTORE_DIR))?))
+}
+
+/// How to reach `[kmip_hosts.GROUP]`, and its mode.
+pub(crate) fn kmip_client_config(settings: &Settings, group: &str) -> Result<(KmipClientConfig, KmipMode)> {
     let Some(config) = settings.kmip_hosts.get(group) else {
         bail!(
             "key-provider = \"kmip:{group}\" names no [kmip_hosts.{group}] section; add one to the config file (or run `sealdb kms set {group} ...`)"
@@ -115,8 +127,7 @@ fn kmip_provider(settings: &Settings, data: &Path, group: &str) -> Result<Arc<dy
         timeout: Duration::from_millis(config.timeout_ms.unwrap_or(DEFAULT_KMIP_TIMEOUT_MS)),
         version,
     };
-    let prefix = format!("sealdb/{}", instance_id(&data.join(KEYSTORE_DIR))?);
-    Ok(Arc::new(KmipProvider::new(group, client, mode, &prefix)?))
+    Ok((client, mode))
 }
 
 /// Default limit of one KMIP round trip.

@@ -1,8 +1,9 @@
-//! The sealdb binary: `start`, `cert`, `verify`.
+//! The sealdb binary: `start`, `cert`, `kms`, `verify`.
 #![forbid(unsafe_code)]
 
 mod cert;
 mod keys;
+mod kms;
 mod start;
 mod verify;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Look at the KMIP key servers of `[kmip_hosts.GROUP]`.
+    #[command(subcommand)]
+    Kms(kms::KmsCommand),
     /// Authenticate every file of a data directory (server stopped): the
     /// catalog, every segment, the whole log. Exit status 0 only when all is sound.
     Verify(Box<verify::VerifyArgs>),
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Start(args) => start::run(*args),
         Command::Cert(c) => cert::run(c),
         Command::Verify(args) => verify::run(*args),
+        Command::Kms(c) => kms::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,6 +87,9 @@ fn the_master_key_lives_on_the_kmip_server_and_a_cold_start_without_it_names_eve
             "{mode}"
         );
         let dir = server.stop();
+        if mode == "wrap" {
+            kms_commands(&cfg, &data, &down, &kmip.host());
+        }
         for file in files_under(&data) {
             let bytes = std::fs::read(&file).unwrap();
             assert!(
@@ -164,4 +167,43 @@ fn a_master_key_destroyed_on_the_key_server_is_named_at_start() {
         e.contains(&format!("master key {} ", ids[0])) && e.contains("kmip:hsm") && e.contains("destroyed"),
         "{e}"
     );
+}
+
+/// `sealdb kms test` reports each host (the dead one fails the command),
+/// and `sealdb kms list-keys` shows this installation's master key.
+fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["kms", "test", "hsm", "--config", cfg])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a dead host fails the test: {text}");
+    assert!(text.contains(&format!("FAILED  {down}: ")), "{text}");
+    assert!(text.contains(&format!("ok      {live}")), "{text}");
+    assert!(text.contains("TLS     TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_"), "{text}");
+    assert!(
+        text.contains("KMIP    2.0 (the server offers 2.0, 1.4, 1.3, 1.2, 1.1, 1.0)"),
+        "{text}"
+    );
+    assert!(text.contains("supports every operation sealdb uses"), "{text}");
+    assert!(text.contains("1 of 2 hosts of [kmip_hosts.hsm] failed"), "{text}");
+
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["kms", "list-keys", "--config", cfg, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let instance = std::fs::read_to_string(data.join("keystore/kmip-instance")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("sealdb/{}/master-key", instance.trim())))
+        .unwrap_or_else(|| panic!("no master key listed:\n{text}"));
+    assert!(line.contains("AES-256") && line.contains("Active"), "{line}");
+    assert!(text.contains("1 object(s) named"), "{text}");
 }
