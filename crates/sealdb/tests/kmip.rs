@@ -1,6 +1,7 @@
 //! The master key on a real KMIP server (PyKMIP, started and stopped by
 //! the test): `key-provider = "kmip:GROUP"` in `wrap` mode (the key never
-//! leaves the key server) and `get` mode, through the real binary and psql.
+//! leaves the key server; PEM client identity) and `get` mode (PKCS#12
+//! client identity), through the real binary, psql and `sealdb kms`.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -14,13 +15,36 @@ use kmip_support::{KmipServer, certs, free_port};
 use support::{TestServer, files_under, psql};
 
 /// A config file with `[kmip_hosts.hsm]` and `key-provider = "kmip:hsm"`.
+/// In `get` mode the client identity is a PKCS#12 keystore (made here with
+/// openssl) with its password in a file; in `wrap` mode, PEM files.
 fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
     let hosts = hosts.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
+    let identity = if mode == "get" {
+        let p12 = certs.join("client.p12");
+        let status = std::process::Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:kmip-P12-secret", "-in"])
+            .arg(certs.join("client.crt"))
+            .arg("-inkey")
+            .arg(certs.join("client.key"))
+            .arg("-out")
+            .arg(&p12)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::set_permissions(&p12, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let pass = certs.join("p12.pass");
+        std::fs::write(&pass, "kmip-P12-secret\n").unwrap();
+        format!("keystore = {p12:?}\nkeystore-password-file = {pass:?}\n")
+    } else {
+        format!(
+            "client-cert = {:?}\nclient-key = {:?}\n",
+            certs.join("client.crt"),
+            certs.join("client.key")
+        )
+    };
     let text = format!(
-        "key-provider = \"kmip:hsm\"\n\n[kmip_hosts.hsm]\nhosts = [{hosts}]\nca = {:?}\nclient-cert = {:?}\nclient-key = {:?}\ntimeout-ms = 3000\nmode = \"{mode}\"\n",
+        "key-provider = \"kmip:hsm\"\n\n[kmip_hosts.hsm]\nhosts = [{hosts}]\nca = {:?}\n{identity}timeout-ms = 3000\nmode = \"{mode}\"\n",
         certs.join("ca.crt"),
-        certs.join("client.crt"),
-        certs.join("client.key"),
     );
     let path = dir.join(format!("sealdb-{mode}.toml"));
     std::fs::write(&path, text).unwrap();
