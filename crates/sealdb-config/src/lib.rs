@@ -27,6 +27,14 @@ pub enum ConfigError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The file could not be written.
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for sealdb (unknown key, bad value).
     #[error("config file {path}: {message}")]
     Parse {
@@ -338,6 +346,69 @@ impl Settings {
     }
 }
 
+/// Writes `[kmip_hosts.NAME]` into the config file at `path` (created,
+/// mode 0600, if missing), replacing that section and keeping every other
+/// key and comment. The result must still be a valid sealdb config, or
+/// nothing is written.
+pub fn set_kmip_group(path: &Path, name: &str, group: &KmipGroup) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ConfigError::Invalid(format!(
+            "KMIP group name {name:?}: use letters, digits, '-' and '_'"
+        )));
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let parse = |text: &str| {
+        text.parse::<toml_edit::DocumentMut>().map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let mut doc = parse(&text)?;
+    let section = toml::to_string(group).map_err(|e| ConfigError::Invalid(format!("cannot render the group: {e}")))?;
+    let section = parse(&section)?.as_table().clone();
+    let hosts = doc
+        .entry("kmip_hosts")
+        .or_insert(toml_edit::table())
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "kmip_hosts is not a table".into(),
+        })?;
+    hosts.set_implicit(true);
+    hosts.insert(name, toml_edit::Item::Table(section));
+    let out = doc.to_string();
+    Settings::from_toml(&out, path)?;
+    let write_err = |source| ConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("conf.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        file.write_all(out.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(write_err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(write_err)
+}
+
 /// Reads a secret: the direct value, else the `*-file` key, else the
 /// environment variable. The file's trailing newline is dropped.
 pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> Result<Option<String>, ConfigError> {
@@ -352,6 +423,48 @@ pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> 
         return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
     }
     Ok(std::env::var(env_var).ok())
+}
+
+#[cfg(test)]
+mod kmip_set_tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use super::*;
+
+    #[test]
+    fn kms_set_writes_its_section_and_keeps_every_other_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sealdb.conf");
+        std::fs::write(
+            &path,
+            "# my settings\nport = 5433\n\n[kmip_hosts.old]\nhosts = [\"a:1\"]\n",
+        )
+        .unwrap();
+        let group = KmipGroup {
+            hosts: vec!["k1:5696".into(), "k2:5696".into()],
+            mode: Some("wrap".into()),
+            timeout_ms: Some(500),
+            ..KmipGroup::default()
+        };
+        set_kmip_group(&path, "hsm", &group).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# my settings\nport = 5433\n"), "{text}");
+        let settings = Settings::from_file(&path).unwrap();
+        assert_eq!(settings.kmip_hosts["hsm"], group);
+        assert_eq!(settings.kmip_hosts["old"].hosts, vec!["a:1".to_owned()]);
+        // Setting it again replaces it.
+        let again = KmipGroup {
+            hosts: vec!["k3:5696".into()],
+            ..KmipGroup::default()
+        };
+        set_kmip_group(&path, "hsm", &again).unwrap();
+        assert_eq!(Settings::from_file(&path).unwrap().kmip_hosts["hsm"], again);
+        assert!(set_kmip_group(&path, "bad name", &again).is_err());
+        // A file that is not valid stays as it was.
+        std::fs::write(&path, "port = \"x\"\n").unwrap();
+        assert!(set_kmip_group(&path, "hsm", &again).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "port = \"x\"\n");
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! `sealdb kms`: look at the KMIP key servers of `[kmip_hosts.GROUP]`.
+//! `sealdb kms`: set up and look at the KMIP key servers of
+//! `[kmip_hosts.GROUP]`.
 //!
+//! - `set GROUP --hosts ...` writes the group's section into the config
+//!   file, keeping the rest of the file.
 //! - `test GROUP` connects to every host of the group (not stopping at the
 //!   first) and shows the TLS version and cipher, the KMIP versions the
 //!   server lists and the one sealdb uses, and whether it supports every
@@ -7,14 +10,19 @@
 //! - `list-keys` prints the key server's objects that belong to this
 //!   installation (id, name, algorithm, state, dates).
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result, bail};
-use sealdb_config::Settings;
+use sealdb_config::{KmipGroup, Settings};
 use sealdb_kmip::KmipClient;
 
 use crate::Common;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KmsCommand {
+    /// Write a `[kmip_hosts.GROUP]` section into the config file
+    /// (`--config`, else DATA/sealdb.conf), keeping everything else in it.
+    Set(Box<SetArgs>),
     /// Connect to every host of GROUP: TLS, KMIP versions, supported operations.
     Test(Box<TestArgs>),
     /// The key server's objects that belong to this sealdb: id, name, algorithm, state, dates.
@@ -32,6 +40,51 @@ pub(crate) struct TestArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct SetArgs {
+    /// The group's name, used as `key-provider = "kmip:GROUP"`.
+    group: String,
+    /// `host:port` of each key server, tried in this order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    hosts: Vec<String>,
+    /// CA bundle (PEM) that signs the key servers' certificates.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This node's client certificate (PEM).
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    client_key: Option<PathBuf>,
+    /// The client identity as a PKCS#12 keystore instead.
+    #[arg(long)]
+    keystore: Option<PathBuf>,
+    /// The file holding the keystore's password.
+    #[arg(long)]
+    keystore_password_file: Option<PathBuf>,
+    /// Pin the KMIP version (1.0 to 1.4, 2.0); otherwise it is negotiated.
+    #[arg(long)]
+    kmip_version: Option<String>,
+    /// Limit of one round trip, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// How long unwrapped keys stay cached, in milliseconds.
+    #[arg(long)]
+    key_cache_ms: Option<u64>,
+    /// How long past that a cached key may serve while no host answers.
+    #[arg(long)]
+    key_cache_grace_ms: Option<u64>,
+    /// `wrap` (the key never leaves the key server) or `get`.
+    #[arg(long)]
+    mode: Option<String>,
+    /// The config file to write [default: DATA/sealdb.conf].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./sealdb-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     common: Common,
@@ -45,9 +98,57 @@ pub(crate) fn run(command: KmsCommand) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match command {
+        KmsCommand::Set(args) => set(*args),
         KmsCommand::Test(args) => runtime.block_on(test(*args)),
         KmsCommand::ListKeys(args) => runtime.block_on(list_keys(*args)),
     }
+}
+
+fn set(args: SetArgs) -> Result<()> {
+    if let Some(v) = &args.kmip_version {
+        v.parse::<sealdb_kmip::ProtocolVersion>()?;
+    }
+    if let Some(m) = &args.mode {
+        m.parse::<sealdb_kms::KmipMode>()?;
+    }
+    match (&args.client_cert, &args.client_key, &args.keystore) {
+        (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+        _ => bail!("give the client identity as --client-cert and --client-key (PEM), or as --keystore (PKCS#12)"),
+    }
+    let path = match &args.config {
+        Some(p) => p.clone(),
+        None => args
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("sealdb-data"))
+            .join("sealdb.conf"),
+    };
+    let group = KmipGroup {
+        hosts: args.hosts.clone(),
+        ca: args.ca.map(|p| crate::start::absolute(&p)).transpose()?,
+        client_cert: args.client_cert.map(|p| crate::start::absolute(&p)).transpose()?,
+        client_key: args.client_key.map(|p| crate::start::absolute(&p)).transpose()?,
+        keystore: args.keystore.map(|p| crate::start::absolute(&p)).transpose()?,
+        keystore_password_file: args
+            .keystore_password_file
+            .map(|p| crate::start::absolute(&p))
+            .transpose()?,
+        kmip_version: args.kmip_version,
+        timeout_ms: args.timeout_ms,
+        key_cache_ms: args.key_cache_ms,
+        key_cache_grace_ms: args.key_cache_grace_ms,
+        mode: args.mode,
+        ..KmipGroup::default()
+    };
+    sealdb_config::set_kmip_group(&path, &args.group, &group)?;
+    println!("wrote [kmip_hosts.{}] to {}", args.group, path.display());
+    println!(
+        "check it with `sealdb kms test {} --config {}`; keep the master key there with key-provider = \"kmip:{}\"",
+        args.group,
+        path.display(),
+        args.group
+    );
+    Ok(())
 }
 
 async fn test(args: TestArgs) -> Result<()> {

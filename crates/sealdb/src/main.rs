@@ -29,7 +29,7 @@ enum Command {
     /// Make and inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
-    /// Look at the KMIP key servers of `[kmip_hosts.GROUP]`.
+    /// Set up and look at the KMIP key servers of `[kmip_hosts.GROUP]`.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
     /// Authenticate every file of a data directory (server stopped): the

@@ -14,12 +14,30 @@ use std::path::Path;
 use kmip_support::{KmipServer, certs, free_port};
 use support::{TestServer, files_under, psql};
 
-/// A config file with `[kmip_hosts.hsm]` and `key-provider = "kmip:hsm"`.
-/// In `get` mode the client identity is a PKCS#12 keystore (made here with
-/// openssl) with its password in a file; in `wrap` mode, PEM files.
+/// A config file with `key-provider = "kmip:hsm"`, its `[kmip_hosts.hsm]`
+/// section written by `sealdb kms set`. In `get` mode the client identity
+/// is a PKCS#12 keystore (made here with openssl) with its password in a
+/// file; in `wrap` mode, PEM files.
 fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
-    let hosts = hosts.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
-    let identity = if mode == "get" {
+    let path = dir.join(format!("sealdb-{mode}.toml"));
+    std::fs::write(&path, "key-provider = \"kmip:hsm\"\n").unwrap();
+    let mut set = std::process::Command::new(support::sealdb_bin());
+    set.args([
+        "kms",
+        "set",
+        "hsm",
+        "--hosts",
+        &hosts.join(","),
+        "--timeout-ms",
+        "3000",
+        "--mode",
+        mode,
+    ])
+    .arg("--ca")
+    .arg(certs.join("ca.crt"))
+    .arg("--config")
+    .arg(&path);
+    if mode == "get" {
         let p12 = certs.join("client.p12");
         let status = std::process::Command::new("openssl")
             .args(["pkcs12", "-export", "-passout", "pass:kmip-P12-secret", "-in"])
@@ -34,20 +52,23 @@ fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
         std::fs::set_permissions(&p12, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let pass = certs.join("p12.pass");
         std::fs::write(&pass, "kmip-P12-secret\n").unwrap();
-        format!("keystore = {p12:?}\nkeystore-password-file = {pass:?}\n")
+        set.arg("--keystore")
+            .arg(&p12)
+            .arg("--keystore-password-file")
+            .arg(&pass);
     } else {
-        format!(
-            "client-cert = {:?}\nclient-key = {:?}\n",
-            certs.join("client.crt"),
-            certs.join("client.key")
-        )
-    };
-    let text = format!(
-        "key-provider = \"kmip:hsm\"\n\n[kmip_hosts.hsm]\nhosts = [{hosts}]\nca = {:?}\n{identity}timeout-ms = 3000\nmode = \"{mode}\"\n",
-        certs.join("ca.crt"),
+        set.arg("--client-cert")
+            .arg(certs.join("client.crt"))
+            .arg("--client-key")
+            .arg(certs.join("client.key"));
+    }
+    let out = set.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("wrote [kmip_hosts.hsm]"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let path = dir.join(format!("sealdb-{mode}.toml"));
-    std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
 
