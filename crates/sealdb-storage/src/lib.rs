@@ -40,6 +40,31 @@ pub use txn::{Pending, Transaction};
 pub use verify::{VerifyReport, verify};
 pub use wal::LOG_DIR;
 
+/// What a data directory's catalog header says of its master key, read
+/// without any key (for `sealdb kms info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterKeyRecord {
+    /// `local` or `kmip:GROUP`.
+    pub provider: String,
+    /// The master key's id at its provider.
+    pub master_id: String,
+    /// SHA-256 (hex) of the key ring as wrapped by the master key.
+    pub wrapped_ring_sha256: String,
+}
+
+/// Reads [`MasterKeyRecord`] from the catalog in `dir`.
+pub fn master_key_record(dir: &std::path::Path) -> Result<MasterKeyRecord, StorageError> {
+    let (header, _, _) = catalog::read_header(&dir.join(CATALOG_FILE))?;
+    Ok(MasterKeyRecord {
+        provider: header.provider,
+        master_id: header.master_id,
+        wrapped_ring_sha256: sealdb_crypto::sha256(&header.wrapped_ring)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    })
+}
+
 /// Entry points for benchmarks and fuzzing; not a stable API.
 #[doc(hidden)]
 pub mod internal {

@@ -131,7 +131,7 @@ pub(crate) fn kmip_client_config(settings: &Settings, group: &str) -> Result<(Km
 }
 
 /// Default limit of one KMIP round trip.
-const DEFAULT_KMIP_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_KMIP_TIMEOUT_MS: u64 = 5_000;
 
 /// The installation's id (16 hex digits), created on first use.
 fn instance_id(dir: &Path) -> Result<String> {

@@ -25,6 +25,9 @@ pub(crate) enum KmsCommand {
     Set(Box<SetArgs>),
     /// Connect to every host of GROUP: TLS, KMIP versions, supported operations.
     Test(Box<TestArgs>),
+    /// The KMIP groups, and the master key: provider, id, state on the key
+    /// server, and the SHA-256 of the key ring it wraps.
+    Info(Box<ListArgs>),
     /// The key server's objects that belong to this sealdb: id, name, algorithm, state, dates.
     ListKeys(Box<ListArgs>),
 }
@@ -101,6 +104,7 @@ pub(crate) fn run(command: KmsCommand) -> Result<()> {
         KmsCommand::Set(args) => set(*args),
         KmsCommand::Test(args) => runtime.block_on(test(*args)),
         KmsCommand::ListKeys(args) => runtime.block_on(list_keys(*args)),
+        KmsCommand::Info(args) => runtime.block_on(info(*args)),
     }
 }
 
@@ -239,6 +243,48 @@ async fn list_keys(args: ListArgs) -> Result<()> {
         );
     }
     println!("{} object(s) named {name} on [kmip_hosts.{group}]", ids.len());
+    Ok(())
+}
+
+async fn info(args: ListArgs) -> Result<()> {
+    let (settings, data) = crate::start::resolve_settings(&args.common, &args.settings)?;
+    let data = crate::start::absolute(&data)?;
+    println!(
+        "key-provider    {}",
+        settings.key_provider.as_deref().unwrap_or("local")
+    );
+    for (name, group) in &settings.kmip_hosts {
+        println!(
+            "[kmip_hosts.{name}] hosts {}; mode {}; KMIP {}; timeout {} ms",
+            group.hosts.join(", "),
+            group.mode.as_deref().unwrap_or("wrap"),
+            group.kmip_version.as_deref().unwrap_or("negotiated"),
+            group.timeout_ms.unwrap_or(crate::keys::DEFAULT_KMIP_TIMEOUT_MS)
+        );
+    }
+    let record = sealdb_storage::master_key_record(&data)
+        .with_context(|| format!("reading the catalog of {}", data.display()))?;
+    println!(
+        "master key      {} at {}; the key ring it wraps has SHA-256 {}",
+        record.master_id, record.provider, record.wrapped_ring_sha256
+    );
+    if let Some(group) = record.provider.strip_prefix("kmip:") {
+        let (config, _) = crate::keys::kmip_client_config(&settings, group)?;
+        let client = KmipClient::new(config)?;
+        match client.attributes(&record.master_id).await {
+            Ok(a) => println!(
+                "on the server   state {}, name {}, created {}, activated {}",
+                a.state.map_or("?", |s| s.name()),
+                a.names.first().map_or("-", String::as_str),
+                date(a.initial_date),
+                date(a.activation_date)
+            ),
+            Err(e) if e.is_not_found() => {
+                println!("on the server   NOT FOUND: the master key was destroyed; the data under it cannot be read")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

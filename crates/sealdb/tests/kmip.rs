@@ -251,4 +251,25 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
         .unwrap_or_else(|| panic!("no master key listed:\n{text}"));
     assert!(line.contains("AES-256") && line.contains("Active"), "{line}");
     assert!(text.contains("1 object(s) named"), "{text}");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["kms", "info", "--config", cfg, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("key-provider    kmip:hsm"), "{text}");
+    assert!(
+        text.contains(&format!("[kmip_hosts.hsm] hosts {down}, {live}; mode wrap")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "master key      {id} at kmip:hsm; the key ring it wraps has SHA-256 "
+        )),
+        "{text}"
+    );
+    assert!(text.contains("on the server   state Active, name sealdb/"), "{text}");
 }
