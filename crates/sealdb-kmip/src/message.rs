@@ -437,7 +437,7 @@ pub fn key_material(payload: &Item) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         .find(tag::KEY_VALUE)?
         .find(tag::KEY_MATERIAL)?;
     match &material.value {
-        Value::ByteString(bytes) => Some(zeroize::Zeroizing::new(bytes.clone())),
+        Value::ByteString(bytes) => Some(bytes.clone()),
         _ => None,
     }
 }
@@ -459,12 +459,9 @@ pub fn encrypt_payload(id: &str, data: &[u8], nonce: &[u8], aad: &[u8]) -> Vec<I
     vec![
         Item::new(tag::UNIQUE_IDENTIFIER, Value::TextString(id.to_owned())),
         gcm_parameters(),
-        Item::new(tag::DATA, Value::ByteString(data.to_vec())),
-        Item::new(tag::IV_COUNTER_NONCE, Value::ByteString(nonce.to_vec())),
-        Item::new(
-            tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
-            Value::ByteString(aad.to_vec()),
-        ),
+        Item::new(tag::DATA, bytes_value(data)),
+        Item::new(tag::IV_COUNTER_NONCE, bytes_value(nonce)),
+        Item::new(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, bytes_value(aad)),
     ]
 }
 
@@ -473,22 +470,24 @@ pub fn decrypt_payload(id: &str, ciphertext: &[u8], nonce: &[u8], aad: &[u8], ta
     vec![
         Item::new(tag::UNIQUE_IDENTIFIER, Value::TextString(id.to_owned())),
         gcm_parameters(),
-        Item::new(tag::DATA, Value::ByteString(ciphertext.to_vec())),
-        Item::new(tag::IV_COUNTER_NONCE, Value::ByteString(nonce.to_vec())),
-        Item::new(
-            tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA,
-            Value::ByteString(aad.to_vec()),
-        ),
-        Item::new(tag::AUTHENTICATED_ENCRYPTION_TAG, Value::ByteString(tag_bytes.to_vec())),
+        Item::new(tag::DATA, bytes_value(ciphertext)),
+        Item::new(tag::IV_COUNTER_NONCE, bytes_value(nonce)),
+        Item::new(tag::AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, bytes_value(aad)),
+        Item::new(tag::AUTHENTICATED_ENCRYPTION_TAG, bytes_value(tag_bytes)),
     ]
 }
 
 /// A byte string of a payload.
 pub fn bytes(payload: &Item, t: crate::ttlv::Tag) -> Option<&[u8]> {
     match &payload.find(t)?.value {
-        Value::ByteString(b) => Some(b),
+        Value::ByteString(b) => Some(b.as_slice()),
         _ => None,
     }
+}
+
+/// A byte string value (zeroized when dropped).
+fn bytes_value(b: &[u8]) -> Value {
+    Value::ByteString(zeroize::Zeroizing::new(b.to_vec()))
 }
 
 fn int(item: &Item) -> Option<i32> {

@@ -6,6 +6,8 @@
 //! length is checked against what is left, padding must be zeros, nesting
 //! is limited to [`MAX_DEPTH`], text must be UTF-8 and booleans 0 or 1.
 
+use zeroize::Zeroizing;
+
 use crate::KmipError;
 
 /// Deepest nesting of structures accepted (KMIP messages need about 8).
@@ -35,8 +37,9 @@ pub enum Value {
     Boolean(bool),
     /// UTF-8 text.
     TextString(String),
-    /// Bytes.
-    ByteString(Vec<u8>),
+    /// Bytes: keys, plaintext and ciphertext travel as byte strings, so
+    /// they are zeroized when the item is dropped.
+    ByteString(Zeroizing<Vec<u8>>),
     /// Seconds since the Unix epoch.
     DateTime(i64),
     /// Seconds.
@@ -148,7 +151,8 @@ impl Item {
             }
             Value::Integer(v) => out.extend_from_slice(&v.to_be_bytes()),
             Value::LongInteger(v) | Value::DateTime(v) => out.extend_from_slice(&v.to_be_bytes()),
-            Value::BigInteger(v) | Value::ByteString(v) => out.extend_from_slice(v),
+            Value::BigInteger(v) => out.extend_from_slice(v),
+            Value::ByteString(v) => out.extend_from_slice(v),
             Value::Enumeration(v) | Value::Interval(v) => out.extend_from_slice(&v.to_be_bytes()),
             Value::Boolean(v) => out.extend_from_slice(&u64::from(*v).to_be_bytes()),
             Value::TextString(v) => out.extend_from_slice(v.as_bytes()),
@@ -160,11 +164,25 @@ impl Item {
         out.resize(out.len() + padding(length), 0);
     }
 
-    /// The item's encoding.
+    /// The item's encoding, in a buffer of exactly its size (never
+    /// reallocated, so no stray copy of a key is left behind).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.encode(&mut out);
         out
+    }
+
+    /// The length of the item's encoding, padding included.
+    pub fn encoded_len(&self) -> usize {
+        let length = match &self.value {
+            Value::Structure(items) => items.iter().map(Item::encoded_len).sum(),
+            Value::Integer(_) | Value::Enumeration(_) | Value::Interval(_) => 4,
+            Value::LongInteger(_) | Value::DateTime(_) | Value::Boolean(_) => 8,
+            Value::BigInteger(v) => v.len(),
+            Value::ByteString(v) => v.len(),
+            Value::TextString(v) => v.len(),
+        };
+        HEADER_LEN + length + padding(length)
     }
 
     /// Decodes exactly one item that fills `bytes`.
@@ -289,7 +307,7 @@ fn decode_at(bytes: &[u8], offset: usize, depth: usize) -> Result<(Item, usize),
                 .map_err(|_| malformed(start, format!("tag {:#08x}: text is not UTF-8", tag.0)))?
                 .to_owned(),
         ),
-        0x08 => Value::ByteString(raw.to_vec()),
+        0x08 => Value::ByteString(Zeroizing::new(raw.to_vec())),
         other => {
             return Err(malformed(
                 offset + 3,
@@ -335,13 +353,17 @@ mod tests {
                 Value::TextString("Hello World".into()),
                 "420020 07 0000000B 48656C6C6F20576F 726C640000000000",
             ),
-            (Value::ByteString(vec![1, 2, 3]), "420020 08 00000003 0102030000000000"),
+            (
+                Value::ByteString(Zeroizing::new(vec![1, 2, 3])),
+                "420020 08 00000003 0102030000000000",
+            ),
             (Value::DateTime(0x47DA_67F8), "420020 09 00000008 0000000047DA67F8"),
             (Value::Interval(864_000), "420020 0A 00000004 000D2F00 00000000"),
         ];
         for (value, encoded) in cases {
             let item = Item::new(T, value);
             assert_eq!(item.to_bytes(), hex(encoded), "{item:?}");
+            assert_eq!(item.encoded_len(), hex(encoded).len());
             assert_eq!(Item::decode(&hex(encoded)).unwrap(), item);
         }
         let structure = Item::structure(
@@ -354,6 +376,7 @@ mod tests {
         let encoded =
             hex("420020 01 00000020 420004 05 00000004 000000FE 00000000 420005 02 00000004 000000FF 00000000");
         assert_eq!(structure.to_bytes(), encoded);
+        assert_eq!(structure.encoded_len(), encoded.len());
         assert_eq!(Item::decode(&encoded).unwrap(), structure);
     }
 
@@ -387,7 +410,7 @@ mod tests {
 
     #[test]
     fn byte_strings_are_never_printed() {
-        let item = Item::new(T, Value::ByteString(b"secret key".to_vec()));
+        let item = Item::new(T, Value::ByteString(Zeroizing::new(b"secret key".to_vec())));
         assert!(!format!("{item:?}").contains("secret"));
     }
 }
