@@ -427,3 +427,22 @@ impl Backoff {
         Some(wait)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_two_to_sixty_four_seconds_and_reset_after_a_success() {
+        let mut backoff = Backoff::default();
+        assert!(backoff.due());
+        let waits: Vec<u64> = (0..8)
+            .filter_map(|_| backoff.record(Some(&"disk full")).map(|w| w.as_secs()))
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 64, 64]);
+        assert!(!backoff.due(), "not before the wait is over");
+        assert_eq!(backoff.record::<&str>(None), None);
+        assert!(backoff.due());
+        assert_eq!(backoff.record(Some(&"again")), Some(Duration::from_secs(2)));
+    }
+}
