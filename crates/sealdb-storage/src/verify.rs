@@ -56,6 +56,15 @@ pub fn verify(dir: &Path, provider: &dyn KeyProvider) -> VerifyReport {
                 )),
             }
         }
+        if table.unpublished {
+            // A `CREATE TABLE AS` a crash interrupted: the next start drops
+            // it (and may already have removed its files).
+            report.notes.push(format!(
+                "table {} is from an unfinished CREATE TABLE AS; the next start drops it",
+                table.name
+            ));
+            continue;
+        }
         for meta in &table.segments {
             let s = Segment::new(dir, table.id, meta.clone());
             let data_key = match meta.key_version {
