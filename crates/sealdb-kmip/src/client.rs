@@ -165,16 +165,7 @@ impl KmipClient {
                         .unwrap_or("?")
                 );
                 if conn.offered.is_empty() {
-                    let payload = round_trip(
-                        &mut conn,
-                        Operation::DiscoverVersions,
-                        message::discover_versions_payload(&message::SUPPORTED),
-                        None,
-                        self.config.timeout,
-                    )
-                    .await
-                    .map_err(RoundTripError::into_error)?;
-                    conn.offered = message::discovered_versions(&payload);
+                    conn.offered = discover(&mut conn, self.config.timeout).await?;
                 }
                 let payload = round_trip(
                     &mut conn,
@@ -446,16 +437,7 @@ impl KmipClient {
         if self.config.version.is_none() {
             // Discover Versions exists since KMIP 1.1; ask in 1.1 form.
             conn.version = ProtocolVersion::new(1, 1);
-            let payload = round_trip(
-                &mut conn,
-                Operation::DiscoverVersions,
-                message::discover_versions_payload(&message::SUPPORTED),
-                None,
-                timeout,
-            )
-            .await
-            .map_err(RoundTripError::into_error)?;
-            let offered = message::discovered_versions(&payload);
+            let offered = discover(&mut conn, timeout).await?;
             conn.offered = offered.clone();
             conn.version = offered
                 .iter()
@@ -559,6 +541,21 @@ async fn round_trip(
     };
     let message = Item::decode(&bytes).map_err(RoundTripError::Sent)?;
     message::response_payload(&message, operation, &conn.host, object).map_err(RoundTripError::Sent)
+}
+
+/// Discover Versions on `conn`: the versions the server lists, its
+/// preferred first.
+async fn discover(conn: &mut Connection, timeout: Duration) -> Result<Vec<ProtocolVersion>, KmipError> {
+    let payload = round_trip(
+        conn,
+        Operation::DiscoverVersions,
+        message::discover_versions_payload(&message::SUPPORTED),
+        None,
+        timeout,
+    )
+    .await
+    .map_err(RoundTripError::into_error)?;
+    Ok(message::discovered_versions(&payload))
 }
 
 fn is_stale(e: &std::io::Error) -> bool {

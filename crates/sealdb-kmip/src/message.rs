@@ -217,14 +217,16 @@ pub fn query_result(payload: &Item) -> QueryResult {
     }
 }
 
+/// The fields of a Name: its text, as uninterpreted text.
+fn name_items(name: &str) -> Vec<Item> {
+    vec![
+        Item::new(tag::NAME_VALUE, Value::TextString(name.to_owned())),
+        Item::new(tag::NAME_TYPE, Value::Enumeration(spec::NAME_TYPE_TEXT)),
+    ]
+}
+
 fn name_structure(name: &str) -> Item {
-    Item::structure(
-        tag::NAME,
-        vec![
-            Item::new(tag::NAME_VALUE, Value::TextString(name.to_owned())),
-            Item::new(tag::NAME_TYPE, Value::Enumeration(spec::NAME_TYPE_TEXT)),
-        ],
-    )
+    Item::structure(tag::NAME, name_items(name))
 }
 
 /// A 1.x Attribute (name/value pair).
@@ -258,9 +260,6 @@ pub fn create_payload(version: ProtocolVersion, name: &str) -> Vec<Item> {
             ),
         ]
     } else {
-        let Value::Structure(name_items) = name_structure(name).value else {
-            return Vec::new();
-        };
         vec![
             object_type,
             Item::structure(
@@ -269,7 +268,7 @@ pub fn create_payload(version: ProtocolVersion, name: &str) -> Vec<Item> {
                     attribute("Cryptographic Algorithm", Value::Enumeration(spec::ALGORITHM_AES)),
                     attribute("Cryptographic Length", Value::Integer(256)),
                     attribute("Cryptographic Usage Mask", Value::Integer(spec::USAGE_ENCRYPT_DECRYPT)),
-                    attribute("Name", Value::Structure(name_items)),
+                    attribute("Name", Value::Structure(name_items(name))),
                 ],
             ),
         ]
@@ -312,10 +311,7 @@ pub fn locate_payload(version: ProtocolVersion, name: &str) -> Vec<Item> {
     if version.is_2() {
         vec![Item::structure(tag::ATTRIBUTES, vec![name_structure(name)])]
     } else {
-        let Value::Structure(items) = name_structure(name).value else {
-            return Vec::new();
-        };
-        vec![attribute("Name", Value::Structure(items))]
+        vec![attribute("Name", Value::Structure(name_items(name)))]
     }
 }
 

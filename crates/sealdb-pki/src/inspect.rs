@@ -44,7 +44,8 @@ impl CertInfo {
 }
 
 /// Formats a time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn format_time(t: OffsetDateTime) -> String {
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_time(t: OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     t.format(&f).unwrap_or_else(|_| t.to_string())
 }

@@ -30,7 +30,7 @@ mod tls;
 pub use error::PkiError;
 pub use generate::{CertsDir, KeyType};
 pub use identity::{CertUserMap, ClientCertificate, UserMapRule};
-pub use inspect::{CertInfo, cert_info, cert_info_pem_file};
+pub use inspect::{CertInfo, cert_info, cert_info_pem_file, format_time};
 pub use load::check_private_key_permissions;
 pub use tls::{
     LoadedCertificate, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,

@@ -158,6 +158,19 @@ fn times<I: IntoIterator<Item = SystemTime>>(values: I) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(values.into_iter().map(micros).collect::<Vec<_>>()).with_timezone("UTC"))
 }
 
+/// Timestamps from Unix seconds, NULL where unknown.
+fn optional_times<I: IntoIterator<Item = Option<u64>>>(values: I) -> ArrayRef {
+    Arc::new(
+        TimestampMicrosecondArray::from(
+            values
+                .into_iter()
+                .map(|t| t.map(|t| micros(unix(t))))
+                .collect::<Vec<_>>(),
+        )
+        .with_timezone("UTC"),
+    )
+}
+
 /// Registers every `sys` table.
 pub(crate) fn register(
     schema: &Arc<datafusion::catalog::MemorySchemaProvider>,
@@ -379,14 +392,7 @@ pub(crate) fn register(
                     rows.iter().map(|r| i64::from(r.version)).collect::<Vec<_>>(),
                 )) as ArrayRef,
                 strings(rows.iter().map(|r| Some(r.state.to_owned()))),
-                Arc::new(
-                    TimestampMicrosecondArray::from(
-                        rows.iter()
-                            .map(|r| r.created_unix.map(|t| micros(unix(t))))
-                            .collect::<Vec<_>>(),
-                    )
-                    .with_timezone("UTC"),
-                ),
+                optional_times(rows.iter().map(|r| r.created_unix)),
                 strings(rows.iter().map(|r| r.wrapped_sha256.clone())),
             ])
         }),
@@ -408,14 +414,7 @@ pub(crate) fn register(
                 strings(rows.iter().map(|r| Some(r.group.clone()))),
                 strings(rows.iter().map(|r| Some(r.host.clone()))),
                 strings(rows.iter().map(|r| Some(r.status.clone()))),
-                Arc::new(
-                    TimestampMicrosecondArray::from(
-                        rows.iter()
-                            .map(|r| r.last_success_unix.map(|t| micros(unix(t))))
-                            .collect::<Vec<_>>(),
-                    )
-                    .with_timezone("UTC"),
-                ),
+                optional_times(rows.iter().map(|r| r.last_success_unix)),
                 Arc::new(Float64Array::from(
                     rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>(),
                 )),

@@ -6,41 +6,16 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;
+#[path = "../../sealdb/tests/support/tmpfs.rs"]
+mod tmpfs;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use sealdb_storage::{Encryption, Store, StoreOptions, Transaction};
 use support::provider;
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sealdb-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (the CI machine runs tests as root)"
-        );
-        Self(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
+use tmpfs::{Tmpfs, is_root};
 
 fn schema() -> Schema {
     Schema::new(vec![
@@ -67,11 +42,11 @@ fn count(store: &Store) -> usize {
 
 #[tokio::test]
 async fn a_full_disk_fails_the_writer_clearly_loses_nothing_acknowledged_and_recovers_when_space_returns() {
-    if !nix_root() {
+    if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let fs = Tmpfs::mount("4m");
+    let fs = Tmpfs::mount("4m", "store-full");
     let data = fs.0.join("data");
     // Leave little room: a filler file takes most of the disk.
     let filler = fs.0.join("filler");
@@ -129,12 +104,4 @@ async fn a_full_disk_fails_the_writer_clearly_loses_nothing_acknowledged_and_rec
         Ok((store, _)) => assert_eq!(count(&store) as i64, acknowledged),
         Err(e) => panic!("reopen after a full disk failed: {e}"),
     }
-}
-
-fn nix_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }

@@ -9,6 +9,8 @@ use sealdb_config::{Settings, read_secret};
 use sealdb_kmip::KmipClientConfig;
 use sealdb_kms::{KeyProvider, KmipMode, KmipProvider, LocalKeystore};
 use sealdb_pki::{ServerIdentitySource, TrustSource};
+
+use crate::start::store_password;
 use zeroize::Zeroizing;
 
 /// The local keystore directory inside the data directory.
@@ -77,18 +79,16 @@ pub(crate) fn kmip_client_config(settings: &Settings, group: &str) -> Result<(Km
             cert: cert.clone(),
             key: key.clone(),
         },
-        (None, None, Some(path)) => {
-            let password = read_secret(
-                config.keystore_password.as_ref().map(|s| s.expose()),
+        (None, None, Some(path)) => ServerIdentitySource::Pkcs12 {
+            path: path.clone(),
+            password: store_password(
+                &format!("[kmip_hosts.{group}] keystore"),
+                config.keystore_password.as_ref(),
                 config.keystore_password_file.as_deref(),
+                "keystore-password-file",
                 "SEALDB_KMIP_KEYSTORE_PASSWORD",
-            )?
-            .unwrap_or_default();
-            ServerIdentitySource::Pkcs12 {
-                path: path.clone(),
-                password: Zeroizing::new(password),
-            }
-        }
+            )?,
+        },
         _ => bail!(
             "[kmip_hosts.{group}] needs the client identity for mutual TLS: client-cert and client-key (PEM), or keystore (PKCS#12), not both"
         ),
@@ -97,14 +97,13 @@ pub(crate) fn kmip_client_config(settings: &Settings, group: &str) -> Result<(Km
         (Some(ca), None, _) => TrustSource::Pem(ca.clone()),
         (None, Some(path), _) => TrustSource::Pkcs12 {
             path: path.clone(),
-            password: Zeroizing::new(
-                read_secret(
-                    config.truststore_password.as_ref().map(|s| s.expose()),
-                    config.truststore_password_file.as_deref(),
-                    "SEALDB_KMIP_TRUSTSTORE_PASSWORD",
-                )?
-                .unwrap_or_default(),
-            ),
+            password: store_password(
+                &format!("[kmip_hosts.{group}] truststore"),
+                config.truststore_password.as_ref(),
+                config.truststore_password_file.as_deref(),
+                "truststore-password-file",
+                "SEALDB_KMIP_TRUSTSTORE_PASSWORD",
+            )?,
         },
         (None, None, Some(ca)) => TrustSource::Pem(ca.clone()),
         _ => bail!(

@@ -221,7 +221,7 @@ async fn list_keys(args: ListArgs) -> Result<()> {
     let name = format!("{}/master-key", crate::keys::instance_prefix(&data)?);
     let ids = client.locate(&name).await?;
     println!(
-        "{:<12} {:<48} {:<10} {:<12} {:<20} {:<20} {:<20}",
+        "{:<12} {:<48} {:<10} {:<12} {:<23} {:<23} {:<23}",
         "ID", "NAME", "ALGORITHM", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
     );
     for id in &ids {
@@ -232,7 +232,7 @@ async fn list_keys(args: ListArgs) -> Result<()> {
             (None, _) => "?".into(),
         };
         println!(
-            "{:<12} {:<48} {:<10} {:<12} {:<20} {:<20} {:<20}",
+            "{:<12} {:<48} {:<10} {:<12} {:<23} {:<23} {:<23}",
             id,
             a.names.first().map_or(name.as_str(), String::as_str),
             algorithm,
@@ -290,16 +290,5 @@ async fn info(args: ListArgs) -> Result<()> {
 
 fn date(unix: Option<i64>) -> String {
     unix.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .map(|t| {
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        })
-        .unwrap_or_else(|| "-".into())
+        .map_or_else(|| "-".into(), sealdb_pki::format_time)
 }

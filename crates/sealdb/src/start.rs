@@ -285,19 +285,18 @@ fn host_name() -> Option<String> {
 /// The password of a PKCS#12 store `key` (`ssl-keystore` or
 /// `ssl-trust-store`): the `*-password` key, the `*-password-file` key, or
 /// `SEALDB_SSL_KEYSTORE_PASSWORD` / `SEALDB_SSL_TRUST_PASSWORD`.
-fn store_password(key: &str, direct: Option<&Secret>, file: Option<&Path>) -> Result<Zeroizing<String>> {
-    let env = match key {
-        "ssl-keystore" => "SEALDB_SSL_KEYSTORE_PASSWORD",
-        _ => "SEALDB_SSL_TRUST_PASSWORD",
-    };
-    let password = read_secret(direct.map(Secret::expose), file, env)?.with_context(|| {
-        let file_key = if key == "ssl-keystore" {
-            "ssl-keystore-password-file"
-        } else {
-            "ssl-trust-password-file"
-        };
-        format!("{key} needs a password: {file_key} or {env}")
-    })?;
+/// The password of a PKCS#12 store: the direct value, else the file, else
+/// the environment variable `env`; none at all is an error that names
+/// where to put it (`what` needs a password: `file_key` or `env`).
+pub(crate) fn store_password(
+    what: &str,
+    direct: Option<&Secret>,
+    file: Option<&Path>,
+    file_key: &str,
+    env: &str,
+) -> Result<Zeroizing<String>> {
+    let password = read_secret(direct.map(Secret::expose), file, env)?
+        .with_context(|| format!("{what} needs a password: {file_key} or {env}"))?;
     Ok(Zeroizing::new(password))
 }
 
@@ -309,6 +308,8 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
                 "ssl-keystore",
                 settings.ssl_keystore_password.as_ref(),
                 settings.ssl_keystore_password_file.as_deref(),
+                "ssl-keystore-password-file",
+                "SEALDB_SSL_KEYSTORE_PASSWORD",
             )?;
             ServerIdentitySource::Pkcs12 {
                 path: path.clone(),
@@ -342,6 +343,8 @@ fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
                 "ssl-trust-store",
                 settings.ssl_trust_password.as_ref(),
                 settings.ssl_trust_password_file.as_deref(),
+                "ssl-trust-password-file",
+                "SEALDB_SSL_TRUST_PASSWORD",
             )?;
             Some(TrustSource::Pkcs12 {
                 path: path.clone(),

@@ -5,81 +5,38 @@
 //! test (needs root, like the CI machine); unmounted when done.
 
 mod support;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use support::{TestServer, psql};
+use support::{TestServer, psql, sealdb_verify};
+use tmpfs::{Tmpfs, is_root};
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// A tmpfs of `size` at a mount point of its own (`label` tells apart
-    /// the tests of this binary, which run in parallel).
-    fn mount(size: &str, label: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sealdb-{label}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Self(dir)
-    }
-
-    fn available(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.0)
-            .output()
-            .expect("df");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df prints the available bytes")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// One statement through psql with SQLSTATEs in its error messages.
+/// One statement through psql (SQLSTATEs in its errors): whether it
+/// succeeded, and all it printed.
 fn verbose(conninfo: &str, sql: &str) -> (bool, String) {
-    let out = Command::new("psql")
-        .arg(conninfo)
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            "VERBOSITY=verbose",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && !text.contains("ERROR"), text)
+    let out = psql(conninfo, sql);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    (out.ok && !text.contains("ERROR"), text)
+}
+
+/// A server whose data directory is on a fresh tmpfs of its own, with an
+/// empty table `t (id, pad)`.
+fn server_on_tmpfs(label: &str) -> (Tmpfs, TestServer) {
+    let fs = Tmpfs::mount("64m", label);
+    let dir = tempfile::Builder::new()
+        .prefix("sealdb")
+        .tempdir_in(&fs.0)
+        .expect("tempdir on the tmpfs");
+    let server = TestServer::start_in(dir, &[]);
+    psql(
+        &server.admin(),
+        "CREATE TABLE t (id BIGINT NOT NULL, pad TEXT NOT NULL)",
+    )
+    .expect_ok();
+    (fs, server)
 }
 
 fn count(conninfo: &str) -> u64 {
@@ -109,36 +66,14 @@ fn fill_up(path: &Path) {
     let _ = file.sync_all();
 }
 
-fn sealdb_verify(data: &Path) -> (bool, String) {
-    let out = Command::new(support::sealdb_bin())
-        .args(["verify", "--data"])
-        .arg(data)
-        .output()
-        .expect("sealdb verify");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn a_full_disk_fails_writes_with_53100_keeps_reads_and_acknowledged_rows_and_recovers_when_space_returns() {
     if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let fs = Tmpfs::mount("64m", "full-disk");
-    let dir = tempfile::Builder::new()
-        .prefix("sealdb")
-        .tempdir_in(&fs.0)
-        .expect("tempdir on the tmpfs");
-    let server = TestServer::start_in(dir, &[]);
+    let (fs, server) = server_on_tmpfs("full-disk");
     let admin = server.admin();
-    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, pad TEXT NOT NULL)").expect_ok();
 
     // Leave about 6 MiB: a filler file takes the rest of the disk.
     let filler = fs.0.join("filler");
@@ -193,7 +128,7 @@ fn a_full_disk_fails_writes_with_53100_keeps_reads_and_acknowledged_rows_and_rec
     let server = TestServer::start_in(dir, &[]);
     assert_eq!(count(&server.admin()), acknowledged);
     let dir = server.stop();
-    let (ok, report) = sealdb_verify(&data);
+    let (ok, report) = sealdb_verify(&data, &[]);
     assert!(ok, "sealdb verify after the full disk:\n{report}");
     drop(dir);
     std::thread::sleep(Duration::from_millis(50));
@@ -205,14 +140,8 @@ fn a_server_restarted_on_a_full_disk_serves_reads_and_recovers_when_space_return
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let fs = Tmpfs::mount("64m", "full-at-start");
-    let dir = tempfile::Builder::new()
-        .prefix("sealdb")
-        .tempdir_in(&fs.0)
-        .expect("tempdir on the tmpfs");
-    let server = TestServer::start_in(dir, &[]);
+    let (fs, server) = server_on_tmpfs("full-at-start");
     let admin = server.admin();
-    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, pad TEXT NOT NULL)").expect_ok();
     psql(&admin, &insert(1, 2000)).expect_ok();
     // Crash with the rows only in the log, then take every free byte.
     let dir = server.crash();

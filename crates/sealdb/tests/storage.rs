@@ -9,24 +9,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{TestServer, run_with_timeout, sealdb_bin};
-
-fn verify(data: &Path, env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(sealdb_bin());
-    cmd.arg("verify").arg("--data").arg(data);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = run_with_timeout(cmd, std::time::Duration::from_secs(60));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use support::{TestServer, run_with_timeout, sealdb_bin, sealdb_verify as verify};
 
 /// `sealdb start` on `data`, expected to exit at once with an error: its output.
 fn start_fails(data: &Path, args: &[&str]) -> String {

@@ -268,11 +268,8 @@ fn a_damaged_segment_is_named_by_queries_and_verify_and_never_read_as_rows() {
     let e = psql(&server.admin(), "SELECT count(*), max(v) FROM t").expect_err("XX001");
     assert!(e.contains(&name), "{e}");
     let dir = server.stop();
-    let mut cmd = std::process::Command::new(support::sealdb_bin());
-    cmd.arg("verify").arg("--data").arg(dir.path().join("data"));
-    let out = support::run_with_timeout(cmd, std::time::Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = support::sealdb_verify(&dir.path().join("data"), &[]);
+    assert!(!ok, "{text}");
     assert!(text.contains(&name) && text.contains("FAILED"), "{text}");
 }
 
@@ -542,12 +539,8 @@ fn a_crash_during_create_table_as_leaves_no_table() {
     psql(&admin, "CREATE TABLE big AS SELECT 1 AS i").expect_ok();
     assert_eq!(psql(&admin, "SELECT i FROM big").expect_ok(), "1\n");
     let dir = server.stop();
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["verify", "--data"])
-        .arg(&data)
-        .output()
-        .expect("sealdb verify");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let (ok, report) = support::sealdb_verify(&data, &[]);
+    assert!(ok, "{report}");
     drop(dir);
 }
 

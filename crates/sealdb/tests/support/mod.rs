@@ -307,6 +307,24 @@ fn psql_run(conninfo: &str, sql: &str, password: Option<&str>, stdin: Stdio) -> 
     }
 }
 
+/// `sealdb verify --data DATA` with `env`: whether it passed, and what it printed.
+pub fn sealdb_verify(data: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(sealdb_bin());
+    cmd.arg("verify").arg("--data").arg(data);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs a command, killing it after `limit`.
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     let child = cmd
