@@ -301,7 +301,7 @@ pub fn revoke_payload(id: &str, compromised: bool, now_unix: i64) -> Vec<Item> {
         ),
     ];
     if compromised {
-        payload.push(Item::new(tag::COMPROMISE_DATE, Value::DateTime(now_unix)));
+        payload.push(Item::new(tag::COMPROMISE_OCCURRENCE_DATE, Value::DateTime(now_unix)));
     }
     payload
 }

@@ -16,7 +16,7 @@ pub mod tag {
     pub const BATCH_COUNT: Tag = Tag(0x42000D);
     pub const BATCH_ITEM: Tag = Tag(0x42000F);
     pub const BLOCK_CIPHER_MODE: Tag = Tag(0x420011);
-    pub const COMPROMISE_DATE: Tag = Tag(0x420020);
+    pub const COMPROMISE_OCCURRENCE_DATE: Tag = Tag(0x420021);
     pub const CRYPTOGRAPHIC_ALGORITHM: Tag = Tag(0x420028);
     pub const CRYPTOGRAPHIC_LENGTH: Tag = Tag(0x42002A);
     pub const CRYPTOGRAPHIC_PARAMETERS: Tag = Tag(0x42002B);

@@ -305,6 +305,32 @@ impl KeyProvider for KmipProvider {
         Ok(())
     }
 
+    fn state(&self, id: &MasterKeyId) -> Result<KeyState, KmsError> {
+        let key_id = id.0.clone();
+        let state = match self.run(move |c| async move { c.state(&key_id).await }) {
+            Ok(state) => key_state(state),
+            Err(KmsError::Kmip(k)) if k.is_not_found() => KeyState::Destroyed,
+            Err(e) => return Err(e),
+        };
+        if state == KeyState::Destroyed
+            && let Ok(mut m) = self.fetched.lock()
+        {
+            // `get` mode: the fetched copy goes with the key.
+            m.remove(&id.0);
+        }
+        Ok(state)
+    }
+
+    fn deactivate(&self, id: &MasterKeyId) -> Result<(), KmsError> {
+        let key_id = id.0.clone();
+        self.run(move |c| async move {
+            if c.state(&key_id).await? == State::Active {
+                c.revoke(&key_id, false).await?;
+            }
+            Ok(())
+        })
+    }
+
     fn protected_at_rest(&self) -> bool {
         true
     }

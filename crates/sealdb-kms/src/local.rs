@@ -328,6 +328,25 @@ impl KeyProvider for LocalKeystore {
         })
     }
 
+    fn state(&self, id: &MasterKeyId) -> Result<KeyState, KmsError> {
+        let inner = self.lock();
+        Ok(match self.entry_index(&inner.entries, id) {
+            Ok(i) => inner.entries[i].state,
+            Err(_) => KeyState::Destroyed,
+        })
+    }
+
+    fn deactivate(&self, id: &MasterKeyId) -> Result<(), KmsError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.change(|entries| {
+            let index = self.entry_index(entries, id)?;
+            if entries[index].state == KeyState::Active {
+                entries[index].state = KeyState::Deactivated;
+            }
+            Ok(())
+        })
+    }
+
     fn protected_at_rest(&self) -> bool {
         self.passphrase.is_some()
     }

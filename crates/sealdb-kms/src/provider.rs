@@ -76,6 +76,15 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
     /// Destroys master key `id`: what only it protects becomes unreadable.
     fn destroy(&self, id: &MasterKeyId) -> Result<(), KmsError>;
 
+    /// The state of master key `id` now, read from where it lives (a key
+    /// server round trip for KMIP). A key the provider no longer has is
+    /// [`KeyState::Destroyed`].
+    fn state(&self, id: &MasterKeyId) -> Result<KeyState, KmsError>;
+
+    /// Retires master key `id` after a rotation moved everything to a newer
+    /// version: it stays to decrypt until an operator destroys it.
+    fn deactivate(&self, id: &MasterKeyId) -> Result<(), KmsError>;
+
     /// Whether the master key is protected at rest (sealed under a
     /// passphrase or held by a key server); `false` is a finding.
     fn protected_at_rest(&self) -> bool;

@@ -336,7 +336,12 @@ impl Engine {
         let keys = SegmentKeys::new();
         for table in store.tables() {
             let name = table.name().to_owned();
-            let provider = SealTable::new(table, keys.clone(), store.options().lock_timeout);
+            let provider = SealTable::new(
+                table,
+                keys.clone(),
+                store.key_gate().clone(),
+                store.options().lock_timeout,
+            );
             self.base
                 .register_table(TableReference::partial(SCHEMA, name), Arc::new(provider))?;
         }
@@ -1009,6 +1014,7 @@ impl Engine {
         let provider = Arc::new(SealTable::new(
             table,
             durable.keys.clone(),
+            durable.store.key_gate().clone(),
             durable.store.options().lock_timeout,
         ));
         // `AS SELECT` fills the table before anyone else can see it: no other

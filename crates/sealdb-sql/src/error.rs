@@ -125,6 +125,8 @@ impl SqlError {
                 StorageError::NoSuchTable(_) => "42P01",
                 StorageError::TableExists(_) => "42P07",
                 StorageError::Schema { .. } => "23502",
+                // Errors external to the database: the key server.
+                StorageError::KeyUnavailable { .. } => "58000",
                 _ => "XX000",
             }
         };

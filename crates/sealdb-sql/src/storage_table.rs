@@ -77,7 +77,7 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use roaring::RoaringTreemap;
-use sealdb_storage::{Pending, ROWID_COLUMN, Segment, StorageError, Table, Transaction};
+use sealdb_storage::{KeyGate, Pending, ROWID_COLUMN, Segment, StorageError, Table, Transaction};
 
 /// What can go wrong between DataFusion and the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +458,8 @@ fn object_path(path: &Path) -> Result<ObjectPath> {
 pub struct SealTable {
     table: Arc<Table>,
     keys: Arc<SegmentKeys>,
+    /// Closed when the master key is destroyed or unconfirmed too long.
+    gate: Arc<KeyGate>,
     lock_timeout: Duration,
     /// Whether the schema ends with the row-id column (DELETE/UPDATE planning).
     expose_rowid: bool,
@@ -466,12 +468,14 @@ pub struct SealTable {
 
 impl SealTable {
     /// The provider of `table`; `lock_timeout` is how long a writer waits for
-    /// the table's write lock (`store.options().lock_timeout`).
-    pub fn new(table: Arc<Table>, keys: Arc<SegmentKeys>, lock_timeout: Duration) -> Self {
+    /// the table's write lock (`store.options().lock_timeout`); every scan
+    /// passes `gate` (`store.key_gate()`).
+    pub fn new(table: Arc<Table>, keys: Arc<SegmentKeys>, gate: Arc<KeyGate>, lock_timeout: Duration) -> Self {
         let schema = table.schema().clone();
         Self {
             table,
             keys,
+            gate,
             lock_timeout,
             expose_rowid: false,
             schema,
@@ -586,6 +590,7 @@ impl TableProvider for SealTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.gate.check(self.table.name()).map_err(storage)?;
         let data = self.table.snapshot();
         let pending = pending_view(state.config(), &self.table).await;
         let deletions = Arc::new(Deletions {

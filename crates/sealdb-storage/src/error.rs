@@ -55,6 +55,19 @@ pub enum StorageError {
         /// What became unreadable.
         detail: String,
     },
+    /// The master key over this data is destroyed, or no key server has
+    /// confirmed it within the grace period: the keys in memory are not used.
+    #[error("cannot use table \"{table}\": master key {key} is {state}: {detail}")]
+    KeyUnavailable {
+        /// The table.
+        table: String,
+        /// The master key, as `ID in PROVIDER`.
+        key: String,
+        /// `destroyed` or `unreachable`.
+        state: String,
+        /// What was found, and the fix.
+        detail: String,
+    },
     /// A primitive failed.
     #[error(transparent)]
     Crypto(#[from] sealdb_crypto::CryptoError),
@@ -111,6 +124,7 @@ impl StorageError {
         match self {
             Self::Io { source, .. } => source.raw_os_error() == Some(ENOSPC),
             Self::LockTimeout(_) => true,
+            Self::KeyUnavailable { state, .. } => state == "unreachable",
             Self::Integrity { .. }
             | Self::Missing { .. }
             | Self::NewerFormat { .. }

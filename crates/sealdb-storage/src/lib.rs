@@ -23,6 +23,7 @@
 mod catalog;
 mod error;
 mod inventory;
+mod keygate;
 mod segment;
 mod store;
 mod table;
@@ -33,6 +34,7 @@ mod wal;
 pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta};
 pub use error::StorageError;
 pub use inventory::{KeyRecord, TableSummary};
+pub use keygate::{Closed, KeyGate, RefreshOutcome};
 pub use segment::{Segment, TABLES_DIR};
 pub use store::{RecoveryReport, Store, StoreOptions};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};

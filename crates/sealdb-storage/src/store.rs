@@ -11,12 +11,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use roaring::RoaringTreemap;
 use sealdb_crypto::{AeadKey, Key256, unwrap_key, wrap_key};
-use sealdb_kms::{KeyProvider, MasterKeyId};
+use sealdb_kms::{KeyProvider, KeyState, MasterKeyId};
 use tracing::{info, warn};
 
 use crate::StorageError;
 use crate::catalog::{self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableMeta};
 use crate::inventory::{self, KeyRecord, Published, TableSummary};
+use crate::keygate::{KeyGate, RefreshOutcome};
 use crate::segment::{self, Segment, TABLES_DIR};
 use crate::table::{MemChunk, Table, lock, without_deleted};
 use crate::txn::Transaction;
@@ -69,12 +70,15 @@ struct CatalogState {
 
 struct Ring {
     key: AeadKey,
+    /// Kept to re-wrap under a new master-key version (zeroized on drop).
+    raw: Key256,
 }
 
 struct Inner {
     dir: PathBuf,
     provider: Arc<dyn KeyProvider>,
     ring: std::sync::Mutex<Ring>,
+    gate: Arc<KeyGate>,
     catalog_key: AeadKey,
     catalog: tokio::sync::Mutex<CatalogState>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
@@ -139,6 +143,7 @@ impl Store {
             let ring_key = AeadKey::new(&ring);
             let system = Key256::random()?;
             let wrapped_system = wrap_key(&ring_key, &system, SYSTEM_AAD)?;
+            let ring_key = (ring_key, ring);
             let header = CatalogHeader {
                 format: catalog::CATALOG_FORMAT,
                 generation: 1,
@@ -156,7 +161,7 @@ impl Store {
                 ..CatalogBody::default()
             };
             catalog::write(dir, &header, &body, &catalog::body_key(&system)?)?;
-            (header, body, (master, ring_key), system)
+            (header, body, (master, ring_key.0, ring_key.1), system)
         };
 
         // A `CREATE TABLE AS` that a crash interrupted was never
@@ -226,7 +231,11 @@ impl Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 provider,
-                ring: std::sync::Mutex::new(Ring { key: ring_key.1 }),
+                ring: std::sync::Mutex::new(Ring {
+                    key: ring_key.1,
+                    raw: ring_key.2,
+                }),
+                gate: Arc::new(KeyGate::default()),
                 catalog_key: catalog::body_key(&system)?,
                 catalog: tokio::sync::Mutex::new(CatalogState {
                     header: header.clone(),
@@ -271,6 +280,103 @@ impl Store {
                 Some(inventory::table_summary(meta, table))
             })
             .collect()
+    }
+
+    /// Whether statements may use the keys in memory (see [`KeyGate`]).
+    pub fn key_gate(&self) -> &Arc<KeyGate> {
+        &self.inner.gate
+    }
+
+    /// The master key over the data now, and its provider's name.
+    pub async fn master_key(&self) -> (MasterKeyId, String) {
+        let state = self.inner.catalog.lock().await;
+        (MasterKeyId(state.header.master_id.clone()), state.header.provider.clone())
+    }
+
+    /// Moves the data to a new master-key version: the provider creates
+    /// one, the key ring is wrapped under it, and the catalog naming it
+    /// replaces the old one in one atomic write (a crash leaves the old
+    /// state or the new, both readable). Nothing else is rewritten; the old
+    /// version is then deactivated and may be destroyed without loss.
+    /// Returns (old, new). Calls the provider three times.
+    pub async fn rotate_master_key(&self) -> Result<(MasterKeyId, MasterKeyId), StorageError> {
+        let mut state = self.inner.catalog.lock().await;
+        let old = MasterKeyId(state.header.master_id.clone());
+        let provider = self.inner.provider.clone();
+        let ring = lock(&self.inner.ring).raw.clone();
+        let (new, wrapped) = tokio::task::spawn_blocking(move || {
+            let new = provider.create_master_key()?;
+            let wrapped = provider.wrap(&new, &ring, RING_AAD)?;
+            Ok::<_, StorageError>((new, wrapped))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("master-key rotation: {e}")))??;
+        let new_id = new.0.clone();
+        self.persist_with_header(
+            &mut state,
+            |header| {
+                header.master_id = new_id;
+                header.wrapped_ring = wrapped;
+            },
+            |_| Ok(()),
+        )
+        .await?;
+        drop(state);
+        info!(from = %old, to = %new, provider = %self.inner.provider.name(), "master key rotated: the key ring is wrapped under the new version");
+        let provider = self.inner.provider.clone();
+        let retired = old.clone();
+        match tokio::task::spawn_blocking(move || provider.deactivate(&retired)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(key = %old, "the old master key could not be deactivated (nothing needs it any more; deactivate or destroy it on the key server): {e}"),
+            Err(e) => warn!(key = %old, "the old master key could not be deactivated: {e}"),
+        }
+        Ok((old, new))
+    }
+
+    /// Re-reads the master key's state from its provider (one call; a
+    /// key-server round trip for KMIP) and sets the [`KeyGate`]: see its
+    /// module. A deactivated or compromised key is rotated away from at
+    /// once. `grace` is how long the keys in memory keep serving while no
+    /// key server answers.
+    pub async fn refresh_master_key(&self, grace: Duration) -> RefreshOutcome {
+        let (master, provider_name) = self.master_key().await;
+        let key = format!("{master} in {provider_name}");
+        let provider = self.inner.provider.clone();
+        let asked = master.clone();
+        let state = match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the key-provider thread failed: {e}")),
+        };
+        let gate = &self.inner.gate;
+        match state {
+            Ok(KeyState::Active) => RefreshOutcome::Active {
+                recovered: gate.confirmed(),
+            },
+            Ok(retired @ (KeyState::Deactivated | KeyState::Compromised)) => {
+                // The keys in memory are still good to decrypt; new data
+                // must not go under the retired version.
+                gate.confirmed();
+                match self.rotate_master_key().await {
+                    Ok((from, to)) => RefreshOutcome::Rotated {
+                        from: from.0,
+                        state: retired.as_str().to_owned(),
+                        to: to.0,
+                    },
+                    Err(e) => RefreshOutcome::RotationFailed {
+                        from: master.0,
+                        error: e.to_string(),
+                    },
+                }
+            }
+            Ok(KeyState::Destroyed) => {
+                gate.destroyed(key.clone());
+                RefreshOutcome::Destroyed { key }
+            }
+            Err(error) => {
+                let (since, serving) = gate.unreachable(key, &error, grace);
+                RefreshOutcome::Unreachable { error, since, serving }
+            }
+        }
     }
 
     /// The data directory.
@@ -470,6 +576,7 @@ impl Store {
         let mut applies = Vec::new();
         for pending in tx.tables.values() {
             let table = &pending.table;
+            self.inner.gate.check(&table.name)?;
             let key = match table.encryption {
                 Encryption::Aes256Gcm => {
                     let (version, key) = table.writing_key()?;
@@ -813,10 +920,21 @@ impl Store {
         state: &mut CatalogState,
         change: impl FnOnce(&mut CatalogBody) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
+        self.persist_with_header(state, |_| {}, change).await
+    }
+
+    /// As [`Self::persist`], changing the header too (its master key).
+    async fn persist_with_header(
+        &self,
+        state: &mut CatalogState,
+        header_change: impl FnOnce(&mut CatalogHeader),
+        change: impl FnOnce(&mut CatalogBody) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let mut body = state.body.clone();
         change(&mut body)?;
         body.generation += 1;
         let mut header = state.header.clone();
+        header_change(&mut header);
         header.generation = body.generation;
         catalog::write(&self.inner.dir, &header, &body, &self.inner.catalog_key)?;
         *lock(&self.inner.published) = Arc::new(Published {
@@ -884,7 +1002,7 @@ fn compaction_plan(data: &crate::TableData) -> Vec<Arc<Segment>> {
     plan
 }
 
-pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadKey), Key256);
+pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadKey, Key256), Key256);
 
 /// Reads the catalog: unwraps the key ring (one key-provider call), the
 /// system key, and authenticates the body. Changes nothing.
@@ -912,7 +1030,7 @@ pub(crate) fn open_catalog(catalog_path: &Path, provider: &dyn KeyProvider) -> R
             "header and body generations differ",
         ));
     }
-    Ok((header, body, (master, ring_key), system))
+    Ok((header, body, (master, ring_key, ring), system))
 }
 
 /// One log file read during recovery or verification.

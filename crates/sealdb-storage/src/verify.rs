@@ -35,7 +35,7 @@ impl VerifyReport {
 /// with its data key) and the whole log of the data directory `dir`.
 pub fn verify(dir: &Path, provider: &dyn KeyProvider) -> VerifyReport {
     let mut report = VerifyReport::default();
-    let (_, body, (_, ring), system) = match open_catalog(&dir.join(CATALOG_FILE), provider) {
+    let (_, body, (_, ring, _), system) = match open_catalog(&dir.join(CATALOG_FILE), provider) {
         Ok(opened) => opened,
         Err(e) => {
             report.problems.push(e);

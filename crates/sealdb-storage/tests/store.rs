@@ -521,3 +521,69 @@ async fn a_truncated_file_is_reported_with_the_file_name() {
         }
     }
 }
+
+#[tokio::test]
+async fn master_key_rotation_rewraps_only_the_ring_and_the_old_version_can_be_destroyed() {
+    let dir = with_segment_and_log().await;
+    let keystore = provider(dir.path());
+    let (store, _) = Store::open(dir.path(), keystore.clone(), StoreOptions::default()).unwrap();
+    let files_before: Vec<_> = all_files(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    let calls = keystore.call_count();
+    let (old, new) = store.rotate_master_key().await.unwrap();
+    assert_ne!(old, new);
+    assert!(keystore.call_count() - calls <= 3, "rotation calls the provider a fixed number of times");
+    assert_eq!(store.master_key().await.0, new);
+    insert(&store, "public.t", rows(60..70, "c")).await;
+    store.checkpoint().await.unwrap();
+    // No data file was rewritten.
+    for f in &files_before {
+        assert!(f.exists(), "{} was rewritten", f.display());
+    }
+    drop(store);
+    // The old version is retired; destroying it loses nothing.
+    let states = keystore.list().unwrap();
+    assert!(states.iter().any(|k| k.id == old && k.state == sealdb_kms::KeyState::Deactivated), "{states:?}");
+    keystore.destroy(&old).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), (0..70).collect::<Vec<_>>());
+    assert_eq!(store.master_key().await.0, new);
+}
+
+#[tokio::test]
+async fn a_refresh_rotates_away_from_a_deactivated_master_key_and_closes_the_gate_on_a_destroyed_one() {
+    use sealdb_storage::RefreshOutcome;
+    let dir = with_segment_and_log().await;
+    let keystore = provider(dir.path());
+    let (store, _) = Store::open(dir.path(), keystore.clone(), StoreOptions::default()).unwrap();
+    let grace = std::time::Duration::from_secs(60);
+    assert_eq!(
+        store.refresh_master_key(grace).await,
+        RefreshOutcome::Active { recovered: false }
+    );
+    let (first, _) = store.master_key().await;
+    keystore.deactivate(&first).unwrap();
+    let RefreshOutcome::Rotated { from, state, to } = store.refresh_master_key(grace).await else {
+        panic!("a deactivated master key is rotated away from");
+    };
+    assert_eq!((from.as_str(), state.as_str()), (first.0.as_str(), "deactivated"));
+    assert_eq!(store.master_key().await.0.0, to);
+    insert(&store, "public.t", rows(60..61, "d")).await;
+
+    let (current, _) = store.master_key().await;
+    keystore.destroy(&current).unwrap();
+    assert!(matches!(store.refresh_master_key(grace).await, RefreshOutcome::Destroyed { .. }));
+    let err = store.key_gate().check("public.t").unwrap_err().to_string();
+    assert!(err.contains("public.t") && err.contains(&current.0) && err.contains("destroyed"), "{err}");
+    let t = store.table("public.t").unwrap();
+    let mut tx = Transaction::new();
+    tx.write(&t, store.options().lock_timeout)
+        .await
+        .unwrap()
+        .insert(&rows(100..101, "e"))
+        .unwrap();
+    let err = store.commit(tx).await.unwrap_err();
+    assert!(matches!(err, StorageError::KeyUnavailable { .. }), "{err}");
+}

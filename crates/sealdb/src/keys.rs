@@ -129,6 +129,34 @@ pub(crate) fn kmip_client_config(settings: &Settings, group: &str) -> Result<(Km
     Ok((client, mode))
 }
 
+/// How long keys are used between two checks of the master key's state on
+/// the key server, by default.
+pub(crate) const DEFAULT_KEY_CACHE_MS: u64 = 300_000;
+/// How long the keys in memory keep serving while no key server answers,
+/// by default: an hour for the operators to bring one back.
+pub(crate) const DEFAULT_KEY_CACHE_GRACE_MS: u64 = 3_600_000;
+/// During an outage the key servers are asked at least this often, so
+/// service resumes soon after one is back.
+const OUTAGE_RETRY: Duration = Duration::from_secs(5);
+
+/// When the master key's state is re-read: (period, grace, period during an
+/// outage). `None` for the local keystore, whose state only sealdb changes.
+pub(crate) fn key_cache_policy(settings: &Settings) -> Result<Option<(Duration, Duration, Duration)>> {
+    let Some(group) = settings.key_provider.as_deref().and_then(|p| p.strip_prefix("kmip:")) else {
+        return Ok(None);
+    };
+    let Some(config) = settings.kmip_hosts.get(group) else {
+        bail!("key-provider = \"kmip:{group}\" names no [kmip_hosts.{group}] section");
+    };
+    let period = config.key_cache_ms.unwrap_or(DEFAULT_KEY_CACHE_MS);
+    if period == 0 {
+        bail!("[kmip_hosts.{group}] key-cache-ms = 0: give the time between checks of the master key, in milliseconds (default {DEFAULT_KEY_CACHE_MS})");
+    }
+    let period = Duration::from_millis(period);
+    let grace = Duration::from_millis(config.key_cache_grace_ms.unwrap_or(DEFAULT_KEY_CACHE_GRACE_MS));
+    Ok(Some((period, grace, period.min(OUTAGE_RETRY))))
+}
+
 /// Default limit of one KMIP round trip.
 pub(crate) const DEFAULT_KMIP_TIMEOUT_MS: u64 = 5_000;
 

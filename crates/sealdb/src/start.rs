@@ -199,6 +199,12 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             }
         }
     });
+    // The master key's state on the key server is re-read every
+    // key-cache-ms: revocation rotates, destruction and long outages close
+    // the key gate, and service resumes by itself.
+    if let Some((period, grace, outage_period)) = crate::keys::key_cache_policy(&settings)? {
+        tokio::spawn(watch_master_key(store.clone(), period, grace, outage_period));
+    }
     // Users and grants live in the encrypted catalog; a fresh one gets the
     // bootstrap administrator.
     let access = match store.section(sealdb_sql::ACCESS_SECTION).await {
@@ -233,6 +239,70 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
     }
     Ok(())
+}
+
+/// Re-reads the master key's state every `period` (every `outage_period`
+/// while no key server answers) and logs what changed.
+async fn watch_master_key(store: sealdb_storage::Store, period: Duration, grace: Duration, outage_period: Duration) {
+    use sealdb_storage::RefreshOutcome;
+    const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+    let mut wait = period;
+    let mut outage_logged = None;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = period;
+        let outcome = store.refresh_master_key(grace).await;
+        if !matches!(outcome, RefreshOutcome::Unreachable { .. }) {
+            outage_logged = None;
+        }
+        match outcome {
+            RefreshOutcome::Active { recovered: true } => {
+                tracing::info!("a key server confirmed the master key again: stored tables are served");
+            }
+            RefreshOutcome::Active { recovered: false } => {}
+            RefreshOutcome::Rotated { from, state, to } => tracing::warn!(
+                "master key {from} is {state} on the key server: rotated to new master key {to}; all data is now under it, and {from} may be destroyed"
+            ),
+            RefreshOutcome::RotationFailed { from, error } => {
+                wait = outage_period;
+                tracing::error!(
+                    "master key {from} is no longer active on the key server, and rotating to a new one failed (retried in {} s): {error}",
+                    wait.as_secs()
+                );
+            }
+            RefreshOutcome::Destroyed { key } => {
+                tracing::error!(
+                    "master key {key} is destroyed on the key server: stored tables can no longer be read or written"
+                );
+                return;
+            }
+            RefreshOutcome::Unreachable { error, since, serving } => {
+                wait = outage_period;
+                // One line when the outage starts or the gate closes, then
+                // one a minute.
+                let now = std::time::Instant::now();
+                let due = outage_logged.is_none_or(|(at, was_serving): (std::time::Instant, bool)| {
+                    was_serving != serving || now.duration_since(at) >= OUTAGE_LOG_INTERVAL
+                });
+                if !due {
+                    continue;
+                }
+                outage_logged = Some((now, serving));
+                if serving {
+                    tracing::warn!(
+                        "no key server answered ({error}); serving from the key cache for {} s more (key-cache-grace-ms), last confirmed {} s ago",
+                        grace.saturating_sub(since).as_secs(),
+                        since.as_secs()
+                    );
+                } else {
+                    tracing::error!(
+                        "no key server answered for {} s, longer than key-cache-grace-ms: stored tables are refused until one does ({error})",
+                        since.as_secs()
+                    );
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {

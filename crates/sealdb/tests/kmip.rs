@@ -11,7 +11,7 @@ mod support;
 
 use std::path::Path;
 
-use kmip_support::{KmipServer, certs, free_port};
+use kmip_support::{KmipServer, Operator, certs, free_port};
 use support::{TestServer, files_under, psql};
 
 /// A config file with `key-provider = "kmip:hsm"`, its `[kmip_hosts.hsm]`
@@ -19,7 +19,12 @@ use support::{TestServer, files_under, psql};
 /// is a PKCS#12 keystore (made here with openssl) with its password in a
 /// file; in `wrap` mode, PEM files.
 fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
-    let path = dir.join(format!("sealdb-{mode}.toml"));
+    config_with(dir, certs, hosts, mode, &[])
+}
+
+/// As [`config`], with more `sealdb kms set` flags (the key cache's times).
+fn config_with(dir: &Path, certs: &Path, hosts: &[String], mode: &str, extra: &[&str]) -> String {
+    let path = dir.join(format!("sealdb-{mode}-{}.toml", free_port()));
     std::fs::write(&path, "key-provider = \"kmip:hsm\"\n").unwrap();
     let mut set = std::process::Command::new(support::sealdb_bin());
     set.args([
@@ -33,6 +38,7 @@ fn config(dir: &Path, certs: &Path, hosts: &[String], mode: &str) -> String {
         "--mode",
         mode,
     ])
+    .args(extra)
     .arg("--ca")
     .arg(certs.join("ca.crt"))
     .arg("--config")
@@ -172,35 +178,11 @@ fn a_master_key_destroyed_on_the_key_server_is_named_at_start() {
     psql(&server.admin(), "CREATE TABLE t (n INT)").expect_ok();
     let dir = server.stop();
 
-    let instance = std::fs::read_to_string(dir.path().join("data/keystore/kmip-instance")).unwrap();
-    let name = format!("sealdb/{}/master-key", instance.trim());
-    sealdb_pki::install_crypto_provider();
-    let client = sealdb_kmip::KmipClient::new(sealdb_kmip::KmipClientConfig {
-        hosts: vec![kmip.host()],
-        tls: sealdb_pki::client_config(
-            &sealdb_pki::ServerIdentitySource::Pem {
-                cert: certs.join("client.crt"),
-                key: certs.join("client.key"),
-            },
-            &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
-        )
-        .unwrap(),
-        timeout: std::time::Duration::from_secs(10),
-        version: None,
-    })
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ids = runtime.block_on(async {
-        let ids = client.locate(&name).await.unwrap();
-        for id in &ids {
-            client.revoke(id, false).await.unwrap();
-            client.destroy(id).await.unwrap();
-        }
-        ids
-    });
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let ids = operator.master_keys(&dir.path().join("data"));
+    for id in &ids {
+        operator.destroy(id);
+    }
     assert_eq!(ids.len(), 1, "one master key: {ids:?}");
 
     let e = TestServer::try_start_in(dir, &["--config", &cfg])
@@ -272,4 +254,92 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
         "{text}"
     );
     assert!(text.contains("on the server   state Active, name sealdb/"), "{text}");
+}
+
+/// Polls `done` every 200 ms until it holds or `limit` passes.
+fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn master_key_id(admin: &str) -> String {
+    psql(admin, "SELECT key_id FROM sys.encryption_keys WHERE scope = 'master'")
+        .expect_ok()
+        .trim()
+        .to_owned()
+}
+
+/// Revoking the master key on the key server (as an operator would) moves
+/// sealdb to a new master key within key-cache-ms, with no failed
+/// statement; the revoked key can then be destroyed without losing a row.
+/// Destroying the master key in use stops reads and writes of stored
+/// tables with an error naming the table, the key and its state, while the
+/// system views stay readable.
+#[test]
+fn a_revoked_master_key_is_rotated_away_from_and_a_destroyed_one_stops_reads_naming_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "500"]);
+    let server = TestServer::start(&["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, note TEXT)").expect_ok();
+    psql(&admin, "INSERT INTO t VALUES (1, 'before')").expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    let first = master_key_id(&admin);
+    assert_eq!(operator.master_keys(&server.data), vec![first.clone()]);
+
+    for (round, compromised) in [(1, false), (2, true)] {
+        let revoked = master_key_id(&admin);
+        operator.revoke(&revoked, compromised);
+        let mut id = 100 * round;
+        let moved = wait_for(std::time::Duration::from_secs(20), || {
+            id += 1;
+            psql(&admin, &format!("INSERT INTO t VALUES ({id}, 'during')")).expect_ok();
+            master_key_id(&admin) != revoked
+        });
+        assert!(moved, "round {round}: still on the revoked master key:\n{}", server.stderr());
+        let state = if compromised { "compromised" } else { "deactivated" };
+        assert!(
+            server.stderr().contains(&format!("master key {revoked} is {state} on the key server: rotated to new master key")),
+            "{}",
+            server.stderr()
+        );
+        let new = master_key_id(&admin);
+        assert_eq!(operator.state(&new).unwrap(), sealdb_kmip::State::Active);
+        operator.destroy(&revoked);
+    }
+    let rows = psql(&admin, "SELECT count(*) FROM t").expect_ok();
+
+    // The revoked keys are destroyed: a restart reads every row.
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    assert_eq!(psql(&admin, "SELECT count(*) FROM t").expect_ok(), rows);
+    assert_eq!(operator.master_keys(&server.data).len(), 1, "the destroyed keys are gone");
+
+    // Destroying the master key in use closes the stored tables.
+    let current = master_key_id(&admin);
+    operator.destroy(&current);
+    let closed = wait_for(std::time::Duration::from_secs(20), || !psql(&admin, "SELECT count(*) FROM t").ok);
+    assert!(closed, "reads went on after the master key was destroyed");
+    let err = psql(&admin, "SELECT * FROM t").expect_err("destroyed");
+    assert!(
+        err.contains("cannot use table \"t\"") && err.contains(&format!("master key {current} in kmip:hsm is destroyed")),
+        "{err}"
+    );
+    psql(&admin, "INSERT INTO t VALUES (-1, 'after')").expect_err(&format!("master key {current} in kmip:hsm is destroyed"));
+    // The system views say why.
+    let hosts = psql(&admin, "SELECT status FROM sys.kmip_hosts").expect_ok();
+    assert_eq!(hosts, "ok\n");
+    assert!(server.stderr().contains("is destroyed on the key server"), "{}", server.stderr());
 }

@@ -1,16 +1,23 @@
 """A real PyKMIP server for sealdb's KMIP tests, run in the foreground.
 
     python kmip_server.py --port PORT --dir DIR --cert server.crt --key server.key --ca ca.crt
+        [--versions 1.2,1.1,1.0]
 
 It listens on 127.0.0.1:PORT only, speaks TLS 1.2 only (PyKMIP's "TLS1.2" auth
 suite, restricted to ECDHE-ECDSA-AES128/256-GCM, so the server certificate must
 be ECDSA), and requires a client certificate signed by --ca that carries the
 clientAuth extended key usage. The client certificate's CN is the client's
 identity: it owns the objects it creates, and only it can use them.
-The server accepts requests of KMIP 1.0 to 2.0 (whatever the request header says);
-Encrypt/Decrypt with AES-GCM need 1.4 in the header (AAD and tag fields).
+The server accepts requests of KMIP 1.0 to 2.0 (whatever the request header says),
+or only the --versions given (a request of another version is refused, and
+Discover Versions offers those only); Encrypt/Decrypt with AES-GCM need 1.4 in
+the header (AAD and tag fields).
 
-DIR receives server.conf, the sqlite database (pykmip.db), an empty policy
+Two servers given the same DIR share one database (SQLite): a cluster of key
+servers that hold the same keys, for failover tests. Each writes its own
+server-PORT.conf; the log is shared.
+
+DIR receives server-PORT.conf, the sqlite database (pykmip.db), an empty policy
 directory (policies/) and the log (server.log, at DEBUG: it holds the hex of
 every request and response). Once the server accepts connections it prints
 "KMIP server ready on 127.0.0.1:PORT" to stdout. It runs until SIGTERM/SIGINT
@@ -70,12 +77,13 @@ def main():
     p.add_argument("--cert", required=True, help="server certificate chain, PEM (ECDSA)")
     p.add_argument("--key", required=True, help="server private key, PEM")
     p.add_argument("--ca", required=True, help="CA that signs client certificates, PEM")
+    p.add_argument("--versions", help="the only KMIP versions spoken, e.g. 1.2,1.1,1.0")
     a = p.parse_args()
 
     work = os.path.abspath(a.dir)
     policies = os.path.join(work, "policies")
     os.makedirs(policies, exist_ok=True)  # empty: only PyKMIP's built-in policies
-    conf = os.path.join(work, "server.conf")
+    conf = os.path.join(work, f"server-{a.port}.conf")
     with open(conf, "w") as f:
         f.write(
             "[server]\n"
@@ -105,6 +113,12 @@ def main():
     # start() binds the TLS socket (and installs signal handlers for its policy
     # monitor, replaced below); listen here so the ready line is true when printed.
     server.start()
+    if a.versions:
+        from kmip.core.messages.contents import ProtocolVersion
+
+        server._engine._protocol_versions = [
+            ProtocolVersion(*map(int, v.split("."))) for v in a.versions.split(",")
+        ]
     server._socket.listen(16)
 
     def stop(signum, _frame):

@@ -48,30 +48,51 @@ pub fn certs(dir: &Path) -> PathBuf {
 
 /// A PyKMIP server; killed (by PID) when dropped.
 pub struct KmipServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
+    /// Its working directory (database, config, log).
+    pub work: PathBuf,
+    certs: PathBuf,
+    versions: Option<String>,
 }
 
 impl KmipServer {
+    /// A server on a free port with a database of its own under `dir`.
     pub fn start(dir: &Path, certs: &Path) -> Self {
         let port = free_port();
-        let work = dir.join(format!("kmip-{port}"));
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = Command::new(python())
+        Self::launch(certs, port, &dir.join(format!("kmip-{port}")), None)
+    }
+
+    /// A second server of the same cluster: it shares `self`'s database, so
+    /// it holds the same keys (failover).
+    pub fn peer(&self) -> Self {
+        Self::launch(&self.certs, free_port(), &self.work, self.versions.as_deref())
+    }
+
+    /// A server that speaks only `versions` (e.g. `1.2,1.1,1.0`).
+    pub fn start_speaking(dir: &Path, certs: &Path, versions: &str) -> Self {
+        let port = free_port();
+        Self::launch(certs, port, &dir.join(format!("kmip-{port}")), Some(versions))
+    }
+
+    fn launch(certs: &Path, port: u16, work: &Path, versions: Option<&str>) -> Self {
+        std::fs::create_dir_all(work).unwrap();
+        let mut command = Command::new(python());
+        command
             .arg(py_dir().join("kmip_server.py"))
             .args(["--port", &port.to_string()])
             .arg("--dir")
-            .arg(&work)
+            .arg(work)
             .arg("--cert")
             .arg(certs.join("server.crt"))
             .arg("--key")
             .arg(certs.join("server.key"))
             .arg("--ca")
-            .arg(certs.join("ca.crt"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .arg(certs.join("ca.crt"));
+        if let Some(v) = versions {
+            command.args(["--versions", v]);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -88,7 +109,28 @@ impl KmipServer {
                 work.join("server.log").display()
             );
         }
-        Self { child, port }
+        Self {
+            child: Some(child),
+            port,
+            work: work.to_path_buf(),
+            certs: certs.to_path_buf(),
+            versions: versions.map(str::to_owned),
+        }
+    }
+
+    /// Kills the server (SIGKILL, by PID), as a crash or a pulled cable would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let again = Self::launch(&self.certs, self.port, &self.work, self.versions.as_deref());
+        *self = again;
     }
 
     pub fn host(&self) -> String {
@@ -98,7 +140,65 @@ impl KmipServer {
 
 impl Drop for KmipServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+    }
+}
+
+/// The key servers' operator: sealdb's KMIP client with the test client
+/// certificate (the owner of the keys sealdb creates), doing what an
+/// operator does in the key server's console.
+pub struct Operator {
+    client: sealdb_kmip::KmipClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Operator {
+    pub fn new(certs: &Path, hosts: &[String]) -> Self {
+        sealdb_pki::install_crypto_provider();
+        let client = sealdb_kmip::KmipClient::new(sealdb_kmip::KmipClientConfig {
+            hosts: hosts.to_vec(),
+            tls: sealdb_pki::client_config(
+                &sealdb_pki::ServerIdentitySource::Pem {
+                    cert: certs.join("client.crt"),
+                    key: certs.join("client.key"),
+                },
+                &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
+            )
+            .unwrap(),
+            timeout: Duration::from_secs(10),
+            version: None,
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self { client, runtime }
+    }
+
+    /// The ids of the master keys of the sealdb whose data directory is `data`.
+    pub fn master_keys(&self, data: &Path) -> Vec<String> {
+        let instance = std::fs::read_to_string(data.join("keystore/kmip-instance")).unwrap();
+        let name = format!("sealdb/{}/master-key", instance.trim());
+        self.runtime.block_on(self.client.locate(&name)).unwrap()
+    }
+
+    pub fn state(&self, id: &str) -> Result<sealdb_kmip::State, sealdb_kmip::KmipError> {
+        self.runtime.block_on(self.client.state(id))
+    }
+
+    /// Revoke: Deactivated, or Compromised.
+    pub fn revoke(&self, id: &str, compromised: bool) {
+        self.runtime.block_on(self.client.revoke(id, compromised)).unwrap();
+    }
+
+    /// Revoke if active, then destroy.
+    pub fn destroy(&self, id: &str) {
+        self.runtime.block_on(async {
+            if self.client.state(id).await.unwrap() == sealdb_kmip::State::Active {
+                self.client.revoke(id, false).await.unwrap();
+            }
+            self.client.destroy(id).await.unwrap();
+        });
     }
 }
