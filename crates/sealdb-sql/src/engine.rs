@@ -1256,6 +1256,23 @@ impl Engine {
                     rows: None,
                 }
             }
+            SecurityStatement::RotateMasterKey => {
+                admin_only("rotate the master key")?;
+                match &self.durable {
+                    Some(durable) => {
+                        durable.store.rotate_master_key().await?;
+                    }
+                    None => {
+                        return Err(SqlError::NotSupported(
+                            "this server keeps no data on disk, so it has no master key to rotate".into(),
+                        ));
+                    }
+                }
+                Output::Command {
+                    tag: "ALTER SYSTEM".into(),
+                    rows: None,
+                }
+            }
             SecurityStatement::Deallocate { all } => Output::Command {
                 tag: if all { "DEALLOCATE ALL" } else { "DEALLOCATE" }.into(),
                 rows: None,

@@ -70,6 +70,9 @@ pub enum SecurityStatement {
     },
     /// `ALTER SYSTEM RELOAD TLS`.
     ReloadTls,
+    /// `ALTER SYSTEM ROTATE MASTER KEY`: a new master-key version wraps the
+    /// key ring; nothing else is rewritten.
+    RotateMasterKey,
     /// `CHECKPOINT`: flush rows held in memory and the log into segments.
     Checkpoint,
     /// `DEALLOCATE [PREPARE] {name | ALL}`: drivers (psycopg) send it after
@@ -154,6 +157,12 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 3;
                 p.expect_word("TLS")?;
                 SecurityStatement::ReloadTls
+            }
+            Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("ROTATE") => {
+                p.pos += 3;
+                p.expect_word("MASTER")?;
+                p.expect_word("KEY")?;
+                SecurityStatement::RotateMasterKey
             }
             _ => return Ok(None),
         },
@@ -635,6 +644,7 @@ mod tests {
         ));
         assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
+        assert_eq!(ok("alter system rotate master key"), SecurityStatement::RotateMasterKey);
         assert_eq!(ok("show SSL"), SecurityStatement::Show("ssl".into()));
         assert_eq!(
             ok("SET application_name = 'x'"),

@@ -343,3 +343,97 @@ fn a_revoked_master_key_is_rotated_away_from_and_a_destroyed_one_stops_reads_nam
     assert_eq!(hosts, "ok\n");
     assert!(server.stderr().contains("is destroyed on the key server"), "{}", server.stderr());
 }
+
+/// Two key servers of one cluster (sharing their keys). Killing the first
+/// mid-workload fails no statement, and key operations go to the second.
+/// With both down, sealdb serves from its key cache within
+/// key-cache-grace-ms, then refuses stored tables with a clear error (the
+/// system views still answer), and resumes by itself once a host is back,
+/// with every acknowledged row there once and nothing else.
+#[test]
+fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_closed_and_recover() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let mut first = KmipServer::start(keys.path(), &certs);
+    let mut second = first.peer();
+    let cfg = config_with(
+        keys.path(),
+        &certs,
+        &[first.host(), second.host()],
+        "wrap",
+        &["--key-cache-ms", "300", "--key-cache-grace-ms", "4000"],
+    );
+    let server = TestServer::start(&["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL)").expect_ok();
+    let mut acknowledged = 0u64;
+    let mut step = |admin: &str| -> Result<(), String> {
+        let next = acknowledged + 1;
+        let out = psql(admin, &format!("INSERT INTO t VALUES ({next}); SELECT count(*) FROM t"));
+        if !out.ok {
+            return Err(out.stderr);
+        }
+        acknowledged = next;
+        assert_eq!(out.stdout, format!("INSERT 0 1\n{next}\n"), "each row once");
+        Ok(())
+    };
+    for _ in 0..3 {
+        step(&admin).unwrap();
+    }
+
+    // The first host dies mid-workload: nothing fails, and a master-key
+    // rotation (three key-server calls) is served by the second.
+    first.kill();
+    for _ in 0..5 {
+        step(&admin).unwrap();
+    }
+    psql(&admin, "ALTER SYSTEM ROTATE MASTER KEY").expect_ok();
+    for _ in 0..3 {
+        step(&admin).unwrap();
+    }
+    let status = |admin: &str| psql(admin, "SELECT host, status FROM sys.kmip_hosts").expect_ok();
+    let (first_host, second_host) = (first.host(), second.host());
+    let both = |a: &str, b: &str| format!("{first_host}|{a}\n{second_host}|{b}\n");
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || status(&admin) == both("unreachable", "ok")),
+        "{}",
+        status(&admin)
+    );
+
+    // Both die: the key cache serves within the grace period...
+    second.kill();
+    let killed = std::time::Instant::now();
+    step(&admin).unwrap();
+    assert!(killed.elapsed() < std::time::Duration::from_secs(3), "the check ran within the grace period");
+    // ...then stored tables are refused, naming the cause and the fix.
+    let mut refused = String::new();
+    let closed = wait_for(std::time::Duration::from_secs(30), || match step(&admin) {
+        Ok(()) => false,
+        Err(e) => {
+            refused = e;
+            true
+        }
+    });
+    assert!(closed, "served past the grace period:\n{}", server.stderr());
+    assert!(
+        refused.contains("cannot use table \"t\"")
+            && refused.contains("in kmip:hsm is unreachable")
+            && refused.contains("key-cache-grace-ms (4000 ms)")
+            && refused.contains("resumes by itself"),
+        "{refused}"
+    );
+    assert!(killed.elapsed() >= std::time::Duration::from_secs(3), "not before the grace period");
+    assert_eq!(status(&admin), both("unreachable", "unreachable"));
+    assert!(server.stderr().contains("serving from the key cache"), "{}", server.stderr());
+
+    // A host comes back: service resumes by itself.
+    first.restart();
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || step(&admin).is_ok()),
+        "not resumed:\n{}",
+        server.stderr()
+    );
+    assert!(server.stderr().contains("confirmed the master key again"), "{}", server.stderr());
+    let count = psql(&admin, "SELECT count(*), min(id), max(id) FROM t").expect_ok();
+    assert_eq!(count, format!("{acknowledged}|1|{acknowledged}\n"));
+}
