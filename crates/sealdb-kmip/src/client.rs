@@ -19,6 +19,10 @@ use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
 use crate::message::{self, MAX_RESPONSE_BYTES, ProtocolVersion, QueryResult};
+
+/// Encrypt and Decrypt with AES-GCM carry the tag and the additional data
+/// from KMIP 1.4 on.
+const AEAD: (&str, ProtocolVersion) = ("with AES-GCM and an authenticated tag", ProtocolVersion::new(1, 4));
 use crate::spec::{Operation, tag};
 use crate::ttlv::{self, HEADER_LEN, Item};
 use crate::{KmipError, State};
@@ -100,7 +104,6 @@ impl std::fmt::Debug for KmipClient {
 /// The answer to one round trip.
 struct Answer {
     host: String,
-    version: ProtocolVersion,
     payload: Item,
 }
 
@@ -274,20 +277,10 @@ impl KmipClient {
         aad: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>), KmipError> {
         let answer = self
-            .call(Operation::Encrypt, Some(id), |_| {
+            .call_needing(Operation::Encrypt, Some(id), Some(AEAD), |_| {
                 message::encrypt_payload(id, data, nonce, aad)
             })
             .await?;
-        if !answer.version.has_aead() {
-            return Err(KmipError::Unexpected {
-                host: answer.host,
-                operation: Operation::Encrypt.name(),
-                detail: format!(
-                    "AES-GCM with a tag needs KMIP 1.4 or later, and this connection speaks {}",
-                    answer.version
-                ),
-            });
-        }
         let unexpected = |detail: &str| KmipError::Unexpected {
             host: answer.host.clone(),
             operation: Operation::Encrypt.name(),
@@ -313,7 +306,7 @@ impl KmipClient {
         gcm_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KmipError> {
         let answer = self
-            .call(Operation::Decrypt, Some(id), |_| {
+            .call_needing(Operation::Decrypt, Some(id), Some(AEAD), |_| {
                 message::decrypt_payload(id, ciphertext, nonce, aad, gcm_tag)
             })
             .await?;
@@ -353,6 +346,18 @@ impl KmipClient {
         object: Option<&str>,
         payload: impl Fn(ProtocolVersion) -> Vec<Item>,
     ) -> Result<Answer, KmipError> {
+        self.call_needing(operation, object, None, payload).await
+    }
+
+    /// As [`Self::call`], refused before anything is sent when the
+    /// connection's version is older than `needs` (a feature, the version).
+    async fn call_needing(
+        &self,
+        operation: Operation,
+        object: Option<&str>,
+        needs: Option<(&'static str, ProtocolVersion)>,
+        payload: impl Fn(ProtocolVersion) -> Vec<Item>,
+    ) -> Result<Answer, KmipError> {
         let mut slot = self.connection.lock().await;
         // A kept connection may have been closed by the server meanwhile;
         // that is found when writing, before anything was sent, so the
@@ -367,10 +372,21 @@ impl KmipClient {
             let started = Instant::now();
             let host = conn.host.clone();
             let version = conn.version;
+            if let Some((what, needed)) = needs
+                && version < needed
+            {
+                return Err(KmipError::VersionTooOld {
+                    host,
+                    operation: operation.name(),
+                    what,
+                    speaks: version.to_string(),
+                    needs: needed.to_string(),
+                });
+            }
             match round_trip(conn, operation, payload(version), object, self.config.timeout).await {
                 Ok(payload) => {
                     self.record(&host, None, Some(started.elapsed()));
-                    return Ok(Answer { host, version, payload });
+                    return Ok(Answer { host, payload });
                 }
                 Err(RoundTripError::NotSent(_)) if attempt == 0 => {
                     slot.take();
@@ -424,7 +440,7 @@ impl KmipClient {
             connector
                 .connect(server_name, tcp)
                 .await
-                .map_err(|e| transport(format!("TLS handshake failed: {e}")))
+                .map_err(|e| transport(format!("TLS handshake failed: {e}{}", tls_hint(&e))))
         })
         .await
         .map_err(|_| transport(format!("no answer within {} ms", timeout.as_millis())))??;
@@ -608,4 +624,37 @@ fn split_host(host: &str) -> Result<(&str, u16), KmipError> {
         .parse()
         .map_err(|_| KmipError::Config(format!("KMIP host {host:?}: {port:?} is not a port number")))?;
     Ok((name.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// What a failed handshake means for the operator, from rustls's error.
+fn tls_hint(e: &std::io::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(
+            CertificateError::BadSignature | CertificateError::UnknownIssuer | CertificateError::BadEncoding,
+        )) => {
+            " (the key server's certificate is not signed by the CA sealdb trusts for it: check ca, truststore or ssl-trust-ca-server)"
+        }
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => " (the key server's certificate does not name this host: use the name it was issued for in hosts)",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => " (the key server's certificate has expired: renew it on the key server)",
+        Some(Error::AlertReceived(
+            AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::CertificateUnknown,
+        )) => {
+            " (the key server refused sealdb's client certificate: it must be signed by a CA the key server trusts; check client-cert or keystore)"
+        }
+        Some(Error::AlertReceived(AlertDescription::CertificateExpired)) => {
+            " (the key server says a certificate expired: renew sealdb's client certificate)"
+        }
+        Some(Error::AlertReceived(AlertDescription::CertificateRevoked)) => {
+            " (the key server says sealdb's client certificate is revoked: issue a new one)"
+        }
+        Some(Error::AlertReceived(AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion)) => {
+            " (no TLS version or cipher suite in common: sealdb offers TLS 1.2 and 1.3 with AES-GCM and ChaCha20)"
+        }
+        _ => "",
+    }
 }

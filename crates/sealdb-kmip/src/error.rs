@@ -65,6 +65,22 @@ pub enum KmipError {
         /// What sealdb speaks.
         supported: String,
     },
+    /// The operation needs a newer KMIP version than the connection speaks.
+    #[error(
+        "the key server {host} speaks KMIP {speaks}, and {operation} {what} needs KMIP {needs} or later; upgrade the key server, or use mode = \"get\" in [kmip_hosts] (the key is fetched and used in memory)"
+    )]
+    VersionTooOld {
+        /// The key server.
+        host: String,
+        /// The operation.
+        operation: &'static str,
+        /// What of it needs the newer version.
+        what: &'static str,
+        /// The version negotiated.
+        speaks: String,
+        /// The version needed.
+        needs: String,
+    },
     /// Bad client settings (hosts, TLS).
     #[error("KMIP client settings: {0}")]
     Config(String),

@@ -450,6 +450,37 @@ pub fn client_config(
             pkcs12_identity(path, password)?
         }
     };
+    let identity_file = match identity {
+        ServerIdentitySource::Pem { cert, .. } => cert,
+        ServerIdentitySource::Pkcs12 { path, .. } => path,
+    };
+    // A certificate out of its validity would only be refused by the peer,
+    // with a bare TLS alert: say which one, and until when it was valid.
+    if let Some(leaf) = chain.first()
+        && let Ok(info) = cert_info(leaf)
+    {
+        let now = time::OffsetDateTime::now_utc();
+        if info.not_after < now {
+            return Err(PkiError::bad(
+                identity_file,
+                format!(
+                    "the client certificate {} expired on {}; issue a new one and point the setting at it",
+                    info.subject,
+                    info.not_after_text()
+                ),
+            ));
+        }
+        if info.not_before > now {
+            return Err(PkiError::bad(
+                identity_file,
+                format!(
+                    "the client certificate {} is not valid before {} (check this machine's clock)",
+                    info.subject,
+                    format_time(info.not_before)
+                ),
+            ));
+        }
+    }
     let (roots, trust_path) = match trust {
         TrustSource::Pem(path) => (pem_certs(path)?, path.clone()),
         TrustSource::Pkcs12 { path, password } => (pkcs12_trust(path, password)?, path.clone()),
@@ -460,10 +491,6 @@ pub fn client_config(
             .add(der)
             .map_err(|e| PkiError::bad(&trust_path, format!("not a usable CA certificate: {e}")))?;
     }
-    let identity_path = match identity {
-        ServerIdentitySource::Pem { cert, .. } => cert.clone(),
-        ServerIdentitySource::Pkcs12 { path, .. } => path.clone(),
-    };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| PkiError::Config(format!("TLS client: {e}")))?
@@ -471,7 +498,7 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)
         .map_err(|e| {
             PkiError::bad(
-                &identity_path,
+                identity_file,
                 format!("the certificate and key do not make a TLS identity: {e}"),
             )
         })?;

@@ -39,10 +39,11 @@ fn config_with(dir: &Path, certs: &Path, hosts: &[String], mode: &str, extra: &[
         mode,
     ])
     .args(extra)
-    .arg("--ca")
-    .arg(certs.join("ca.crt"))
     .arg("--config")
     .arg(&path);
+    if !extra.contains(&"--ca") {
+        set.arg("--ca").arg(certs.join("ca.crt"));
+    }
     if mode == "get" {
         let p12 = certs.join("client.p12");
         let status = std::process::Command::new("openssl")
@@ -62,7 +63,7 @@ fn config_with(dir: &Path, certs: &Path, hosts: &[String], mode: &str, extra: &[
             .arg(&p12)
             .arg("--keystore-password-file")
             .arg(&pass);
-    } else {
+    } else if !extra.contains(&"--client-cert") {
         set.arg("--client-cert")
             .arg(certs.join("client.crt"))
             .arg("--client-key")
@@ -436,4 +437,114 @@ fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_clo
     assert!(server.stderr().contains("confirmed the master key again"), "{}", server.stderr());
     let count = psql(&admin, "SELECT count(*), min(id), max(id) FROM t").expect_ok();
     assert_eq!(count, format!("{acknowledged}|1|{acknowledged}\n"));
+}
+
+/// A key server that speaks only KMIP 1.2 (no AES-GCM tag): sealdb
+/// negotiates 1.2; `wrap` mode is refused, naming the version and the fix;
+/// `get` mode keeps the master key on the server and works across restarts.
+#[test]
+fn a_key_server_that_speaks_only_kmip_1_2_serves_get_mode_and_refuses_wrap_clearly() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start_speaking(keys.path(), &certs, "1.2,1.1,1.0");
+
+    let wrap = config(keys.path(), &certs, &[kmip.host()], "wrap");
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["kms", "test", "hsm", "--config", &wrap])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("KMIP    1.2 (the server offers 1.2, 1.1, 1.0) (below 1.4: no AES-GCM tag, so mode = \"wrap\" cannot work"), "{text}");
+    let e = TestServer::try_start_in(tempfile::tempdir().unwrap(), &["--config", &wrap])
+        .err()
+        .expect("wrap mode needs KMIP 1.4");
+    assert!(
+        e.contains(&format!("the key server {} speaks KMIP 1.2, and Encrypt with AES-GCM and an authenticated tag needs KMIP 1.4 or later", kmip.host()))
+            && e.contains("mode = \"get\""),
+        "{e}"
+    );
+
+    let get = config(keys.path(), &certs, &[kmip.host()], "get");
+    let server = TestServer::start(&["--config", &get]);
+    psql(&server.admin(), "CREATE TABLE t (n INT); INSERT INTO t VALUES (12)").expect_ok();
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &get]);
+    assert_eq!(psql(&server.admin(), "SELECT n FROM t").expect_ok(), "12\n");
+}
+
+/// TLS to the key server fails closed with the reason: a CA that did not
+/// sign the server's certificate, a client certificate from another CA, an
+/// expired client certificate. `kms test` and the start both say so.
+#[test]
+fn wrong_ca_foreign_client_certificate_and_expired_client_certificate_are_refused_with_the_reason() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let other = {
+        let dir = keys.path().join("other");
+        std::fs::create_dir_all(&dir).unwrap();
+        kmip_support::certs(&dir)
+    };
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let expired = keys.path().join("expired");
+    std::fs::create_dir_all(&expired).unwrap();
+    let (expired_crt, expired_key) = support::client_cert_with(
+        &certs,
+        &expired,
+        "client",
+        "sealdb",
+        time::Duration::days(-30),
+        time::Duration::days(-1),
+        77,
+    );
+    let cases: [(&str, Vec<String>, &str); 3] = [
+        (
+            "wrong CA",
+            vec!["--ca".into(), other.join("ca.crt").display().to_string()],
+            "is not signed by the CA sealdb trusts for it",
+        ),
+        (
+            "foreign client certificate",
+            vec![
+                "--client-cert".into(),
+                other.join("client.crt").display().to_string(),
+                "--client-key".into(),
+                other.join("client.key").display().to_string(),
+            ],
+            "the key server refused sealdb's client certificate",
+        ),
+        (
+            "expired client certificate",
+            vec![
+                "--client-cert".into(),
+                expired_crt.display().to_string(),
+                "--client-key".into(),
+                expired_key.display().to_string(),
+            ],
+            "the client certificate O=sealdb, CN=sealdb expired on",
+        ),
+    ];
+    for (case, flags, reason) in cases {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &flags);
+        let out = std::process::Command::new(support::sealdb_bin())
+            .args(["kms", "test", "hsm", "--config", &cfg])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: {text}");
+        assert!(text.contains(reason), "{case}: {text}");
+        let e = TestServer::try_start_in(tempfile::tempdir().unwrap(), &["--config", &cfg])
+            .err()
+            .expect("no trusted key server: the start fails");
+        assert!(e.contains(reason), "{case}: {e}");
+        if case != "expired client certificate" {
+            // Found in the handshake: the host is named.
+            assert!(text.contains(&format!("FAILED  {}: ", kmip.host())), "{case}: {text}");
+            assert!(e.contains(&format!("no KMIP host answered ({}: ", kmip.host())), "{case}: {e}");
+        } else {
+            // Found before connecting: the file is named.
+            assert!(e.contains(&expired_crt.display().to_string()), "{case}: {e}");
+        }
+    }
 }
