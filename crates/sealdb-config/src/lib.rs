@@ -356,6 +356,47 @@ pub fn set_kmip_group(path: &Path, name: &str, group: &KmipGroup) -> Result<(), 
             "KMIP group name {name:?}: use letters, digits, '-' and '_'"
         )));
     }
+    let section = toml::to_string(group).map_err(|e| ConfigError::Invalid(format!("cannot render the group: {e}")))?;
+    let section = parse_document(path, &section)?.as_table().clone();
+    rewrite(path, |doc| {
+        let hosts = doc
+            .entry("kmip_hosts")
+            .or_insert(toml_edit::table())
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "kmip_hosts is not a table".into(),
+            })?;
+        hosts.set_implicit(true);
+        hosts.insert(name, toml_edit::Item::Table(section));
+        Ok(())
+    })
+}
+
+/// Sets `key-provider` in the config file at `path` (created if missing),
+/// keeping the rest of the file, its comments and layout.
+pub fn set_key_provider(path: &Path, provider: &str) -> Result<(), ConfigError> {
+    rewrite(path, |doc| {
+        // A top-level key goes before the first table, where TOML wants it.
+        doc.insert("key-provider", toml_edit::value(provider));
+        Ok(())
+    })
+}
+
+fn parse_document(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, ConfigError> {
+    text.parse::<toml_edit::DocumentMut>().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads the config file at `path` (empty if missing), changes it, checks
+/// that the result is a valid config, and replaces the file atomically
+/// (mode 0600).
+fn rewrite(
+    path: &Path,
+    change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -366,25 +407,8 @@ pub fn set_kmip_group(path: &Path, name: &str, group: &KmipGroup) -> Result<(), 
             });
         }
     };
-    let parse = |text: &str| {
-        text.parse::<toml_edit::DocumentMut>().map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
-    };
-    let mut doc = parse(&text)?;
-    let section = toml::to_string(group).map_err(|e| ConfigError::Invalid(format!("cannot render the group: {e}")))?;
-    let section = parse(&section)?.as_table().clone();
-    let hosts = doc
-        .entry("kmip_hosts")
-        .or_insert(toml_edit::table())
-        .as_table_mut()
-        .ok_or_else(|| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: "kmip_hosts is not a table".into(),
-        })?;
-    hosts.set_implicit(true);
-    hosts.insert(name, toml_edit::Item::Table(section));
+    let mut doc = parse_document(path, &text)?;
+    change(&mut doc)?;
     let out = doc.to_string();
     Settings::from_toml(&out, path)?;
     let write_err = |source| ConfigError::Write {
@@ -464,6 +488,25 @@ mod kmip_set_tests {
         std::fs::write(&path, "port = \"x\"\n").unwrap();
         assert!(set_kmip_group(&path, "hsm", &again).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "port = \"x\"\n");
+    }
+
+    #[test]
+    fn set_key_provider_puts_the_key_at_the_top_level_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sealdb.conf");
+        std::fs::write(
+            &path,
+            "# my settings\nport = 5433\n\n[kmip_hosts.hsm]\nhosts = [\"a:1\"]\n",
+        )
+        .unwrap();
+        set_key_provider(&path, "kmip:hsm").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# my settings\nport = 5433\n"), "{text}");
+        let settings = Settings::from_file(&path).unwrap();
+        assert_eq!(settings.key_provider.as_deref(), Some("kmip:hsm"));
+        assert_eq!(settings.kmip_hosts["hsm"].hosts, vec!["a:1".to_owned()]);
+        set_key_provider(&path, "local").unwrap();
+        assert_eq!(Settings::from_file(&path).unwrap().key_provider.as_deref(), Some("local"));
     }
 }
 

@@ -13,6 +13,16 @@ pub enum StorageError {
         /// What was found.
         detail: String,
     },
+    /// Another process has the data directory open.
+    #[error(
+        "{} is in use by another sealdb process ({} is locked); stop that process first, or give another data directory",
+        dir.display(),
+        dir.join(crate::store::LOCK_FILE).display()
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// A file the catalog lists is gone.
     #[error("{file} is missing: {detail}")]
     Missing {
@@ -127,6 +137,7 @@ impl StorageError {
             Self::KeyUnavailable { state, .. } => state == "unreachable",
             Self::Integrity { .. }
             | Self::Missing { .. }
+            | Self::InUse { .. }
             | Self::NewerFormat { .. }
             | Self::Key(_)
             | Self::KeyDestroyed { .. }

@@ -36,7 +36,7 @@ pub use error::StorageError;
 pub use inventory::{KeyRecord, TableSummary};
 pub use keygate::{Closed, KeyGate, RefreshOutcome};
 pub use segment::{Segment, TABLES_DIR};
-pub use store::{RecoveryReport, Store, StoreOptions};
+pub use store::{MasterKeyMove, RecoveryReport, Store, StoreOptions, move_master_key};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
 pub use txn::{Pending, Transaction};
 pub use verify::{VerifyReport, verify};

@@ -88,6 +88,8 @@ struct Inner {
     mem_bytes: AtomicU64,
     /// The catalog as last written, for `key_records`/`table_summaries`.
     published: std::sync::Mutex<Arc<Published>>,
+    /// Held (locked) while the store is open: one process per directory.
+    _lock: std::fs::File,
 }
 
 /// An open data directory. Cheap to clone.
@@ -121,6 +123,7 @@ impl Store {
         options: StoreOptions,
     ) -> Result<(Self, RecoveryReport), StorageError> {
         std::fs::create_dir_all(dir).map_err(StorageError::io("creating", dir))?;
+        let lock = lock_dir(dir)?;
         let calls_before = provider.call_count();
         let catalog_path = dir.join(CATALOG_FILE);
         let mut report = RecoveryReport::default();
@@ -250,6 +253,7 @@ impl Store {
                     header: header.clone(),
                     tables: body.tables.clone(),
                 })),
+                _lock: lock,
             }),
         };
         info!(
@@ -1000,6 +1004,71 @@ fn compaction_plan(data: &crate::TableData) -> Vec<Arc<Segment>> {
         plan.clear();
     }
     plan
+}
+
+/// What [`move_master_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterKeyMove {
+    /// The provider and master key before.
+    pub from: (String, MasterKeyId),
+    /// The provider and the new master key.
+    pub to: (String, MasterKeyId),
+}
+
+/// Moves the data directory `dir` (not open elsewhere: it is locked) from
+/// its master key in `from` to a new master key created in `to`: the key
+/// ring is unwrapped by `from`, wrapped by `to`, checked to unwrap again,
+/// and the catalog naming `to` replaces the old one in one atomic write.
+/// Nothing else is rewritten. Afterwards `from`'s keys protect nothing
+/// and may be destroyed. Blocking; a few provider calls each way.
+pub fn move_master_key(dir: &Path, from: &dyn KeyProvider, to: &dyn KeyProvider) -> Result<MasterKeyMove, StorageError> {
+    let _lock = lock_dir(dir)?;
+    let catalog_path = dir.join(CATALOG_FILE);
+    if !catalog_path.exists() {
+        return Err(StorageError::Missing {
+            file: CATALOG_FILE.into(),
+            detail: format!("{} is not a sealdb data directory (no catalog)", dir.display()),
+        });
+    }
+    let (mut header, body, (old, _, ring), system) = open_catalog(&catalog_path, from)?;
+    let new = to.create_master_key()?;
+    let wrapped = to.wrap(&new, &ring, RING_AAD)?;
+    let back = to.unwrap(&new, &wrapped, RING_AAD)?;
+    if back.expose() != ring.expose() {
+        return Err(StorageError::Internal(format!(
+            "{} returned another key when unwrapping the key ring it had just wrapped; nothing was changed",
+            to.name()
+        )));
+    }
+    let moved = MasterKeyMove {
+        from: (header.provider.clone(), old),
+        to: (to.name(), new.clone()),
+    };
+    header.provider = to.name();
+    header.master_id = new.0;
+    header.wrapped_ring = wrapped;
+    catalog::write(dir, &header, &body, &catalog::body_key(&system)?)?;
+    Ok(moved)
+}
+
+/// The file locked while a process has the data directory open.
+pub(crate) const LOCK_FILE: &str = "lock";
+
+/// Locks `dir` for this process (released when the file is closed, also
+/// when the process dies), or says which directory is in use.
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StorageError::io("opening", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse { dir: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io("locking", path)(e)),
+    }
 }
 
 pub(crate) type OpenedCatalog = (CatalogHeader, CatalogBody, (MasterKeyId, AeadKey, Key256), Key256);

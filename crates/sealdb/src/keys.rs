@@ -20,12 +20,17 @@ pub(crate) const KEYSTORE_DIR: &str = "keystore";
 /// `DATA/keystore/`, sealed under `keystore-password-file` or
 /// `SEALDB_KEYSTORE_PASSWORD` when one is given. Blocking (Argon2id).
 pub(crate) fn provider(settings: &Settings, data: &Path) -> Result<Arc<dyn KeyProvider>> {
-    match settings.key_provider.as_deref() {
-        None | Some("local") => {}
-        Some(name) => match name.strip_prefix("kmip:") {
-            Some(group) => return kmip_provider(settings, data, group),
+    provider_named(settings, data, settings.key_provider.as_deref().unwrap_or("local"))
+}
+
+/// The key provider called `name` (`local` or `kmip:GROUP`), with the
+/// settings for it.
+pub(crate) fn provider_named(settings: &Settings, data: &Path, name: &str) -> Result<Arc<dyn KeyProvider>> {
+    if name != "local" {
+        return match name.strip_prefix("kmip:") {
+            Some(group) => kmip_provider(settings, data, group),
             None => bail!("key-provider = \"{name}\" is not a key provider; use \"local\" or \"kmip:GROUP\""),
-        },
+        };
     }
     let passphrase = read_secret(
         None,
@@ -53,7 +58,7 @@ pub(crate) fn provider(settings: &Settings, data: &Path) -> Result<Arc<dyn KeyPr
 pub(crate) const INSTANCE_FILE: &str = "kmip-instance";
 
 /// The KMIP provider for `[kmip_hosts.GROUP]`.
-fn kmip_provider(settings: &Settings, data: &Path, group: &str) -> Result<Arc<dyn KeyProvider>> {
+pub(crate) fn kmip_provider(settings: &Settings, data: &Path, group: &str) -> Result<Arc<dyn KeyProvider>> {
     let (client, mode) = kmip_client_config(settings, group)?;
     let prefix = instance_prefix(data)?;
     Ok(Arc::new(KmipProvider::new(group, client, mode, &prefix)?))

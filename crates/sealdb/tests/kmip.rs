@@ -548,3 +548,81 @@ fn wrong_ca_foreign_client_certificate_and_expired_client_certificate_are_refuse
         }
     }
 }
+
+/// `sealdb kms enable GROUP` moves a data directory that has data from the
+/// local master key to a new key on the key server: refused while the
+/// server runs, then Create + Activate, the key ring re-wrapped, the local
+/// key file destroyed and key-provider set; after a restart every row
+/// reads back, under the KMIP master key.
+#[test]
+fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_key_server() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    // The [kmip_hosts.hsm] section, without key-provider: the data
+    // directory starts on the local keystore.
+    let cfg = config(keys.path(), &certs, &[kmip.host()], "wrap");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("key-provider = \"kmip:hsm\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+
+    let server = TestServer::start(&["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, secret TEXT)").expect_ok();
+    psql(&admin, "INSERT INTO t SELECT value, 'ENABLE-MARKER-' || value FROM generate_series(1, 500)").expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(&admin, "INSERT INTO t VALUES (501, 'ENABLE-MARKER-in-the-log')").expect_ok();
+    assert!(psql(&admin, "SELECT provider FROM sys.encryption_keys WHERE scope = 'master'").expect_ok().contains("local"));
+    let enable = |data: &Path| {
+        let out = std::process::Command::new(support::sealdb_bin())
+            .args(["kms", "enable", "hsm", "--config", &cfg, "--data"])
+            .arg(data)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = enable(&server.data);
+    assert!(!ok && text.contains("in use by another sealdb process"), "{text}");
+    let dir = server.stop();
+    let data = dir.path().join("data");
+    let keystore = data.join("keystore/master.keys");
+    assert!(keystore.exists());
+
+    let (ok, text) = enable(&data);
+    assert!(ok, "{text}");
+    let ids = operator.master_keys(&data);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = &ids[0];
+    assert_eq!(operator.state(id).unwrap(), sealdb_kmip::State::Active);
+    assert!(text.contains(&format!("created master key {id} (sealdb/")) && text.contains("on kmip:hsm and activated it"), "{text}");
+    assert!(text.contains(&format!("re-wrapped the key ring under it: the catalog names kmip:hsm, master key {id}")), "{text}");
+    assert!(text.contains(&format!("destroyed the local master key file {}", keystore.display())), "{text}");
+    assert!(text.contains(&format!("set key-provider = \"kmip:hsm\" in {cfg}")), "{text}");
+    assert!(!keystore.exists(), "the local master key file is gone");
+    let (ok, text) = enable(&data);
+    assert!(!ok && text.contains("already keeps its master key in kmip:hsm"), "{text}");
+
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    assert_eq!(psql(&admin, "SELECT count(*), max(secret) FROM t WHERE secret LIKE 'ENABLE-MARKER-%'").expect_ok(), "501|ENABLE-MARKER-in-the-log\n");
+    assert_eq!(
+        psql(&admin, "SELECT provider, key_id, state FROM sys.encryption_keys WHERE scope = 'master'").expect_ok(),
+        format!("kmip:hsm|{id}|active\n")
+    );
+    psql(&admin, "INSERT INTO t VALUES (502, 'after')").expect_ok();
+    let dir = server.stop();
+    for file in files_under(&dir.path().join("data")) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(13).any(|w| w == b"ENABLE-MARKER"), "the marker is in {} in the clear", file.display());
+    }
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["verify", "--config", &cfg, "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sealdb verify: {report}");
+}
