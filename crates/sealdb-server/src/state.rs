@@ -44,6 +44,8 @@ pub struct ServerSettings {
     /// Where queries run: a runtime of their own, so that heavy queries
     /// never hold up connections and handshakes (default: the caller's).
     pub queries: sealdb_sql::executor::QueryExecutor,
+    /// Opens key providers for `ALTER SYSTEM SET key_provider`.
+    pub key_admin: Option<Arc<dyn sealdb_sql::KeyAdmin>>,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -58,8 +60,6 @@ pub(crate) struct ServerState {
     pub(crate) scram_plain: Arc<ScramAuth>,
     sessions: Mutex<BTreeMap<u64, Arc<SessionInfo>>>,
     next_session_id: AtomicU64,
-    /// Whether the master key is protected at rest; `None` without storage.
-    master_key_protected: Option<bool>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -71,11 +71,7 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    fn new(
-        settings: ServerSettings,
-        access: Arc<AccessControl>,
-        master_key_protected: Option<bool>,
-    ) -> Result<Self, ServerError> {
+    fn new(settings: ServerSettings, access: Arc<AccessControl>) -> Result<Self, ServerError> {
         let tls =
             match (&settings.ssl_mode, &settings.tls) {
                 (SslMode::Disabled, _) => None,
@@ -99,7 +95,6 @@ impl ServerState {
             scram_plain,
             sessions: Mutex::new(BTreeMap::new()),
             next_session_id: AtomicU64::new(1),
-            master_key_protected,
         })
     }
 
@@ -172,8 +167,8 @@ impl ServerHooks for ServerState {
         self.settings.ssl_mode != SslMode::Required
     }
 
-    fn master_key_protected(&self) -> Option<bool> {
-        self.master_key_protected
+    fn key_admin(&self) -> Option<Arc<dyn sealdb_sql::KeyAdmin>> {
+        self.settings.key_admin.clone()
     }
 
     fn reload_tls(&self) -> Result<(), String> {
@@ -236,8 +231,7 @@ impl Server {
     ) -> Result<Self, ServerError> {
         sealdb_pki::install_crypto_provider();
         let address = format!("{}:{}", settings.host, settings.port);
-        let protected = store.as_ref().map(|s| s.provider().protected_at_rest());
-        let state = Arc::new(ServerState::new(settings, access.clone(), protected)?);
+        let state = Arc::new(ServerState::new(settings, access.clone())?);
         let memory = sealdb_sql::QueryMemory {
             limit: state.settings.memory_limit,
             spill_dir: store.as_ref().map(|s| s.dir().join(sealdb_sql::spill::SPILL_DIR)),

@@ -1273,6 +1273,32 @@ impl Engine {
                     rows: None,
                 }
             }
+            SecurityStatement::SetKeyProvider(name) => {
+                admin_only("move the master key")?;
+                let (Some(durable), Some(admin)) = (&self.durable, self.hooks.key_admin()) else {
+                    return Err(SqlError::NotSupported(
+                        "this server keeps no data on disk, so it has no master key to move".into(),
+                    ));
+                };
+                let store = durable.store.clone();
+                let opener = admin.clone();
+                let to = tokio::task::spawn_blocking(move || opener.open(&name))
+                    .await
+                    .map_err(|e| SqlError::ServerState(format!("opening the key provider: {e}")))?
+                    .map_err(SqlError::ServerState)?;
+                let old = store.provider();
+                let moved = store.switch_provider(to).await?;
+                let done = tokio::task::spawn_blocking(move || admin.moved(&store, &moved, old))
+                    .await
+                    .map_err(|e| SqlError::ServerState(format!("after moving the master key: {e}")))?;
+                for line in done {
+                    tracing::info!("ALTER SYSTEM SET key_provider: {line}");
+                }
+                Output::Command {
+                    tag: "ALTER SYSTEM".into(),
+                    rows: None,
+                }
+            }
             SecurityStatement::Deallocate { all } => Output::Command {
                 tag: if all { "DEALLOCATE ALL" } else { "DEALLOCATE" }.into(),
                 rows: None,

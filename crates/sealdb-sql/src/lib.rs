@@ -32,4 +32,4 @@ pub use engine::{
     ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, QueryMemory, SessionInfo, SqlSession, TlsSessionInfo,
 };
 pub use error::SqlError;
-pub use sys::{CertificateRow, SERVER_VERSION, ServerHooks};
+pub use sys::{CertificateRow, KeyAdmin, SERVER_VERSION, ServerHooks};

@@ -73,6 +73,9 @@ pub enum SecurityStatement {
     /// `ALTER SYSTEM ROTATE MASTER KEY`: a new master-key version wraps the
     /// key ring; nothing else is rewritten.
     RotateMasterKey,
+    /// `ALTER SYSTEM SET key_provider = 'kmip:GROUP'`: the master key moves
+    /// to a new key in that provider, online.
+    SetKeyProvider(String),
     /// `CHECKPOINT`: flush rows held in memory and the log into segments.
     Checkpoint,
     /// `DEALLOCATE [PREPARE] {name | ALL}`: drivers (psycopg) send it after
@@ -157,6 +160,19 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 3;
                 p.expect_word("TLS")?;
                 SecurityStatement::ReloadTls
+            }
+            Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("SET") => {
+                p.pos += 3;
+                let name = p.ident("a setting name")?;
+                if name != "key_provider" {
+                    return Err(SqlError::NotSupported(format!(
+                        "ALTER SYSTEM SET {name}: only key_provider can be changed online; other settings go in the config file"
+                    )));
+                }
+                if !p.eat_token(&Token::Eq) {
+                    p.expect_word("TO")?;
+                }
+                SecurityStatement::SetKeyProvider(p.string("the key provider, 'local' or 'kmip:GROUP'")?)
             }
             Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("ROTATE") => {
                 p.pos += 3;
@@ -645,6 +661,14 @@ mod tests {
         assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
         assert_eq!(ok("alter system rotate master key"), SecurityStatement::RotateMasterKey);
+        assert_eq!(
+            ok("ALTER SYSTEM SET key_provider = 'kmip:hsm'"),
+            SecurityStatement::SetKeyProvider("kmip:hsm".into())
+        );
+        assert_eq!(
+            ok("alter system set key_provider to 'local'"),
+            SecurityStatement::SetKeyProvider("local".into())
+        );
         assert_eq!(ok("show SSL"), SecurityStatement::Show("ssl".into()));
         assert_eq!(
             ok("SET application_name = 'x'"),

@@ -38,11 +38,29 @@ pub trait ServerHooks: Send + Sync + Debug {
     fn plaintext_allowed(&self) -> bool {
         !self.ssl_enabled()
     }
-    /// Whether the master key is protected at rest (sealed under a
-    /// passphrase or held by a key server); `None` without storage.
-    fn master_key_protected(&self) -> Option<bool> {
+    /// Who opens key providers for `ALTER SYSTEM SET key_provider`; `None`
+    /// where the server cannot (no config to read them from).
+    fn key_admin(&self) -> Option<Arc<dyn KeyAdmin>> {
         None
     }
+}
+
+/// Opens key providers for `ALTER SYSTEM SET key_provider` and records the
+/// move; implemented by the binary, which knows the config file.
+pub trait KeyAdmin: Send + Sync + Debug {
+    /// The provider called `name` (`local` or `kmip:GROUP`), with its
+    /// settings as the config file has them now. Blocking.
+    fn open(&self, name: &str) -> Result<Arc<dyn sealdb_kms::KeyProvider>, String>;
+
+    /// After `store` moved to `moved.to`: retires the old master key (the
+    /// local key file is destroyed), keeps `key-provider` in the config
+    /// file, and watches the new key. One line per action. Blocking.
+    fn moved(
+        &self,
+        store: &Store,
+        moved: &sealdb_storage::MasterKeyMove,
+        old: Arc<dyn sealdb_kms::KeyProvider>,
+    ) -> Vec<String>;
 }
 
 /// One row of `sys.certificates`.
@@ -458,7 +476,7 @@ fn findings(c: &SysContext) -> Vec<(&'static str, &'static str, String, &'static
             "set ssl-mode = required",
         ));
     }
-    if c.hooks.master_key_protected() == Some(false) {
+    if c.store.is_some_and(|s| !s.provider().protected_at_rest()) {
         out.push((
             "high",
             "master key unprotected on local disk",

@@ -76,7 +76,8 @@ struct Ring {
 
 struct Inner {
     dir: PathBuf,
-    provider: Arc<dyn KeyProvider>,
+    /// Replaced by [`Store::switch_provider`], under the catalog lock.
+    provider: RwLock<Arc<dyn KeyProvider>>,
     ring: std::sync::Mutex<Ring>,
     gate: Arc<KeyGate>,
     catalog_key: AeadKey,
@@ -233,7 +234,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                provider,
+                provider: RwLock::new(provider),
                 ring: std::sync::Mutex::new(Ring {
                     key: ring_key.1,
                     raw: ring_key.2,
@@ -297,6 +298,56 @@ impl Store {
         (MasterKeyId(state.header.master_id.clone()), state.header.provider.clone())
     }
 
+    /// Moves the data to a new master key created in `to` (another
+    /// provider: `ALTER SYSTEM SET key_provider`), online: the key ring is
+    /// wrapped by `to`, checked to unwrap again, and the catalog naming
+    /// `to` replaces the old one in one atomic write; nothing else is
+    /// rewritten. The old provider's keys then protect nothing.
+    pub async fn switch_provider(&self, to: Arc<dyn KeyProvider>) -> Result<MasterKeyMove, StorageError> {
+        let mut state = self.inner.catalog.lock().await;
+        let from = (state.header.provider.clone(), MasterKeyId(state.header.master_id.clone()));
+        if from.0 == to.name() {
+            return Err(StorageError::Key(sealdb_kms::KmsError::Config(format!(
+                "the master key is already in {} (master key {}); to get a new one, use ALTER SYSTEM ROTATE MASTER KEY",
+                from.0, from.1
+            ))));
+        }
+        let ring = lock(&self.inner.ring).raw.clone();
+        let target = to.clone();
+        let (new, wrapped) = tokio::task::spawn_blocking(move || {
+            let new = target.create_master_key()?;
+            let wrapped = target.wrap(&new, &ring, RING_AAD)?;
+            let back = target.unwrap(&new, &wrapped, RING_AAD)?;
+            if back.expose() != ring.expose() {
+                return Err(StorageError::Internal(format!(
+                    "{} returned another key when unwrapping the key ring it had just wrapped; nothing was changed",
+                    target.name()
+                )));
+            }
+            Ok::<_, StorageError>((new, wrapped))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("moving the master key: {e}")))??;
+        let (name, id) = (to.name(), new.0.clone());
+        self.persist_with_header(
+            &mut state,
+            |header| {
+                header.provider = name;
+                header.master_id = id;
+                header.wrapped_ring = wrapped;
+            },
+            |_| Ok(()),
+        )
+        .await?;
+        *self.inner.provider.write().unwrap_or_else(|p| p.into_inner()) = to.clone();
+        self.inner.gate.confirmed();
+        info!(from = %format!("{} {}", from.0, from.1), to = %format!("{} {new}", to.name()), "the master key moved to another key provider");
+        Ok(MasterKeyMove {
+            from,
+            to: (to.name(), new),
+        })
+    }
+
     /// Moves the data to a new master-key version: the provider creates
     /// one, the key ring is wrapped under it, and the catalog naming it
     /// replaces the old one in one atomic write (a crash leaves the old
@@ -306,7 +357,7 @@ impl Store {
     pub async fn rotate_master_key(&self) -> Result<(MasterKeyId, MasterKeyId), StorageError> {
         let mut state = self.inner.catalog.lock().await;
         let old = MasterKeyId(state.header.master_id.clone());
-        let provider = self.inner.provider.clone();
+        let provider = self.provider();
         let ring = lock(&self.inner.ring).raw.clone();
         let (new, wrapped) = tokio::task::spawn_blocking(move || {
             let new = provider.create_master_key()?;
@@ -326,8 +377,8 @@ impl Store {
         )
         .await?;
         drop(state);
-        info!(from = %old, to = %new, provider = %self.inner.provider.name(), "master key rotated: the key ring is wrapped under the new version");
-        let provider = self.inner.provider.clone();
+        let provider = self.provider();
+        info!(from = %old, to = %new, provider = %provider.name(), "master key rotated: the key ring is wrapped under the new version");
         let retired = old.clone();
         match tokio::task::spawn_blocking(move || provider.deactivate(&retired)).await {
             Ok(Ok(())) => {}
@@ -343,14 +394,27 @@ impl Store {
     /// once. `grace` is how long the keys in memory keep serving while no
     /// key server answers.
     pub async fn refresh_master_key(&self, grace: Duration) -> RefreshOutcome {
-        let (master, provider_name) = self.master_key().await;
+        // The key and its provider, read together (a switch of provider
+        // changes both under the catalog lock).
+        let (master, provider_name, provider) = {
+            let state = self.inner.catalog.lock().await;
+            (
+                MasterKeyId(state.header.master_id.clone()),
+                state.header.provider.clone(),
+                self.provider(),
+            )
+        };
         let key = format!("{master} in {provider_name}");
-        let provider = self.inner.provider.clone();
         let asked = master.clone();
         let state = match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the key-provider thread failed: {e}")),
         };
+        if self.master_key().await.0 != master {
+            // Rotated or moved meanwhile: this answer is about a key no
+            // longer in use.
+            return RefreshOutcome::Active { recovered: false };
+        }
         let gate = &self.inner.gate;
         match state {
             Ok(KeyState::Active) => RefreshOutcome::Active {
@@ -388,9 +452,9 @@ impl Store {
         &self.inner.dir
     }
 
-    /// The key provider.
-    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
-        &self.inner.provider
+    /// The key provider of the master key now.
+    pub fn provider(&self) -> Arc<dyn KeyProvider> {
+        self.inner.provider.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Options in force.

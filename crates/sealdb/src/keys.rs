@@ -1,6 +1,6 @@
 //! The master-key provider named by `key-provider`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use sealdb_kmip::KmipClientConfig;
 use sealdb_kms::{KeyProvider, KmipMode, KmipProvider, LocalKeystore};
 use sealdb_pki::{ServerIdentitySource, TrustSource};
 
+use crate::Common;
 use crate::start::store_password;
 use zeroize::Zeroizing;
 
@@ -146,8 +147,16 @@ const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 /// When the master key's state is re-read: (period, grace, period during an
 /// outage). `None` for the local keystore, whose state only sealdb changes.
-pub(crate) fn key_cache_policy(settings: &Settings) -> Result<Option<(Duration, Duration, Duration)>> {
-    let Some(group) = settings.key_provider.as_deref().and_then(|p| p.strip_prefix("kmip:")) else {
+pub(crate) fn key_cache_policy(settings: &Settings) -> Result<Option<KeyCachePolicy>> {
+    key_cache_policy_for(settings, settings.key_provider.as_deref().unwrap_or("local"))
+}
+
+/// (period, grace, period during an outage) of the key cache.
+pub(crate) type KeyCachePolicy = (Duration, Duration, Duration);
+
+/// [`key_cache_policy`] of the provider called `provider`.
+pub(crate) fn key_cache_policy_for(settings: &Settings, provider: &str) -> Result<Option<KeyCachePolicy>> {
+    let Some(group) = provider.strip_prefix("kmip:") else {
         return Ok(None);
     };
     let Some(config) = settings.kmip_hosts.get(group) else {
@@ -189,5 +198,132 @@ fn instance_id(dir: &Path) -> Result<String> {
             Ok(id)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The config file sealdb reads: `--config`, else `DATA/sealdb.conf` if it
+/// exists.
+pub(crate) fn config_file(common: &Common, data: &Path) -> Option<PathBuf> {
+    match &common.config {
+        Some(path) => Some(path.clone()),
+        None => Some(data.join("sealdb.conf")).filter(|p| p.exists()),
+    }
+}
+
+/// Overwrites a key file with zeros, syncs, and removes it (the directory
+/// synced too). Copy-on-write file systems and SSDs may keep old blocks:
+/// the file's master keys protect nothing once the key ring is re-wrapped.
+pub(crate) fn shred(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)])
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("overwriting {}", path.display()))?;
+    drop(file);
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        sealdb_kms::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// What follows a move of the master key to another provider (offline by
+/// `kms enable`, online by `ALTER SYSTEM SET key_provider`): the old key is
+/// retired (the local key file destroyed) and `key-provider` is kept in
+/// the config file. One line per action.
+pub(crate) fn after_move(
+    common: &Common,
+    data: &Path,
+    moved: &sealdb_storage::MasterKeyMove,
+    old: &dyn KeyProvider,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let ((from, old_id), (to, new_id)) = (&moved.from, &moved.to);
+    out.push(format!(
+        "re-wrapped the key ring under master key {new_id} in {to}: the catalog names {to}"
+    ));
+    if from == "local" {
+        let keystore = data.join(KEYSTORE_DIR).join(sealdb_kms::KEYSTORE_FILE);
+        match shred(&keystore) {
+            Ok(()) => out.push(format!(
+                "destroyed the local master key file {} (it held master key {old_id}; nothing needs it any more)",
+                keystore.display()
+            )),
+            Err(e) => out.push(format!(
+                "could not destroy the local master key file {}: {e:#}; remove it by hand, nothing needs it any more",
+                keystore.display()
+            )),
+        }
+    } else {
+        match old.deactivate(old_id) {
+            Ok(()) => out.push(format!(
+                "deactivated master key {old_id} in {from}: destroy it there once no backup needs it"
+            )),
+            Err(e) => out.push(format!(
+                "could not deactivate master key {old_id} in {from} ({e}); nothing needs it any more"
+            )),
+        }
+    }
+    match config_file(common, data) {
+        Some(path) => match sealdb_config::set_key_provider(&path, to) {
+            Ok(()) => out.push(format!("set key-provider = \"{to}\" in {}", path.display())),
+            Err(e) => out.push(format!(
+                "could not set key-provider = \"{to}\" in {}: {e}; set it by hand before the next start",
+                path.display()
+            )),
+        },
+        None => out.push(format!(
+            "start sealdb with --key-provider {to} from now on (or put key-provider = \"{to}\" in its config file)"
+        )),
+    }
+    out
+}
+
+/// `ALTER SYSTEM SET key_provider` for the running server: providers are
+/// opened with the config file as it is now (so `kms set` may add a group
+/// while the server runs), and a KMIP master key is watched afterwards.
+#[derive(Debug)]
+pub(crate) struct ServerKeyAdmin {
+    pub(crate) common: Common,
+    pub(crate) flags: Settings,
+    pub(crate) data: PathBuf,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Whether a watcher of the master key's state runs already.
+    pub(crate) watching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl sealdb_sql::KeyAdmin for ServerKeyAdmin {
+    fn open(&self, name: &str) -> Result<Arc<dyn KeyProvider>, String> {
+        let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags).map_err(|e| format!("{e:#}"))?;
+        provider_named(&settings, &self.data, name).map_err(|e| format!("{e:#}"))
+    }
+
+    fn moved(
+        &self,
+        store: &sealdb_storage::Store,
+        moved: &sealdb_storage::MasterKeyMove,
+        old: Arc<dyn KeyProvider>,
+    ) -> Vec<String> {
+        let mut out = after_move(&self.common, &self.data, moved, old.as_ref());
+        let policy = crate::start::resolve_settings(&self.common, &self.flags)
+            .and_then(|(settings, _)| key_cache_policy_for(&settings, &moved.to.0));
+        match policy {
+            Ok(Some((period, grace, outage))) => {
+                if !self.watching.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    self.runtime
+                        .spawn(crate::start::watch_master_key(store.clone(), period, grace, outage));
+                }
+                out.push(format!("its state on the key server is checked every {} ms", period.as_millis()));
+            }
+            Ok(None) => {}
+            Err(e) => out.push(format!("its state cannot be watched: {e:#}")),
+        }
+        out
     }
 }

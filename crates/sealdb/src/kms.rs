@@ -321,62 +321,9 @@ fn enable(args: TestArgs) -> Result<()> {
     let to = crate::keys::kmip_provider(&settings, &data, &args.group)?;
     let name = format!("{}/master-key", crate::keys::instance_prefix(&data)?);
     let moved = sealdb_storage::move_master_key(&data, from.as_ref(), to.as_ref())?;
-    let (from_name, old) = &moved.from;
-    let new = &moved.to.1;
-    println!("created master key {new} ({name}) on {target} and activated it");
-    let record = sealdb_storage::master_key_record(&data)?;
-    println!(
-        "re-wrapped the key ring under it: the catalog names {target}, master key {new} (SHA-256 of the wrapped key ring {})",
-        record.wrapped_ring_sha256
-    );
-    if from_name == "local" {
-        let keystore = data.join(crate::keys::KEYSTORE_DIR).join(sealdb_kms::KEYSTORE_FILE);
-        shred(&keystore)?;
-        println!(
-            "destroyed the local master key file {} (it held master key {old}; nothing needs it any more)",
-            keystore.display()
-        );
-    } else {
-        match from.deactivate(old) {
-            Ok(()) => println!(
-                "deactivated master key {old} on {from_name}: destroy it there once no backup needs it"
-            ),
-            Err(e) => println!("could not deactivate master key {old} on {from_name} ({e}); nothing needs it any more"),
-        }
-    }
-    let config = match &args.common.config {
-        Some(path) => Some(path.clone()),
-        None => Some(data.join("sealdb.conf")).filter(|p| p.exists()),
-    };
-    match config {
-        Some(path) => {
-            sealdb_config::set_key_provider(&path, &target)?;
-            println!("set key-provider = \"{target}\" in {}", path.display());
-        }
-        None => println!("start sealdb with --key-provider {target} (or put key-provider = \"{target}\" in its config file)"),
-    }
-    Ok(())
-}
-
-/// Overwrites a key file with zeros, syncs, and removes it (the directory
-/// synced too). Copy-on-write file systems and SSDs may keep old blocks:
-/// the file's master keys protect nothing once the key ring is re-wrapped.
-fn shred(path: &std::path::Path) -> Result<()> {
-    use std::io::Write;
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)])
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("overwriting {}", path.display()))?;
-    drop(file);
-    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        sealdb_kms::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    println!("created master key {} ({name}) on {target} and activated it", moved.to.1);
+    for line in crate::keys::after_move(&args.common, &data, &moved, from.as_ref()) {
+        println!("{line}");
     }
     Ok(())
 }

@@ -118,6 +118,16 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             "a password was given directly; prefer *-password-file or the SEALDB_* variable, which do not show in process listings"
         );
     }
+    // Whether the master key's state is watched (a KMIP master key, from
+    // the start or after ALTER SYSTEM SET key_provider).
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let key_admin = Arc::new(crate::keys::ServerKeyAdmin {
+        common: args.common.clone(),
+        flags: args.settings.clone(),
+        data: data.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        watching: watching.clone(),
+    });
     let server_settings = ServerSettings {
         host: settings.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
         port: settings.port.unwrap_or(DEFAULT_PORT),
@@ -139,6 +149,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             TableEncryption::None => sealdb_storage::Encryption::None,
         },
         queries,
+        key_admin: Some(key_admin),
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.
@@ -203,6 +214,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // key-cache-ms: revocation rotates, destruction and long outages close
     // the key gate, and service resumes by itself.
     if let Some((period, grace, outage_period)) = crate::keys::key_cache_policy(&settings)? {
+        watching.store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(watch_master_key(store.clone(), period, grace, outage_period));
     }
     // Users and grants live in the encrypted catalog; a fresh one gets the
@@ -243,7 +255,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
 
 /// Re-reads the master key's state every `period` (every `outage_period`
 /// while no key server answers) and logs what changed.
-async fn watch_master_key(store: sealdb_storage::Store, period: Duration, grace: Duration, outage_period: Duration) {
+pub(crate) async fn watch_master_key(store: sealdb_storage::Store, period: Duration, grace: Duration, outage_period: Duration) {
     use sealdb_storage::RefreshOutcome;
     const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
     let mut wait = period;

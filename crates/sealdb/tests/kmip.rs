@@ -626,3 +626,50 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
     let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sealdb verify: {report}");
 }
+
+/// The same move online: `ALTER SYSTEM SET key_provider = 'kmip:hsm'` on a
+/// running server with data. Statements go on, the local key file is
+/// destroyed, the config file names the group, the new master key is
+/// watched (revoking it rotates), and a restart reads every row.
+#[test]
+fn alter_system_set_key_provider_moves_the_master_key_to_the_key_server_online() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("key-provider = \"kmip:hsm\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+
+    let server = TestServer::start(&["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL)").expect_ok();
+    psql(&admin, "INSERT INTO t SELECT value FROM generate_series(1, 100)").expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(&admin, "INSERT INTO t VALUES (101)").expect_ok();
+    psql(&admin, "ALTER SYSTEM SET key_provider = 'kmip:nowhere'").expect_err("[kmip_hosts.nowhere]");
+    psql(&admin, "ALTER SYSTEM SET key_provider = 'local'").expect_err("already in local");
+    psql(&admin, "ALTER SYSTEM SET key_provider = 'kmip:hsm'").expect_ok();
+    let ids = operator.master_keys(&server.data);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        psql(&admin, "SELECT provider, key_id FROM sys.encryption_keys WHERE scope = 'master'").expect_ok(),
+        format!("kmip:hsm|{}\n", ids[0])
+    );
+    assert!(!server.data.join("keystore/master.keys").exists(), "the local key file is destroyed");
+    assert!(std::fs::read_to_string(&cfg).unwrap().contains("key-provider = \"kmip:hsm\""));
+    let stderr = server.stderr();
+    assert!(stderr.contains("destroyed the local master key file"), "{stderr}");
+    psql(&admin, "INSERT INTO t VALUES (102)").expect_ok();
+
+    // Watched from now on: revoking it moves to a new master key.
+    operator.revoke(&ids[0], false);
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || master_key_id(&admin) != ids[0]),
+        "{}",
+        server.stderr()
+    );
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    assert_eq!(psql(&server.admin(), "SELECT count(*), max(id) FROM t").expect_ok(), "102|102\n");
+}
