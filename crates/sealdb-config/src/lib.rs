@@ -506,7 +506,10 @@ mod kmip_set_tests {
         assert_eq!(settings.key_provider.as_deref(), Some("kmip:hsm"));
         assert_eq!(settings.kmip_hosts["hsm"].hosts, vec!["a:1".to_owned()]);
         set_key_provider(&path, "local").unwrap();
-        assert_eq!(Settings::from_file(&path).unwrap().key_provider.as_deref(), Some("local"));
+        assert_eq!(
+            Settings::from_file(&path).unwrap().key_provider.as_deref(),
+            Some("local")
+        );
     }
 }
 

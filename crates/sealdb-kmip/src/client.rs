@@ -259,6 +259,13 @@ impl KmipClient {
         })
     }
 
+    /// Every object this client may see (the key server decides: usually
+    /// those its certificate's identity owns).
+    pub async fn locate_all(&self) -> Result<Vec<String>, KmipError> {
+        let answer = self.call(Operation::Locate, None, message::locate_all_payload).await?;
+        Ok(message::located(&answer.payload))
+    }
+
     /// The identifiers of objects named `name`.
     pub async fn locate(&self, name: &str) -> Result<Vec<String>, KmipError> {
         let answer = self
@@ -638,9 +645,9 @@ fn tls_hint(e: &std::io::Error) -> &'static str {
         Some(Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         )) => " (the key server's certificate does not name this host: use the name it was issued for in hosts)",
-        Some(Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        )) => " (the key server's certificate has expired: renew it on the key server)",
+        Some(Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
+            " (the key server's certificate has expired: renew it on the key server)"
+        }
         Some(Error::AlertReceived(
             AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::CertificateUnknown,
         )) => {

@@ -315,6 +315,15 @@ pub fn locate_payload(version: ProtocolVersion, name: &str) -> Vec<Item> {
     }
 }
 
+/// Locate: every object the client may see.
+pub fn locate_all_payload(version: ProtocolVersion) -> Vec<Item> {
+    if version.is_2() {
+        vec![Item::structure(tag::ATTRIBUTES, Vec::new())]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The identifiers a Locate response lists.
 pub fn located(payload: &Item) -> Vec<String> {
     payload

@@ -104,10 +104,15 @@ async fn the_key_life_cycle_and_gcm_wrapping_work_against_pykmip() {
         assert_eq!(kmip.state(&id).await.unwrap(), State::Deactivated, "{version:?}");
         kmip.destroy(&id).await.unwrap();
         // Revoked for compromise (with the Compromise Occurrence Date).
-        let other = kmip.create_aes256(&format!("sealdb-test/{version:?}/compromised")).await.unwrap();
+        let other = kmip
+            .create_aes256(&format!("sealdb-test/{version:?}/compromised"))
+            .await
+            .unwrap();
         kmip.activate(&other).await.unwrap();
         kmip.revoke(&other, true).await.unwrap();
         assert_eq!(kmip.state(&other).await.unwrap(), State::Compromised, "{version:?}");
+        // Locate without a filter finds it among every object.
+        assert!(kmip.locate_all().await.unwrap().contains(&other), "{version:?}");
         let e = kmip.encrypt_gcm(&id, &secret, &nonce, b"x").await.unwrap_err();
         assert!(matches!(e, KmipError::Failed { .. }), "{e}");
         assert!(e.to_string().contains(&format!("on object {id}")), "{e}");

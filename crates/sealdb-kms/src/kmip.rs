@@ -64,6 +64,7 @@ pub struct KmipProvider {
     group: String,
     mode: KmipMode,
     name: String,
+    prefix: String,
     client: Arc<KmipClient>,
     runtime: Option<tokio::runtime::Runtime>,
     /// `get` mode: keys fetched, by id.
@@ -96,6 +97,7 @@ impl KmipProvider {
             group: group.to_owned(),
             mode,
             name: format!("{prefix}/master-key"),
+            prefix: prefix.to_owned(),
             client,
             runtime: Some(runtime),
             fetched: Mutex::new(HashMap::new()),
@@ -111,6 +113,12 @@ impl KmipProvider {
     /// The Name of this installation's master keys on the key server.
     pub fn key_name(&self) -> &str {
         &self.name
+    }
+
+    /// The start of the Names of every object of this installation
+    /// (`sealdb/<instance id>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Runs one KMIP exchange on the provider's runtime and waits for it.
@@ -207,6 +215,16 @@ impl KeyProvider for KmipProvider {
 
     fn create_master_key(&self) -> Result<MasterKeyId, KmsError> {
         let name = self.name.clone();
+        let id = self.run(move |c| async move {
+            let id = c.create_aes256(&name).await?;
+            c.activate(&id).await?;
+            Ok(id)
+        })?;
+        Ok(MasterKeyId(id))
+    }
+
+    fn create_key(&self, name: &str) -> Result<MasterKeyId, KmsError> {
+        let name = format!("{}/{name}", self.prefix);
         let id = self.run(move |c| async move {
             let id = c.create_aes256(&name).await?;
             c.activate(&id).await?;

@@ -22,4 +22,4 @@ pub use error::KmsError;
 pub use fs::{fsync_dir, replace_file_durably};
 pub use kmip::{KmipMode, KmipProvider};
 pub use local::{KEYSTORE_FILE, LocalKeystore};
-pub use provider::{KeyProvider, KeyState, MasterKeyId, MasterKeyInfo, ProviderHost};
+pub use provider::{KeyProvider, KeyState, MasterKeyId, MasterKeyInfo, ProviderHost, ProviderResolver};

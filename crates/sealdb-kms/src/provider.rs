@@ -85,6 +85,18 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
     /// version: it stays to decrypt until an operator destroys it.
     fn deactivate(&self, id: &MasterKeyId) -> Result<(), KmsError>;
 
+    /// Creates and activates a key of its own for one table, named
+    /// `<prefix>/<name>` where the provider shows names (a KMIP server's
+    /// console). The local keystore has none: tables' keys are wrapped by
+    /// the key ring there.
+    fn create_key(&self, name: &str) -> Result<MasterKeyId, KmsError> {
+        let _ = name;
+        Err(KmsError::Config(format!(
+            "{} keeps no per-table keys; use key_provider = 'kmip:GROUP' for a table key on a key server",
+            self.name()
+        )))
+    }
+
     /// Whether the master key is protected at rest (sealed under a
     /// passphrase or held by a key server); `false` is a finding.
     fn protected_at_rest(&self) -> bool;
@@ -114,4 +126,11 @@ pub struct ProviderHost {
     pub last_success_unix: Option<u64>,
     /// Milliseconds the last successful round trip took.
     pub latency_ms: Option<f64>,
+}
+
+/// Opens the key provider called `local` or `kmip:GROUP` (for tables whose
+/// keys live in another provider than the master key's).
+pub trait ProviderResolver: Send + Sync + std::fmt::Debug {
+    /// The provider called `name`, opened once and shared.
+    fn provider(&self, name: &str) -> Result<std::sync::Arc<dyn KeyProvider>, KmsError>;
 }

@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::TableReference;
 use datafusion::logical_expr::CreateMemoryTable;
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption, Statement};
-use sealdb_storage::{Encryption, ROWID_COLUMN, Store};
+use sealdb_storage::{Encryption, ROWID_COLUMN, Store, TableKeyProvider};
 
 use crate::SqlError;
 use crate::engine::{CATALOG, SCHEMA};
@@ -27,7 +27,13 @@ pub(crate) struct Durable {
 pub(crate) struct TableOptions {
     /// `encryption = 'aes-256-gcm' | 'none'`.
     pub(crate) encryption: Option<Encryption>,
+    /// `key_provider = 'kmip:GROUP'` (with `key_namespace`): the table's
+    /// keys are wrapped by keys of its own on that key server.
+    pub(crate) key_provider: Option<TableKeyProvider>,
 }
+
+/// The namespace of a table's keys on the key server when none is given.
+const DEFAULT_KEY_NAMESPACE: &str = "tables";
 
 /// Takes the `WITH (...)` options off a `CREATE TABLE`, which DataFusion
 /// would refuse, and checks them.
@@ -45,6 +51,7 @@ pub(crate) fn take_table_options(statement: &mut Statement) -> Result<TableOptio
         }
     };
     let mut out = TableOptions::default();
+    let (mut provider, mut namespace) = (None, None);
     for option in options {
         let SqlOption::KeyValue { key, value } = &option else {
             return Err(SqlError::Syntax(format!(
@@ -53,7 +60,8 @@ pub(crate) fn take_table_options(statement: &mut Statement) -> Result<TableOptio
         };
         let name = key.value.to_ascii_lowercase();
         let value = value.to_string();
-        let value = value.trim_matches('\'').to_ascii_lowercase();
+        let raw = value.trim_matches('\'').to_owned();
+        let value = raw.to_ascii_lowercase();
         match name.as_str() {
             "encryption" => {
                 out.encryption = Some(match value.as_str() {
@@ -66,19 +74,45 @@ pub(crate) fn take_table_options(statement: &mut Statement) -> Result<TableOptio
                     }
                 });
             }
-            "key_provider" if value == "local" => {}
-            "key_provider" | "key_namespace" => {
-                return Err(SqlError::NotSupported(format!(
-                    "table option {name} = '{value}': tables use the server's key provider (key-provider)"
-                )));
+            "key_provider" if value == "local" => provider = Some(None),
+            "key_provider" => match raw.strip_prefix("kmip:") {
+                Some(group) if !group.is_empty() => provider = Some(Some(raw.clone())),
+                _ => {
+                    return Err(SqlError::InvalidValue(format!(
+                        "invalid value for table option key_provider: '{raw}'; use 'local' (keys wrapped by the key ring) or 'kmip:GROUP' (keys of its own on that key server)"
+                    )));
+                }
+            },
+            "key_namespace" => {
+                if raw.is_empty()
+                    || raw.len() > 64
+                    || !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(SqlError::InvalidValue(format!(
+                        "invalid value for table option key_namespace: '{raw}'; use up to 64 letters, digits, '-' and '_'"
+                    )));
+                }
+                namespace = Some(raw.clone());
             }
             _ => {
                 return Err(SqlError::InvalidValue(format!(
-                    "unknown table option \"{name}\"; known options: encryption, key_provider"
+                    "unknown table option \"{name}\"; known options: encryption, key_provider, key_namespace"
                 )));
             }
         }
     }
+    out.key_provider = match (provider, namespace) {
+        (Some(Some(provider)), namespace) => Some(TableKeyProvider {
+            provider,
+            namespace: namespace.unwrap_or_else(|| DEFAULT_KEY_NAMESPACE.to_owned()),
+        }),
+        (_, Some(_)) => {
+            return Err(SqlError::InvalidValue(
+                "key_namespace names the table's keys on a key server: give key_provider = 'kmip:GROUP' with it".into(),
+            ));
+        }
+        _ => None,
+    };
     Ok(out)
 }
 

@@ -1000,17 +1000,19 @@ impl Engine {
             return Err(SqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
         }
         let encryption = options.encryption.unwrap_or(durable.default_encryption);
+        if options.key_provider.is_some() && encryption == sealdb_storage::Encryption::None {
+            return Err(SqlError::InvalidValue(
+                "key_provider names where the table's keys live, and encryption = 'none' gives it none; drop one of the two"
+                    .into(),
+            ));
+        }
         // `AS SELECT` creates the table unpublished: a crash before it is
         // filled and published leaves nothing, as for any statement that
         // was never acknowledged.
-        let table = if fill {
-            durable
-                .store
-                .create_unpublished_table(&name, schema, encryption)
-                .await?
-        } else {
-            durable.store.create_table(&name, schema, encryption).await?
-        };
+        let table = durable
+            .store
+            .create_table_with_keys(&name, schema, encryption, options.key_provider, fill)
+            .await?;
         let provider = Arc::new(SealTable::new(
             table,
             durable.keys.clone(),

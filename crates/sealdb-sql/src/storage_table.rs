@@ -591,6 +591,7 @@ impl TableProvider for SealTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         self.gate.check(self.table.name()).map_err(storage)?;
+        self.table.check_keys().map_err(storage)?;
         let data = self.table.snapshot();
         let pending = pending_view(state.config(), &self.table).await;
         let deletions = Arc::new(Deletions {

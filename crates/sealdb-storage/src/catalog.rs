@@ -77,6 +77,21 @@ pub struct TableKeyMeta {
     pub wrapped: Vec<u8>,
     /// Creation time, Unix seconds.
     pub created_unix: u64,
+    /// The key on the table's key provider that wrapped this version, when
+    /// the table's keys live there (`key_provider = 'kmip:GROUP'`);
+    /// otherwise the key ring wrapped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+}
+
+/// Where a table's key versions are wrapped, when not by the key ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableKeyProvider {
+    /// `kmip:GROUP`.
+    pub provider: String,
+    /// Part of the key's Name on the key server:
+    /// `sealdb/<instance>/<namespace>/<table>`.
+    pub namespace: String,
 }
 
 /// One immutable segment file.
@@ -128,6 +143,9 @@ pub struct TableMeta {
     /// never acknowledged, so the next open drops the table.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unpublished: bool,
+    /// Where its key versions are wrapped, when not by the key ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_provider: Option<TableKeyProvider>,
 }
 
 /// The encrypted body.

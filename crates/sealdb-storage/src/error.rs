@@ -67,15 +67,23 @@ pub enum StorageError {
     },
     /// The master key over this data is destroyed, or no key server has
     /// confirmed it within the grace period: the keys in memory are not used.
-    #[error("cannot use table \"{table}\": master key {key} is {state}: {detail}")]
+    #[error("cannot use table \"{table}\": {key} is {state}: {detail}")]
     KeyUnavailable {
         /// The table.
         table: String,
-        /// The master key, as `ID in PROVIDER`.
+        /// The key: `master key ID in PROVIDER`, or the table's own key.
         key: String,
         /// `destroyed` or `unreachable`.
         state: String,
         /// What was found, and the fix.
+        detail: String,
+    },
+    /// A table's own key could not be unwrapped by its key provider.
+    #[error("the key of table \"{table}\" cannot be opened: {detail}")]
+    TableKey {
+        /// The table.
+        table: String,
+        /// The key, its provider and the failure.
         detail: String,
     },
     /// A primitive failed.
@@ -141,6 +149,7 @@ impl StorageError {
             | Self::NewerFormat { .. }
             | Self::Key(_)
             | Self::KeyDestroyed { .. }
+            | Self::TableKey { .. }
             | Self::Crypto(_)
             | Self::NoSuchTable(_)
             | Self::TableExists(_)

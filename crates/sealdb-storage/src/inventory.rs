@@ -100,11 +100,30 @@ pub(crate) fn key_records(published: &Published) -> Vec<KeyRecord> {
     ];
     for table in &published.tables {
         let current = table.keys.last().map(|k| k.version);
+        let table_provider = table
+            .key_provider
+            .as_ref()
+            .map_or_else(|| provider.clone(), |kp| kp.provider.clone());
+        // A table whose keys live on a key server: the key there that
+        // wraps its versions (by its id on the server).
+        if let (Some(kp), Some(last)) = (&table.key_provider, table.keys.last())
+            && let Some(kek) = &last.kek
+        {
+            out.push(KeyRecord {
+                scope: format!("table {} key-encryption key ({})", table.name, kp.namespace),
+                id: kek.clone(),
+                provider: kp.provider.clone(),
+                version: 1,
+                state: "active",
+                created_unix: Some(last.created_unix),
+                wrapped_sha256: None,
+            });
+        }
         for key in &table.keys {
             out.push(KeyRecord {
                 scope: format!("table {}", table.name),
                 id: format!("table/{}/v{}", table.id, key.version),
-                provider: provider.clone(),
+                provider: table_provider.clone(),
                 version: key.version,
                 state: if Some(key.version) == current {
                     "active"

@@ -24,7 +24,7 @@ use crate::StorageError;
 /// Why the gate is closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
-    /// The master key, as `ID in PROVIDER`.
+    /// The key: `master key ID in PROVIDER`, or a table's own key.
     pub key: String,
     /// `destroyed`, or `unreachable` when the key server could not be asked
     /// within the grace period.
@@ -194,15 +194,25 @@ mod tests {
     fn an_outage_is_served_within_the_grace_period_then_closed_then_recovered() {
         let gate = KeyGate::default();
         assert!(gate.check("t").is_ok());
-        let (_, open) = gate.unreachable("1 in kmip:g".into(), "connection refused", Duration::from_secs(60));
+        let (_, open) = gate.unreachable(
+            "master key 1 in kmip:g".into(),
+            "connection refused",
+            Duration::from_secs(60),
+        );
         assert!(open, "within the grace period the gate stays open");
         assert!(gate.check("t").is_ok());
         assert!(gate.outage().is_some());
-        let (_, open) = gate.unreachable("1 in kmip:g".into(), "connection refused", Duration::ZERO);
+        let (_, open) = gate.unreachable("master key 1 in kmip:g".into(), "connection refused", Duration::ZERO);
         assert!(!open, "after the grace period the gate closes");
         let err = gate.check("orders").unwrap_err().to_string();
-        assert!(err.contains("\"orders\"") && err.contains("1 in kmip:g") && err.contains("unreachable"), "{err}");
-        assert!(err.contains("connection refused") && err.contains("resumes by itself"), "{err}");
+        assert!(
+            err.contains("\"orders\"") && err.contains("master key 1 in kmip:g") && err.contains("unreachable"),
+            "{err}"
+        );
+        assert!(
+            err.contains("connection refused") && err.contains("resumes by itself"),
+            "{err}"
+        );
         assert!(gate.confirmed(), "a confirmation ends the outage");
         assert!(gate.check("t").is_ok());
         assert!(gate.outage().is_none());
@@ -212,12 +222,15 @@ mod tests {
     #[test]
     fn a_destroyed_key_closes_the_gate_for_good() {
         let gate = KeyGate::default();
-        gate.destroyed("7 in local".into());
+        gate.destroyed("master key 7 in local".into());
         let err = gate.check("t").unwrap_err().to_string();
-        assert!(err.contains("\"t\"") && err.contains("7 in local") && err.contains("destroyed"), "{err}");
+        assert!(
+            err.contains("\"t\"") && err.contains("master key 7 in local") && err.contains("destroyed"),
+            "{err}"
+        );
         assert!(!gate.confirmed());
         assert!(gate.check("t").is_err());
-        let (_, open) = gate.unreachable("7 in local".into(), "down", Duration::from_secs(60));
+        let (_, open) = gate.unreachable("master key 7 in local".into(), "down", Duration::from_secs(60));
         assert!(!open);
         assert!(gate.check("t").unwrap_err().to_string().contains("destroyed"));
     }

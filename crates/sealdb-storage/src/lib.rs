@@ -31,7 +31,7 @@ mod txn;
 mod verify;
 mod wal;
 
-pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta};
+pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta, TableKeyProvider};
 pub use error::StorageError;
 pub use inventory::{KeyRecord, TableSummary};
 pub use keygate::{Closed, KeyGate, RefreshOutcome};

@@ -15,7 +15,9 @@ use sealdb_kms::{KeyProvider, KeyState, MasterKeyId};
 use tracing::{info, warn};
 
 use crate::StorageError;
-use crate::catalog::{self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableMeta};
+use crate::catalog::{
+    self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableKeyProvider, TableMeta,
+};
 use crate::inventory::{self, KeyRecord, Published, TableSummary};
 use crate::keygate::{KeyGate, RefreshOutcome};
 use crate::segment::{self, Segment, TABLES_DIR};
@@ -32,6 +34,9 @@ pub struct StoreOptions {
     pub lock_timeout: Duration,
     /// Largest log frame payload; bigger inserts are split.
     pub frame_bytes_target: usize,
+    /// Opens the key providers of tables whose keys live elsewhere than
+    /// the master key (`key_provider = 'kmip:GROUP'`).
+    pub providers: Option<Arc<dyn sealdb_kms::ProviderResolver>>,
 }
 
 impl Default for StoreOptions {
@@ -40,6 +45,7 @@ impl Default for StoreOptions {
             flush_bytes: 64 << 20,
             lock_timeout: Duration::from_secs(10),
             frame_bytes_target: 32 << 20,
+            providers: None,
         }
     }
 }
@@ -178,7 +184,9 @@ impl Store {
         body.tables.retain(|t| !t.unpublished);
         let mut tables = BTreeMap::new();
         for meta in &body.tables {
-            let table = Arc::new(build_table(dir, meta, &ring_key.1)?);
+            let table = Arc::new(build_table(dir, meta, &ring_key.1, &|name| {
+                resolve_provider(&provider, &options, name)
+            })?);
             tables.insert(meta.name.clone(), table);
         }
         let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
@@ -295,7 +303,10 @@ impl Store {
     /// The master key over the data now, and its provider's name.
     pub async fn master_key(&self) -> (MasterKeyId, String) {
         let state = self.inner.catalog.lock().await;
-        (MasterKeyId(state.header.master_id.clone()), state.header.provider.clone())
+        (
+            MasterKeyId(state.header.master_id.clone()),
+            state.header.provider.clone(),
+        )
     }
 
     /// Moves the data to a new master key created in `to` (another
@@ -305,7 +316,10 @@ impl Store {
     /// rewritten. The old provider's keys then protect nothing.
     pub async fn switch_provider(&self, to: Arc<dyn KeyProvider>) -> Result<MasterKeyMove, StorageError> {
         let mut state = self.inner.catalog.lock().await;
-        let from = (state.header.provider.clone(), MasterKeyId(state.header.master_id.clone()));
+        let from = (
+            state.header.provider.clone(),
+            MasterKeyId(state.header.master_id.clone()),
+        );
         if from.0 == to.name() {
             return Err(StorageError::Key(sealdb_kms::KmsError::Config(format!(
                 "the master key is already in {} (master key {}); to get a new one, use ALTER SYSTEM ROTATE MASTER KEY",
@@ -382,7 +396,9 @@ impl Store {
         let retired = old.clone();
         match tokio::task::spawn_blocking(move || provider.deactivate(&retired)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(key = %old, "the old master key could not be deactivated (nothing needs it any more; deactivate or destroy it on the key server): {e}"),
+            Ok(Err(e)) => {
+                warn!(key = %old, "the old master key could not be deactivated (nothing needs it any more; deactivate or destroy it on the key server): {e}")
+            }
             Err(e) => warn!(key = %old, "the old master key could not be deactivated: {e}"),
         }
         Ok((old, new))
@@ -404,7 +420,7 @@ impl Store {
                 self.provider(),
             )
         };
-        let key = format!("{master} in {provider_name}");
+        let key = format!("master key {master} in {provider_name}");
         let asked = master.clone();
         let state = match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
             Ok(result) => result.map_err(|e| e.to_string()),
@@ -445,6 +461,140 @@ impl Store {
                 RefreshOutcome::Unreachable { error, since, serving }
             }
         }
+    }
+
+    /// Re-reads the state of each table's own key on its key server (one
+    /// call per such table) and sets the table's gate as
+    /// [`Store::refresh_master_key`] does the store's: a deactivated or
+    /// compromised key is replaced at once (every version re-wrapped under
+    /// a new key, and a new version for new data). Returns what changed.
+    pub async fn refresh_table_keys(&self, grace: Duration) -> Vec<(String, RefreshOutcome)> {
+        let keyed: Vec<(u64, String, TableKeyProvider, String)> = {
+            let state = self.inner.catalog.lock().await;
+            state
+                .body
+                .tables
+                .iter()
+                .filter_map(|t| {
+                    let kp = t.key_provider.clone()?;
+                    let kek = t.keys.last()?.kek.clone()?;
+                    Some((t.id, t.name.clone(), kp, kek))
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (id, name, kp, kek) in keyed {
+            let Some(table) = self.table(&name).filter(|t| t.id == id) else {
+                continue;
+            };
+            let key = table_kek_name(&name, &kek, &kp.provider);
+            let state = match self.resolve(&kp.provider) {
+                Ok(provider) => {
+                    let asked = MasterKeyId(kek.clone());
+                    match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("the key-provider thread failed: {e}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let gate = &table.key_gate;
+            let outcome = match state {
+                Ok(KeyState::Active) => RefreshOutcome::Active {
+                    recovered: gate.confirmed(),
+                },
+                Ok(retired @ (KeyState::Deactivated | KeyState::Compromised)) => {
+                    gate.confirmed();
+                    match self.replace_table_kek(&table, &kp, &kek).await {
+                        Ok(to) => RefreshOutcome::Rotated {
+                            from: kek,
+                            state: retired.as_str().to_owned(),
+                            to,
+                        },
+                        Err(e) => RefreshOutcome::RotationFailed {
+                            from: kek,
+                            error: e.to_string(),
+                        },
+                    }
+                }
+                Ok(KeyState::Destroyed) => {
+                    gate.destroyed(key.clone());
+                    RefreshOutcome::Destroyed { key }
+                }
+                Err(error) => {
+                    let (since, serving) = gate.unreachable(key, &error, grace);
+                    RefreshOutcome::Unreachable { error, since, serving }
+                }
+            };
+            if outcome != (RefreshOutcome::Active { recovered: false }) {
+                out.push((name, outcome));
+            }
+        }
+        out
+    }
+
+    /// Replaces table `table`'s key on its key server after `old` was
+    /// revoked: a new key there wraps every existing version (so `old` may
+    /// be destroyed without loss) and a new version for new data. Returns
+    /// the new key's id.
+    async fn replace_table_kek(
+        &self,
+        table: &Arc<Table>,
+        kp: &TableKeyProvider,
+        old: &str,
+    ) -> Result<String, StorageError> {
+        let mut state = self.inner.catalog.lock().await;
+        let Some(meta) = state.body.tables.iter().find(|t| t.id == table.id) else {
+            return Err(StorageError::NoSuchTable(table.name.clone()));
+        };
+        if meta.keys.last().and_then(|k| k.kek.as_deref()) != Some(old) {
+            // Replaced meanwhile.
+            return Ok(meta.keys.last().and_then(|k| k.kek.clone()).unwrap_or_default());
+        }
+        let mut versions: Vec<(u32, Arc<Key256>)> = lock(&table.keys).clone();
+        if versions.len() != meta.keys.len() {
+            return Err(StorageError::TableKey {
+                table: table.name.clone(),
+                detail: "some of its key versions are not open in this process".into(),
+            });
+        }
+        let next = versions.iter().map(|(v, _)| *v).max().unwrap_or(0) + 1;
+        versions.push((next, Arc::new(Key256::random()?)));
+        let provider = self.resolve(&kp.provider)?;
+        let (kp_owned, name, id) = (kp.clone(), table.name.clone(), table.id);
+        let to_wrap = versions.clone();
+        let (kek, wrapped) = tokio::task::spawn_blocking(move || {
+            let keys: Vec<(&Key256, Vec<u8>)> = to_wrap
+                .iter()
+                .map(|(v, k)| (k.as_ref(), table_key_aad(id, *v)))
+                .collect();
+            Self::new_kek(provider.as_ref(), &kp_owned, &name, &keys)
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("replacing the table key: {e}")))??;
+        let created = now_unix();
+        let new_kek = kek.clone();
+        self.persist(&mut state, |body| {
+            if let Some(meta) = body.tables.iter_mut().find(|t| t.id == id) {
+                for (k, w) in meta.keys.iter_mut().zip(&wrapped) {
+                    k.wrapped = w.clone();
+                    k.kek = Some(new_kek.clone());
+                }
+                meta.keys.push(TableKeyMeta {
+                    version: next,
+                    wrapped: wrapped.last().cloned().unwrap_or_default(),
+                    created_unix: created,
+                    kek: Some(new_kek.clone()),
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(newest) = versions.pop() {
+            lock(&table.keys).push(newest);
+        }
+        info!(table = %table.name, from = %old, to = %kek, version = next, "the table's key was revoked on the key server: its versions are re-wrapped under a new key, and new data goes under version {next}");
+        Ok(kek)
     }
 
     /// The data directory.
@@ -536,6 +686,22 @@ impl Store {
         .await
     }
 
+    /// Creates a table whose key versions are wrapped by keys of their own
+    /// on `key_provider` (a key server: the table's data is shredded by
+    /// destroying them there), or by the key ring when `None`.
+    /// `unpublished` as for [`Store::create_unpublished_table`].
+    pub async fn create_table_with_keys(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+        key_provider: Option<TableKeyProvider>,
+        unpublished: bool,
+    ) -> Result<Arc<Table>, StorageError> {
+        self.create_keyed(name, schema, encryption, unpublished, key_provider)
+            .await
+    }
+
     async fn create(
         &self,
         name: &str,
@@ -543,15 +709,59 @@ impl Store {
         encryption: Encryption,
         unpublished: bool,
     ) -> Result<Arc<Table>, StorageError> {
+        self.create_keyed(name, schema, encryption, unpublished, None).await
+    }
+
+    /// The provider called `name`.
+    fn resolve(&self, name: &str) -> Result<Arc<dyn KeyProvider>, StorageError> {
+        resolve_provider(&self.provider(), &self.inner.options, name)
+    }
+
+    /// A new table key version wrapped under a new key of its own on
+    /// `kp`, named `<prefix>/<namespace>/<table>`: (kek id, wrapped). Blocking.
+    fn new_kek(
+        provider: &dyn KeyProvider,
+        kp: &TableKeyProvider,
+        table: &str,
+        keys: &[(&Key256, Vec<u8>)],
+    ) -> Result<(String, Vec<Vec<u8>>), StorageError> {
+        let kek = provider.create_key(&format!("{}/{table}", kp.namespace))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, aad) in keys {
+            out.push(provider.wrap(&kek, key, aad)?);
+        }
+        Ok((kek.0, out))
+    }
+
+    async fn create_keyed(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+        unpublished: bool,
+        key_provider: Option<TableKeyProvider>,
+    ) -> Result<Arc<Table>, StorageError> {
         let mut state = self.inner.catalog.lock().await;
         if self.table(name).is_some() {
             return Err(StorageError::TableExists(name.to_owned()));
         }
         let id = state.body.next_table_id;
         let key = Key256::random()?;
-        let wrapped = {
-            let ring = lock(&self.inner.ring);
-            wrap_key(&ring.key, &key, &table_key_aad(id, 1))?
+        let (wrapped, kek) = match &key_provider {
+            None => {
+                let ring = lock(&self.inner.ring);
+                (wrap_key(&ring.key, &key, &table_key_aad(id, 1))?, None)
+            }
+            Some(kp) => {
+                let provider = self.resolve(&kp.provider)?;
+                let (kp, table, k) = (kp.clone(), name.to_owned(), key.clone());
+                let (kek, mut wrapped) = tokio::task::spawn_blocking(move || {
+                    Self::new_kek(provider.as_ref(), &kp, &table, &[(&k, table_key_aad(id, 1))])
+                })
+                .await
+                .map_err(|e| StorageError::Internal(format!("creating the table key: {e}")))??;
+                (wrapped.pop().unwrap_or_default(), Some(kek))
+            }
         };
         let meta = TableMeta {
             id,
@@ -563,11 +773,13 @@ impl Store {
                 version: 1,
                 wrapped,
                 created_unix: now_unix(),
+                kek,
             }],
             next_rowid: 0,
             segments: Vec::new(),
             deleted: Vec::new(),
             unpublished,
+            key_provider,
         };
         let table = Arc::new(Table::new(id, name.to_owned(), schema, encryption, 0));
         lock(&table.keys).push((1, Arc::new(key)));
@@ -596,11 +808,46 @@ impl Store {
             .await
             .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
         let mut state = self.inner.catalog.lock().await;
+        let keks: Vec<(String, String)> = state
+            .body
+            .tables
+            .iter()
+            .filter(|t| t.id == table.id)
+            .filter_map(|t| t.key_provider.as_ref().map(|kp| (t, kp)))
+            .flat_map(|(t, kp)| {
+                t.keys
+                    .iter()
+                    .filter_map(|k| k.kek.clone().map(|kek| (kp.provider.clone(), kek)))
+            })
+            .collect();
         self.persist(&mut state, |body| {
             body.tables.retain(|t| t.id != table.id);
             Ok(())
         })
         .await?;
+        drop(state);
+        // The table's own keys on the key server go too (crypto-shredding):
+        // a copy of its files or of an old catalog is then unreadable.
+        for (provider_name, kek) in keks {
+            let destroyed = match self.resolve(&provider_name) {
+                Ok(provider) => {
+                    let id = MasterKeyId(kek.clone());
+                    tokio::task::spawn_blocking(move || provider.destroy(&id))
+                        .await
+                        .map_err(|e| StorageError::Internal(e.to_string()))
+                        .and_then(|r| r.map_err(StorageError::from))
+                }
+                Err(e) => Err(e),
+            };
+            match destroyed {
+                Ok(()) => {
+                    info!(table = %name, key = %kek, provider = %provider_name, "destroyed the dropped table's key on the key server")
+                }
+                Err(e) => {
+                    warn!(table = %name, key = %kek, provider = %provider_name, "could not destroy the dropped table's key on the key server (nothing needs it any more; destroy it there): {e}")
+                }
+            }
+        }
         table.dropped.store(true, Ordering::Release);
         self.inner
             .tables
@@ -645,6 +892,7 @@ impl Store {
         for pending in tx.tables.values() {
             let table = &pending.table;
             self.inner.gate.check(&table.name)?;
+            table.check_keys()?;
             let key = match table.encryption {
                 Encryption::Aes256Gcm => {
                     let (version, key) = table.writing_key()?;
@@ -1085,7 +1333,11 @@ pub struct MasterKeyMove {
 /// and the catalog naming `to` replaces the old one in one atomic write.
 /// Nothing else is rewritten. Afterwards `from`'s keys protect nothing
 /// and may be destroyed. Blocking; a few provider calls each way.
-pub fn move_master_key(dir: &Path, from: &dyn KeyProvider, to: &dyn KeyProvider) -> Result<MasterKeyMove, StorageError> {
+pub fn move_master_key(
+    dir: &Path,
+    from: &dyn KeyProvider,
+    to: &dyn KeyProvider,
+) -> Result<MasterKeyMove, StorageError> {
     let _lock = lock_dir(dir)?;
     let catalog_path = dir.join(CATALOG_FILE);
     if !catalog_path.exists() {
@@ -1280,7 +1532,32 @@ pub(crate) fn scan_log(
     })
 }
 
-fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey) -> Result<Table, StorageError> {
+/// The provider called `name`: the master key's, or another one opened by
+/// `options.providers`.
+fn resolve_provider(
+    master: &Arc<dyn KeyProvider>,
+    options: &StoreOptions,
+    name: &str,
+) -> Result<Arc<dyn KeyProvider>, StorageError> {
+    if master.name() == name {
+        return Ok(master.clone());
+    }
+    match &options.providers {
+        Some(resolver) => Ok(resolver.provider(name)?),
+        None => Err(StorageError::Key(sealdb_kms::KmsError::Config(format!(
+            "key provider {name} is not available to this process"
+        )))),
+    }
+}
+
+/// How errors and logs name a table's own key.
+fn table_kek_name(table: &str, kek: &str, provider: &str) -> String {
+    format!("key {kek} of table {table} in {provider}")
+}
+
+type Resolve<'a> = dyn Fn(&str) -> Result<Arc<dyn KeyProvider>, StorageError> + 'a;
+
+fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey, resolve: &Resolve<'_>) -> Result<Table, StorageError> {
     let table = Table::new(
         meta.id,
         meta.name.clone(),
@@ -1289,12 +1566,35 @@ fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey) -> Result<Table, St
         meta.next_rowid,
     );
     for k in &meta.keys {
-        let key = unwrap_key(ring, &k.wrapped, &table_key_aad(meta.id, k.version)).map_err(|_| {
-            StorageError::integrity(
-                CATALOG_FILE,
-                format!("table key {} version {} failed authentication", meta.name, k.version),
-            )
-        })?;
+        let aad = table_key_aad(meta.id, k.version);
+        let key = match (&k.kek, &meta.key_provider) {
+            (Some(kek), Some(kp)) => {
+                // One key-server call per version of a table whose keys
+                // live there.
+                match resolve(&kp.provider)?.unwrap(&MasterKeyId(kek.clone()), &k.wrapped, &aad) {
+                    Ok(key) => key,
+                    Err(sealdb_kms::KmsError::Destroyed { .. } | sealdb_kms::KmsError::UnknownMasterKey { .. }) => {
+                        // Shredded on the key server: the table stays, closed,
+                        // and says so; the rest of the data directory opens.
+                        warn!(table = %meta.name, key = %kek, provider = %kp.provider, "the table's key is destroyed on the key server: the table cannot be read");
+                        table.key_gate.destroyed(table_kek_name(&meta.name, kek, &kp.provider));
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(StorageError::TableKey {
+                            table: meta.name.clone(),
+                            detail: format!("key-encryption key {kek} in {}: {e}", kp.provider),
+                        });
+                    }
+                }
+            }
+            _ => unwrap_key(ring, &k.wrapped, &aad).map_err(|_| {
+                StorageError::integrity(
+                    CATALOG_FILE,
+                    format!("table key {} version {} failed authentication", meta.name, k.version),
+                )
+            })?,
+        };
         lock(&table.keys).push((k.version, Arc::new(key)));
     }
     let deleted = if meta.deleted.is_empty() {

@@ -72,6 +72,9 @@ pub struct Table {
     data_keys: Mutex<HashMap<u64, Arc<Key256>>>,
     /// Segments whose length and magic (or SHA-256, unencrypted) this process checked.
     checked: Mutex<std::collections::HashSet<u64>>,
+    /// Closed when the table's own key (on a key server) is destroyed or
+    /// unconfirmed too long; always open for keys wrapped by the key ring.
+    pub(crate) key_gate: crate::KeyGate,
 }
 
 impl Table {
@@ -92,6 +95,7 @@ impl Table {
             dropped: std::sync::atomic::AtomicBool::new(false),
             data_keys: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
+            key_gate: crate::KeyGate::default(),
         }
     }
 
@@ -103,6 +107,11 @@ impl Table {
     /// `schema.name`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether statements may use this table's own key (see [`crate::KeyGate`]).
+    pub fn check_keys(&self) -> Result<(), StorageError> {
+        self.key_gate.check(&self.name)
     }
 
     /// Its columns.

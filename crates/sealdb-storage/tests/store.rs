@@ -536,7 +536,10 @@ async fn master_key_rotation_rewraps_only_the_ring_and_the_old_version_can_be_de
     let calls = keystore.call_count();
     let (old, new) = store.rotate_master_key().await.unwrap();
     assert_ne!(old, new);
-    assert!(keystore.call_count() - calls <= 3, "rotation calls the provider a fixed number of times");
+    assert!(
+        keystore.call_count() - calls <= 3,
+        "rotation calls the provider a fixed number of times"
+    );
     assert_eq!(store.master_key().await.0, new);
     insert(&store, "public.t", rows(60..70, "c")).await;
     store.checkpoint().await.unwrap();
@@ -547,7 +550,12 @@ async fn master_key_rotation_rewraps_only_the_ring_and_the_old_version_can_be_de
     drop(store);
     // The old version is retired; destroying it loses nothing.
     let states = keystore.list().unwrap();
-    assert!(states.iter().any(|k| k.id == old && k.state == sealdb_kms::KeyState::Deactivated), "{states:?}");
+    assert!(
+        states
+            .iter()
+            .any(|k| k.id == old && k.state == sealdb_kms::KeyState::Deactivated),
+        "{states:?}"
+    );
     keystore.destroy(&old).unwrap();
     let store = open(dir.path()).unwrap();
     assert_eq!(ids(&store, "public.t"), (0..70).collect::<Vec<_>>());
@@ -576,9 +584,15 @@ async fn a_refresh_rotates_away_from_a_deactivated_master_key_and_closes_the_gat
 
     let (current, _) = store.master_key().await;
     keystore.destroy(&current).unwrap();
-    assert!(matches!(store.refresh_master_key(grace).await, RefreshOutcome::Destroyed { .. }));
+    assert!(matches!(
+        store.refresh_master_key(grace).await,
+        RefreshOutcome::Destroyed { .. }
+    ));
     let err = store.key_gate().check("public.t").unwrap_err().to_string();
-    assert!(err.contains("public.t") && err.contains(&current.0) && err.contains("destroyed"), "{err}");
+    assert!(
+        err.contains("public.t") && err.contains(&current.0) && err.contains("destroyed"),
+        "{err}"
+    );
     let t = store.table("public.t").unwrap();
     let mut tx = Transaction::new();
     tx.write(&t, store.options().lock_timeout)

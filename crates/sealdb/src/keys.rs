@@ -145,10 +145,24 @@ pub(crate) const DEFAULT_KEY_CACHE_GRACE_MS: u64 = 3_600_000;
 /// service resumes soon after one is back.
 const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
-/// When the master key's state is re-read: (period, grace, period during an
-/// outage). `None` for the local keystore, whose state only sealdb changes.
+/// When the keys' states on the key servers are re-read: the master key's
+/// group's key cache when the master key is on a key server, else the
+/// group with the shortest key cache (tables may keep keys there). `None`
+/// without any `[kmip_hosts]`: the local keystore's state only sealdb changes.
 pub(crate) fn key_cache_policy(settings: &Settings) -> Result<Option<KeyCachePolicy>> {
-    key_cache_policy_for(settings, settings.key_provider.as_deref().unwrap_or("local"))
+    let master = settings.key_provider.as_deref().unwrap_or("local");
+    if master.starts_with("kmip:") {
+        return key_cache_policy_for(settings, master);
+    }
+    let shortest = settings
+        .kmip_hosts
+        .iter()
+        .min_by_key(|(_, g)| g.key_cache_ms.unwrap_or(DEFAULT_KEY_CACHE_MS))
+        .map(|(name, _)| format!("kmip:{name}"));
+    match shortest {
+        Some(group) => key_cache_policy_for(settings, &group),
+        None => Ok(None),
+    }
 }
 
 /// (period, grace, period during an outage) of the key cache.
@@ -164,7 +178,9 @@ pub(crate) fn key_cache_policy_for(settings: &Settings, provider: &str) -> Resul
     };
     let period = config.key_cache_ms.unwrap_or(DEFAULT_KEY_CACHE_MS);
     if period == 0 {
-        bail!("[kmip_hosts.{group}] key-cache-ms = 0: give the time between checks of the master key, in milliseconds (default {DEFAULT_KEY_CACHE_MS})");
+        bail!(
+            "[kmip_hosts.{group}] key-cache-ms = 0: give the time between checks of the master key, in milliseconds (default {DEFAULT_KEY_CACHE_MS})"
+        );
     }
     let period = Duration::from_millis(period);
     let grace = Duration::from_millis(config.key_cache_grace_ms.unwrap_or(DEFAULT_KEY_CACHE_GRACE_MS));
@@ -319,11 +335,45 @@ impl sealdb_sql::KeyAdmin for ServerKeyAdmin {
                     self.runtime
                         .spawn(crate::start::watch_master_key(store.clone(), period, grace, outage));
                 }
-                out.push(format!("its state on the key server is checked every {} ms", period.as_millis()));
+                out.push(format!(
+                    "its state on the key server is checked every {} ms",
+                    period.as_millis()
+                ));
             }
             Ok(None) => {}
             Err(e) => out.push(format!("its state cannot be watched: {e:#}")),
         }
         out
+    }
+}
+
+/// The key providers of tables whose keys live on a key server (possibly
+/// another group than the master key's), opened on first use with the
+/// config file as it is then, and kept.
+#[derive(Debug)]
+pub(crate) struct TableProviders {
+    pub(crate) common: Common,
+    pub(crate) flags: Settings,
+    pub(crate) data: PathBuf,
+    pub(crate) opened: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn KeyProvider>>>,
+}
+
+impl sealdb_kms::ProviderResolver for TableProviders {
+    fn provider(&self, name: &str) -> Result<Arc<dyn KeyProvider>, sealdb_kms::KmsError> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = opened.get(name) {
+            return Ok(p.clone());
+        }
+        if !name.starts_with("kmip:") {
+            return Err(sealdb_kms::KmsError::Config(format!(
+                "{name} keeps no per-table keys; use key_provider = 'kmip:GROUP'"
+            )));
+        }
+        let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags)
+            .map_err(|e| sealdb_kms::KmsError::Config(format!("{e:#}")))?;
+        let provider =
+            provider_named(&settings, &self.data, name).map_err(|e| sealdb_kms::KmsError::Config(format!("{e:#}")))?;
+        opened.insert(name.to_owned(), provider.clone());
+        Ok(provider)
     }
 }

@@ -221,9 +221,9 @@ async fn test(args: TestArgs) -> Result<()> {
 async fn list_keys(args: ListArgs) -> Result<()> {
     let (settings, data) = crate::start::resolve_settings(&args.common, &args.settings)?;
     let data = crate::start::absolute(&data)?;
-    let Some(group) = settings.key_provider.as_deref().and_then(|p| p.strip_prefix("kmip:")) else {
-        bail!("key-provider is not a KMIP group (kmip:GROUP): this sealdb keeps no keys on a key server");
-    };
+    if settings.kmip_hosts.is_empty() {
+        bail!("no [kmip_hosts.GROUP] in the config: this sealdb keeps no keys on a key server");
+    }
     let instance = data.join(crate::keys::KEYSTORE_DIR).join(crate::keys::INSTANCE_FILE);
     if !instance.exists() {
         bail!(
@@ -231,33 +231,62 @@ async fn list_keys(args: ListArgs) -> Result<()> {
             instance.display()
         );
     }
-    let (config, _) = crate::keys::kmip_client_config(&settings, group)?;
-    let client = KmipClient::new(config)?;
-    let name = format!("{}/master-key", crate::keys::instance_prefix(&data)?);
-    let ids = client.locate(&name).await?;
+    // Every object whose Name starts with this installation's prefix: the
+    // master key versions and the tables' own keys.
+    let prefix = format!("{}/", crate::keys::instance_prefix(&data)?);
     println!(
-        "{:<12} {:<48} {:<10} {:<12} {:<23} {:<23} {:<23}",
-        "ID", "NAME", "ALGORITHM", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
+        "{:<10} {:<12} {:<56} {:<10} {:<12} {:<23} {:<23} {:<23}",
+        "GROUP", "ID", "NAME", "ALGORITHM", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
     );
-    for id in &ids {
-        let a = client.attributes(id).await?;
-        let algorithm = match (a.algorithm, a.length) {
-            (Some(sealdb_kmip::spec::ALGORITHM_AES), Some(bits)) => format!("AES-{bits}"),
-            (Some(code), _) => format!("{code:#x}"),
-            (None, _) => "?".into(),
+    let mut failed = Vec::new();
+    for group in settings.kmip_hosts.keys() {
+        let (config, _) = crate::keys::kmip_client_config(&settings, group)?;
+        let client = KmipClient::new(config)?;
+        let listed = async {
+            let mut rows = Vec::new();
+            for id in client.locate_all().await? {
+                let a = client.attributes(&id).await?;
+                if let Some(name) = a.names.iter().find(|n| n.starts_with(&prefix)).cloned() {
+                    rows.push((id, name, a));
+                }
+            }
+            Ok::<_, sealdb_kmip::KmipError>(rows)
+        }
+        .await;
+        let rows = match listed {
+            Ok(rows) => rows,
+            Err(e) => {
+                println!("FAILED  [kmip_hosts.{group}]: {e}");
+                failed.push(group.clone());
+                continue;
+            }
         };
-        println!(
-            "{:<12} {:<48} {:<10} {:<12} {:<23} {:<23} {:<23}",
-            id,
-            a.names.first().map_or(name.as_str(), String::as_str),
-            algorithm,
-            a.state.map_or("?", |s| s.name()),
-            date(a.initial_date),
-            date(a.activation_date),
-            date(a.deactivation_date),
+        for (id, name, a) in &rows {
+            let algorithm = match (a.algorithm, a.length) {
+                (Some(sealdb_kmip::spec::ALGORITHM_AES), Some(bits)) => format!("AES-{bits}"),
+                (Some(code), _) => format!("{code:#x}"),
+                (None, _) => "?".into(),
+            };
+            println!(
+                "{:<10} {:<12} {:<56} {:<10} {:<12} {:<23} {:<23} {:<23}",
+                group,
+                id,
+                name,
+                algorithm,
+                a.state.map_or("?", |s| s.name()),
+                date(a.initial_date),
+                date(a.activation_date),
+                date(a.deactivation_date),
+            );
+        }
+        println!("{} object(s) named {prefix}... on [kmip_hosts.{group}]", rows.len());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "could not list the keys on [kmip_hosts.{}]",
+            failed.join("], [kmip_hosts.")
         );
     }
-    println!("{} object(s) named {name} on [kmip_hosts.{group}]", ids.len());
     Ok(())
 }
 
@@ -321,7 +350,10 @@ fn enable(args: TestArgs) -> Result<()> {
     let to = crate::keys::kmip_provider(&settings, &data, &args.group)?;
     let name = format!("{}/master-key", crate::keys::instance_prefix(&data)?);
     let moved = sealdb_storage::move_master_key(&data, from.as_ref(), to.as_ref())?;
-    println!("created master key {} ({name}) on {target} and activated it", moved.to.1);
+    println!(
+        "created master key {} ({name}) on {target} and activated it",
+        moved.to.1
+    );
     for line in crate::keys::after_move(&args.common, &data, &moved, from.as_ref()) {
         println!("{line}");
     }

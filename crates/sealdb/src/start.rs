@@ -155,11 +155,19 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // damaged catalog or a newer format stops start-up here, changing nothing.
     let provider = crate::keys::provider(&settings, &data)?;
     let store_dir = data.clone();
-    let (store, recovery) = tokio::task::spawn_blocking(move || {
-        sealdb_storage::Store::open(&store_dir, provider, sealdb_storage::StoreOptions::default())
-    })
-    .await
-    .context("the storage thread failed")??;
+    let options = sealdb_storage::StoreOptions {
+        providers: Some(Arc::new(crate::keys::TableProviders {
+            common: args.common.clone(),
+            flags: args.settings.clone(),
+            data: data.clone(),
+            opened: std::sync::Mutex::default(),
+        })),
+        ..sealdb_storage::StoreOptions::default()
+    };
+    let (store, recovery) =
+        tokio::task::spawn_blocking(move || sealdb_storage::Store::open(&store_dir, provider, options))
+            .await
+            .context("the storage thread failed")??;
     if let Some(torn) = &recovery.torn_tail {
         tracing::warn!("{torn}: discarded a partial log frame left by a crash");
     }
@@ -255,7 +263,12 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
 
 /// Re-reads the master key's state every `period` (every `outage_period`
 /// while no key server answers) and logs what changed.
-pub(crate) async fn watch_master_key(store: sealdb_storage::Store, period: Duration, grace: Duration, outage_period: Duration) {
+pub(crate) async fn watch_master_key(
+    store: sealdb_storage::Store,
+    period: Duration,
+    grace: Duration,
+    outage_period: Duration,
+) {
     use sealdb_storage::RefreshOutcome;
     const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
     let mut wait = period;
@@ -263,6 +276,9 @@ pub(crate) async fn watch_master_key(store: sealdb_storage::Store, period: Durat
     loop {
         tokio::time::sleep(wait).await;
         wait = period;
+        for (table, outcome) in store.refresh_table_keys(grace).await {
+            log_table_key(&table, &outcome);
+        }
         let outcome = store.refresh_master_key(grace).await;
         if !matches!(outcome, RefreshOutcome::Unreachable { .. }) {
             outage_logged = None;
@@ -312,6 +328,33 @@ pub(crate) async fn watch_master_key(store: sealdb_storage::Store, period: Durat
                         since.as_secs()
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Logs what a refresh found of a table's own key on its key server.
+fn log_table_key(table: &str, outcome: &sealdb_storage::RefreshOutcome) {
+    use sealdb_storage::RefreshOutcome;
+    match outcome {
+        RefreshOutcome::Active { recovered: true } => {
+            tracing::info!("a key server confirmed the key of table {table} again: it is served");
+        }
+        RefreshOutcome::Active { recovered: false } => {}
+        RefreshOutcome::Rotated { from, state, to } => tracing::warn!(
+            "the key {from} of table {table} is {state} on the key server: its key versions are re-wrapped under new key {to}, and new data goes under a new version; {from} may be destroyed"
+        ),
+        RefreshOutcome::RotationFailed { from, error } => tracing::error!(
+            "the key {from} of table {table} is no longer active on the key server, and replacing it failed (retried): {error}"
+        ),
+        RefreshOutcome::Destroyed { key } => {
+            tracing::error!("the {key} is destroyed on the key server: table {table} can no longer be read or written");
+        }
+        RefreshOutcome::Unreachable { error, serving, .. } => {
+            if !serving {
+                tracing::error!(
+                    "no key server confirmed the key of table {table} within key-cache-grace-ms: it is refused until one does ({error})"
+                );
             }
         }
     }

@@ -233,8 +233,15 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
         .find(|l| l.contains(&format!("sealdb/{}/master-key", instance.trim())))
         .unwrap_or_else(|| panic!("no master key listed:\n{text}"));
     assert!(line.contains("AES-256") && line.contains("Active"), "{line}");
-    assert!(text.contains("1 object(s) named"), "{text}");
-    let id = line.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        text.contains(&format!(
+            "1 object(s) named sealdb/{}/... on [kmip_hosts.hsm]",
+            instance.trim()
+        )),
+        "{text}"
+    );
+    let id = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.starts_with("hsm "), "{line}");
 
     let out = std::process::Command::new(support::sealdb_bin())
         .args(["kms", "info", "--config", cfg, "--data"])
@@ -308,10 +315,16 @@ fn a_revoked_master_key_is_rotated_away_from_and_a_destroyed_one_stops_reads_nam
             psql(&admin, &format!("INSERT INTO t VALUES ({id}, 'during')")).expect_ok();
             master_key_id(&admin) != revoked
         });
-        assert!(moved, "round {round}: still on the revoked master key:\n{}", server.stderr());
+        assert!(
+            moved,
+            "round {round}: still on the revoked master key:\n{}",
+            server.stderr()
+        );
         let state = if compromised { "compromised" } else { "deactivated" };
         assert!(
-            server.stderr().contains(&format!("master key {revoked} is {state} on the key server: rotated to new master key")),
+            server.stderr().contains(&format!(
+                "master key {revoked} is {state} on the key server: rotated to new master key"
+            )),
             "{}",
             server.stderr()
         );
@@ -326,23 +339,35 @@ fn a_revoked_master_key_is_rotated_away_from_and_a_destroyed_one_stops_reads_nam
     let server = TestServer::start_in(dir, &["--config", &cfg]);
     let admin = server.admin();
     assert_eq!(psql(&admin, "SELECT count(*) FROM t").expect_ok(), rows);
-    assert_eq!(operator.master_keys(&server.data).len(), 1, "the destroyed keys are gone");
+    assert_eq!(
+        operator.master_keys(&server.data).len(),
+        1,
+        "the destroyed keys are gone"
+    );
 
     // Destroying the master key in use closes the stored tables.
     let current = master_key_id(&admin);
     operator.destroy(&current);
-    let closed = wait_for(std::time::Duration::from_secs(20), || !psql(&admin, "SELECT count(*) FROM t").ok);
+    let closed = wait_for(std::time::Duration::from_secs(20), || {
+        !psql(&admin, "SELECT count(*) FROM t").ok
+    });
     assert!(closed, "reads went on after the master key was destroyed");
     let err = psql(&admin, "SELECT * FROM t").expect_err("destroyed");
     assert!(
-        err.contains("cannot use table \"t\"") && err.contains(&format!("master key {current} in kmip:hsm is destroyed")),
+        err.contains("cannot use table \"t\"")
+            && err.contains(&format!("master key {current} in kmip:hsm is destroyed")),
         "{err}"
     );
-    psql(&admin, "INSERT INTO t VALUES (-1, 'after')").expect_err(&format!("master key {current} in kmip:hsm is destroyed"));
+    psql(&admin, "INSERT INTO t VALUES (-1, 'after')")
+        .expect_err(&format!("master key {current} in kmip:hsm is destroyed"));
     // The system views say why.
     let hosts = psql(&admin, "SELECT status FROM sys.kmip_hosts").expect_ok();
     assert_eq!(hosts, "ok\n");
-    assert!(server.stderr().contains("is destroyed on the key server"), "{}", server.stderr());
+    assert!(
+        server.stderr().contains("is destroyed on the key server"),
+        "{}",
+        server.stderr()
+    );
 }
 
 /// Two key servers of one cluster (sharing their keys). Killing the first
@@ -396,7 +421,8 @@ fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_clo
     let (first_host, second_host) = (first.host(), second.host());
     let both = |a: &str, b: &str| format!("{first_host}|{a}\n{second_host}|{b}\n");
     assert!(
-        wait_for(std::time::Duration::from_secs(10), || status(&admin) == both("unreachable", "ok")),
+        wait_for(std::time::Duration::from_secs(10), || status(&admin)
+            == both("unreachable", "ok")),
         "{}",
         status(&admin)
     );
@@ -405,7 +431,10 @@ fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_clo
     second.kill();
     let killed = std::time::Instant::now();
     step(&admin).unwrap();
-    assert!(killed.elapsed() < std::time::Duration::from_secs(3), "the check ran within the grace period");
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(3),
+        "the check ran within the grace period"
+    );
     // ...then stored tables are refused, naming the cause and the fix.
     let mut refused = String::new();
     let closed = wait_for(std::time::Duration::from_secs(30), || match step(&admin) {
@@ -423,9 +452,16 @@ fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_clo
             && refused.contains("resumes by itself"),
         "{refused}"
     );
-    assert!(killed.elapsed() >= std::time::Duration::from_secs(3), "not before the grace period");
+    assert!(
+        killed.elapsed() >= std::time::Duration::from_secs(3),
+        "not before the grace period"
+    );
     assert_eq!(status(&admin), both("unreachable", "unreachable"));
-    assert!(server.stderr().contains("serving from the key cache"), "{}", server.stderr());
+    assert!(
+        server.stderr().contains("serving from the key cache"),
+        "{}",
+        server.stderr()
+    );
 
     // A host comes back: service resumes by itself.
     first.restart();
@@ -434,7 +470,11 @@ fn key_server_outages_fail_over_are_served_within_the_grace_period_then_fail_clo
         "not resumed:\n{}",
         server.stderr()
     );
-    assert!(server.stderr().contains("confirmed the master key again"), "{}", server.stderr());
+    assert!(
+        server.stderr().contains("confirmed the master key again"),
+        "{}",
+        server.stderr()
+    );
     let count = psql(&admin, "SELECT count(*), min(id), max(id) FROM t").expect_ok();
     assert_eq!(count, format!("{acknowledged}|1|{acknowledged}\n"));
 }
@@ -455,7 +495,12 @@ fn a_key_server_that_speaks_only_kmip_1_2_serves_get_mode_and_refuses_wrap_clear
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("KMIP    1.2 (the server offers 1.2, 1.1, 1.0) (below 1.4: no AES-GCM tag, so mode = \"wrap\" cannot work"), "{text}");
+    assert!(
+        text.contains(
+            "KMIP    1.2 (the server offers 1.2, 1.1, 1.0) (below 1.4: no AES-GCM tag, so mode = \"wrap\" cannot work"
+        ),
+        "{text}"
+    );
     let e = TestServer::try_start_in(tempfile::tempdir().unwrap(), &["--config", &wrap])
         .err()
         .expect("wrap mode needs KMIP 1.4");
@@ -541,7 +586,10 @@ fn wrong_ca_foreign_client_certificate_and_expired_client_certificate_are_refuse
         if case != "expired client certificate" {
             // Found in the handshake: the host is named.
             assert!(text.contains(&format!("FAILED  {}: ", kmip.host())), "{case}: {text}");
-            assert!(e.contains(&format!("no KMIP host answered ({}: ", kmip.host())), "{case}: {e}");
+            assert!(
+                e.contains(&format!("no KMIP host answered ({}: ", kmip.host())),
+                "{case}: {e}"
+            );
         } else {
             // Found before connecting: the file is named.
             assert!(e.contains(&expired_crt.display().to_string()), "{case}: {e}");
@@ -563,16 +611,29 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
     // The [kmip_hosts.hsm] section, without key-provider: the data
     // directory starts on the local keystore.
     let cfg = config(keys.path(), &certs, &[kmip.host()], "wrap");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("key-provider = \"kmip:hsm\"\n", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("key-provider = \"kmip:hsm\"\n", "");
     std::fs::write(&cfg, text).unwrap();
 
     let server = TestServer::start(&["--config", &cfg]);
     let admin = server.admin();
     psql(&admin, "CREATE TABLE t (id BIGINT NOT NULL, secret TEXT)").expect_ok();
-    psql(&admin, "INSERT INTO t SELECT value, 'ENABLE-MARKER-' || value FROM generate_series(1, 500)").expect_ok();
+    psql(
+        &admin,
+        "INSERT INTO t SELECT value, 'ENABLE-MARKER-' || value FROM generate_series(1, 500)",
+    )
+    .expect_ok();
     psql(&admin, "CHECKPOINT").expect_ok();
     psql(&admin, "INSERT INTO t VALUES (501, 'ENABLE-MARKER-in-the-log')").expect_ok();
-    assert!(psql(&admin, "SELECT provider FROM sys.encryption_keys WHERE scope = 'master'").expect_ok().contains("local"));
+    assert!(
+        psql(
+            &admin,
+            "SELECT provider FROM sys.encryption_keys WHERE scope = 'master'"
+        )
+        .expect_ok()
+        .contains("local")
+    );
     let enable = |data: &Path| {
         let out = std::process::Command::new(support::sealdb_bin())
             .args(["kms", "enable", "hsm", "--config", &cfg, "--data"])
@@ -597,26 +658,58 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = &ids[0];
     assert_eq!(operator.state(id).unwrap(), sealdb_kmip::State::Active);
-    assert!(text.contains(&format!("created master key {id} (sealdb/")) && text.contains("on kmip:hsm and activated it"), "{text}");
-    assert!(text.contains(&format!("re-wrapped the key ring under it: the catalog names kmip:hsm, master key {id}")), "{text}");
-    assert!(text.contains(&format!("destroyed the local master key file {}", keystore.display())), "{text}");
-    assert!(text.contains(&format!("set key-provider = \"kmip:hsm\" in {cfg}")), "{text}");
+    assert!(
+        text.contains(&format!("created master key {id} (sealdb/")) && text.contains("on kmip:hsm and activated it"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "re-wrapped the key ring under master key {id} in kmip:hsm: the catalog names kmip:hsm"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("destroyed the local master key file {}", keystore.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("set key-provider = \"kmip:hsm\" in {cfg}")),
+        "{text}"
+    );
     assert!(!keystore.exists(), "the local master key file is gone");
     let (ok, text) = enable(&data);
-    assert!(!ok && text.contains("already keeps its master key in kmip:hsm"), "{text}");
+    assert!(
+        !ok && text.contains("already keeps its master key in kmip:hsm"),
+        "{text}"
+    );
 
     let server = TestServer::start_in(dir, &["--config", &cfg]);
     let admin = server.admin();
-    assert_eq!(psql(&admin, "SELECT count(*), max(secret) FROM t WHERE secret LIKE 'ENABLE-MARKER-%'").expect_ok(), "501|ENABLE-MARKER-in-the-log\n");
     assert_eq!(
-        psql(&admin, "SELECT provider, key_id, state FROM sys.encryption_keys WHERE scope = 'master'").expect_ok(),
+        psql(
+            &admin,
+            "SELECT count(*), max(secret) FROM t WHERE secret LIKE 'ENABLE-MARKER-%'"
+        )
+        .expect_ok(),
+        "501|ENABLE-MARKER-in-the-log\n"
+    );
+    assert_eq!(
+        psql(
+            &admin,
+            "SELECT provider, key_id, state FROM sys.encryption_keys WHERE scope = 'master'"
+        )
+        .expect_ok(),
         format!("kmip:hsm|{id}|active\n")
     );
     psql(&admin, "INSERT INTO t VALUES (502, 'after')").expect_ok();
     let dir = server.stop();
     for file in files_under(&dir.path().join("data")) {
         let bytes = std::fs::read(&file).unwrap();
-        assert!(!bytes.windows(13).any(|w| w == b"ENABLE-MARKER"), "the marker is in {} in the clear", file.display());
+        assert!(
+            !bytes.windows(13).any(|w| w == b"ENABLE-MARKER"),
+            "the marker is in {} in the clear",
+            file.display()
+        );
     }
     let out = std::process::Command::new(support::sealdb_bin())
         .args(["verify", "--config", &cfg, "--data"])
@@ -638,7 +731,9 @@ fn alter_system_set_key_provider_moves_the_master_key_to_the_key_server_online()
     let kmip = KmipServer::start(keys.path(), &certs);
     let operator = Operator::new(&certs, &[kmip.host()]);
     let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("key-provider = \"kmip:hsm\"\n", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("key-provider = \"kmip:hsm\"\n", "");
     std::fs::write(&cfg, text).unwrap();
 
     let server = TestServer::start(&["--config", &cfg]);
@@ -653,11 +748,22 @@ fn alter_system_set_key_provider_moves_the_master_key_to_the_key_server_online()
     let ids = operator.master_keys(&server.data);
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(
-        psql(&admin, "SELECT provider, key_id FROM sys.encryption_keys WHERE scope = 'master'").expect_ok(),
+        psql(
+            &admin,
+            "SELECT provider, key_id FROM sys.encryption_keys WHERE scope = 'master'"
+        )
+        .expect_ok(),
         format!("kmip:hsm|{}\n", ids[0])
     );
-    assert!(!server.data.join("keystore/master.keys").exists(), "the local key file is destroyed");
-    assert!(std::fs::read_to_string(&cfg).unwrap().contains("key-provider = \"kmip:hsm\""));
+    assert!(
+        !server.data.join("keystore/master.keys").exists(),
+        "the local key file is destroyed"
+    );
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("key-provider = \"kmip:hsm\"")
+    );
     let stderr = server.stderr();
     assert!(stderr.contains("destroyed the local master key file"), "{stderr}");
     psql(&admin, "INSERT INTO t VALUES (102)").expect_ok();
@@ -671,5 +777,162 @@ fn alter_system_set_key_provider_moves_the_master_key_to_the_key_server_online()
     );
     let dir = server.stop();
     let server = TestServer::start_in(dir, &["--config", &cfg]);
-    assert_eq!(psql(&server.admin(), "SELECT count(*), max(id) FROM t").expect_ok(), "102|102\n");
+    assert_eq!(
+        psql(&server.admin(), "SELECT count(*), max(id) FROM t").expect_ok(),
+        "102|102\n"
+    );
+}
+
+fn table_kek(admin: &str, table: &str) -> String {
+    psql(
+        admin,
+        &format!("SELECT key_id FROM sys.encryption_keys WHERE scope LIKE 'table public.{table} key-encryption key%'"),
+    )
+    .expect_ok()
+    .trim()
+    .to_owned()
+}
+
+/// Tables with keys of their own on the key server while the master key
+/// stays local: `WITH (key_provider = 'kmip:hsm', key_namespace =
+/// 'payments')` creates a key named `sealdb/<id>/payments/<table>` there
+/// (`kms list-keys` lists it). Revoking it re-wraps the table's versions
+/// under a new key (the revoked one can go); destroying the current one
+/// shreds that table only, also across a restart; DROP TABLE destroys a
+/// table's key on the server.
+#[test]
+fn tables_with_keys_of_their_own_on_the_key_server() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("key-provider = \"kmip:hsm\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+
+    let server = TestServer::start(&["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE bad (n INT) WITH (key_namespace = 'x')")
+        .expect_err("give key_provider = 'kmip:GROUP' with it");
+    psql(
+        &admin,
+        "CREATE TABLE bad (n INT) WITH (key_provider = 'kmip:hsm', encryption = 'none')",
+    )
+    .expect_err("encryption = 'none'");
+    psql(&admin, "CREATE TABLE bad (n INT) WITH (key_provider = 'kmip:nowhere')").expect_err("[kmip_hosts.nowhere]");
+    psql(
+        &admin,
+        "CREATE TABLE cards (n BIGINT NOT NULL, pan TEXT) WITH (key_provider = 'kmip:hsm', key_namespace = 'payments')",
+    )
+    .expect_ok();
+    psql(&admin, "CREATE TABLE plain (n BIGINT NOT NULL)").expect_ok();
+    psql(
+        &admin,
+        "INSERT INTO cards SELECT value, 'PAN-MARKER-' || value FROM generate_series(1, 50)",
+    )
+    .expect_ok();
+    psql(&admin, "INSERT INTO plain SELECT value FROM generate_series(1, 10)").expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(&admin, "INSERT INTO cards VALUES (51, 'PAN-MARKER-51')").expect_ok();
+    let first = table_kek(&admin, "cards");
+    assert!(!first.is_empty());
+    assert_eq!(
+        psql(
+            &admin,
+            "SELECT provider FROM sys.encryption_keys WHERE scope = 'master'"
+        )
+        .expect_ok(),
+        "local\n"
+    );
+
+    let instance = std::fs::read_to_string(server.data.join("keystore/kmip-instance")).unwrap();
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["kms", "list-keys", "--config", &cfg, "--data"])
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{listed}{}", String::from_utf8_lossy(&out.stderr));
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&format!("sealdb/{}/payments/cards", instance.trim())))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains(&format!(" {first} ")) && line.contains("AES-256") && line.contains("Active"),
+        "{line}"
+    );
+
+    // A restart unwraps the table's key on the key server.
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    assert_eq!(psql(&admin, "SELECT count(*) FROM cards").expect_ok(), "51\n");
+
+    // Revoked: its versions move under a new key; the revoked key can go.
+    operator.revoke(&first, false);
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || table_kek(&admin, "cards")
+            != first),
+        "{}",
+        server.stderr()
+    );
+    let second = table_kek(&admin, "cards");
+    psql(&admin, "INSERT INTO cards VALUES (52, 'PAN-MARKER-52')").expect_ok();
+    operator.destroy(&first);
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    assert_eq!(
+        psql(&admin, "SELECT count(*), max(n) FROM cards").expect_ok(),
+        "52|52\n"
+    );
+
+    // Destroyed: that table is shredded, the others read on.
+    operator.destroy(&second);
+    let expected = format!("key {second} of table cards in kmip:hsm is destroyed");
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || !psql(
+            &admin,
+            "SELECT count(*) FROM cards"
+        )
+        .ok),
+        "{}",
+        server.stderr()
+    );
+    psql(&admin, "SELECT * FROM cards").expect_err(&expected);
+    psql(&admin, "INSERT INTO cards VALUES (53, 'x')").expect_err(&expected);
+    assert_eq!(psql(&admin, "SELECT count(*) FROM plain").expect_ok(), "10\n");
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "SELECT * FROM cards").expect_err(&expected);
+    assert_eq!(psql(&admin, "SELECT count(*) FROM plain").expect_ok(), "10\n");
+    let dir_data = server.data.clone();
+    for file in files_under(&dir_data) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(10).any(|w| w == b"PAN-MARKER"),
+            "the marker is in {} in the clear",
+            file.display()
+        );
+    }
+
+    // DROP TABLE destroys the table's key on the key server.
+    psql(&admin, "CREATE TABLE scratch (n INT) WITH (key_provider = 'kmip:hsm')").expect_ok();
+    let scratch = table_kek(&admin, "scratch");
+    assert_eq!(operator.state(&scratch).unwrap(), sealdb_kmip::State::Active);
+    psql(&admin, "DROP TABLE scratch").expect_ok();
+    match operator.state(&scratch) {
+        Err(e) if e.is_not_found() => {}
+        Ok(state) => assert!(
+            matches!(
+                state,
+                sealdb_kmip::State::Destroyed | sealdb_kmip::State::DestroyedCompromised
+            ),
+            "{state:?}"
+        ),
+        Err(e) => panic!("{e}"),
+    }
 }
