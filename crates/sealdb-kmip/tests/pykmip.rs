@@ -173,3 +173,36 @@ async fn a_client_certificate_from_another_ca_is_refused_in_the_handshake() {
     let e = kmip.query().await.unwrap_err().to_string();
     assert!(e.contains("TLS handshake failed"), "{e}");
 }
+
+/// KMIP 1.0 to 1.3 pinned: the key life cycle and `get` mode's Get work;
+/// AES-GCM Encrypt (1.4 and later) is refused before anything is sent,
+/// naming the version and the fix.
+#[tokio::test]
+async fn kmip_1_0_to_1_3_serve_the_life_cycle_and_refuse_gcm_clearly() {
+    sealdb_pki::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let server = KmipServer::start(dir.path(), &certs);
+    for minor in 0..=3 {
+        let version = ProtocolVersion::new(1, minor);
+        let kmip = client(vec![server.host()], tls(&certs, "client"), Some(version));
+        let name = format!("sealdb/test/old/{version}");
+        let id = kmip.create_aes256(&name).await.unwrap();
+        kmip.activate(&id).await.unwrap();
+        let attributes = kmip.attributes(&id).await.unwrap();
+        assert_eq!(attributes.state, Some(State::Active), "{version}");
+        assert_eq!(attributes.names, vec![name.clone()], "{version}");
+        assert_eq!(kmip.locate(&name).await.unwrap(), vec![id.clone()], "{version}");
+        assert_eq!(kmip.get_key(&id).await.unwrap().len(), 32, "{version}");
+        let e = kmip.encrypt_gcm(&id, &[0u8; 32], &[0u8; 12], b"x").await.unwrap_err();
+        assert!(matches!(e, KmipError::VersionTooOld { .. }), "{version}: {e}");
+        assert!(
+            e.to_string().contains(&format!("speaks KMIP {version}")) && e.to_string().contains("mode = \"get\""),
+            "{e}"
+        );
+        kmip.revoke(&id, false).await.unwrap();
+        assert_eq!(kmip.state(&id).await.unwrap(), State::Deactivated, "{version}");
+        kmip.destroy(&id).await.unwrap();
+        assert!(kmip.state(&id).await.unwrap_err().is_not_found(), "{version}");
+    }
+}

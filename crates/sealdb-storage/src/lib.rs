@@ -67,6 +67,22 @@ pub fn master_key_record(dir: &std::path::Path) -> Result<MasterKeyRecord, Stora
     })
 }
 
+/// Every key of the data directory `dir`'s hierarchy with the SHA-256 of
+/// its wrapped form (never a key), read from the catalog with one call to
+/// `provider` (it unwraps the key ring to read the encrypted catalog).
+/// Changes nothing; safe while a server runs (the catalog is replaced
+/// atomically).
+pub fn key_inventory(
+    dir: &std::path::Path,
+    provider: &dyn sealdb_kms::KeyProvider,
+) -> Result<Vec<KeyRecord>, StorageError> {
+    let (header, body, _, _) = store::open_catalog(&dir.join(CATALOG_FILE), provider)?;
+    Ok(inventory::key_records(&inventory::Published {
+        header,
+        tables: body.tables.into_iter().filter(|t| !t.unpublished).collect(),
+    }))
+}
+
 /// Entry points for benchmarks and fuzzing; not a stable API.
 #[doc(hidden)]
 pub mod internal {

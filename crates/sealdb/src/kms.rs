@@ -324,10 +324,30 @@ async fn info(args: ListArgs) -> Result<()> {
                 date(a.activation_date)
             ),
             Err(e) if e.is_not_found() => {
-                println!("on the server   NOT FOUND: the master key was destroyed; the data under it cannot be read")
+                println!("on the server   NOT FOUND: the master key was destroyed; the data under it cannot be read");
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    // Every wrapped key, by the SHA-256 of what the catalog stores (the
+    // key ring is unwrapped to read the encrypted catalog; nothing is
+    // written).
+    let provider = crate::keys::provider_named(&settings, &data, &record.provider)?;
+    let keys = tokio::task::spawn_blocking(move || sealdb_storage::key_inventory(&data, provider.as_ref()))
+        .await
+        .context("the key inventory thread failed")??;
+    println!("wrapped keys    {}", keys.len());
+    for k in keys {
+        println!(
+            "  {:<44} {:<24} {:<10} v{:<3} {:<12} {}",
+            k.scope,
+            k.id,
+            k.provider,
+            k.version,
+            k.state,
+            k.wrapped_sha256.as_deref().unwrap_or("(held by its provider)")
+        );
     }
     Ok(())
 }

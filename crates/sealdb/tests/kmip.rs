@@ -262,6 +262,22 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
         "{text}"
     );
     assert!(text.contains("on the server   state Active, name sealdb/"), "{text}");
+    // Each wrapped key by its checksum: the key ring's is the one above.
+    let ring_sha = text
+        .split("the key ring it wraps has SHA-256 ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert!(
+        text.contains("wrapped keys    4"),
+        "master, key ring, system, one table key: {text}"
+    );
+    let ring = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("key ring"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(ring.ends_with(ring_sha), "{ring}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("table t ")), "{text}");
 }
 
 /// Polls `done` every 200 ms until it holds or `limit` passes.
