@@ -54,6 +54,20 @@ pub enum KmsError {
         /// The provider.
         provider: String,
     },
+    /// The key server refuses to decrypt with a revoked master key.
+    #[error(
+        "master key {id} in {provider} is {state} on the key server, and the server refuses to decrypt with it ({detail}); KMIP lets a {state} key decrypt, so allow that on the key server: sealdb then opens the key ring once and moves to a new master key at once"
+    )]
+    Retired {
+        /// The id.
+        id: String,
+        /// The provider.
+        provider: String,
+        /// `deactivated` or `compromised`.
+        state: &'static str,
+        /// The key server's answer.
+        detail: String,
+    },
     /// A wrapped key did not authenticate under the master key.
     #[error("a key wrapped by master key {id} failed authentication (altered, or wrapped under another master key)")]
     Unwrap {

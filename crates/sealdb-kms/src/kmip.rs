@@ -151,6 +151,16 @@ impl KmipProvider {
                 id: id.0.clone(),
                 provider: self.name(),
             },
+            Ok(state @ (State::Deactivated | State::Compromised))
+                if matches!(e, KmsError::Kmip(KmipError::Failed { .. })) =>
+            {
+                KmsError::Retired {
+                    id: id.0.clone(),
+                    provider: self.name(),
+                    state: key_state(state).as_str(),
+                    detail: e.to_string(),
+                }
+            }
             Err(KmsError::Kmip(k)) if k.is_not_found() => KmsError::UnknownMasterKey {
                 id: id.0.clone(),
                 provider: self.name(),

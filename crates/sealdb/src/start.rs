@@ -271,7 +271,9 @@ pub(crate) async fn watch_master_key(
 ) {
     use sealdb_storage::RefreshOutcome;
     const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-    let mut wait = period;
+    // The first check right away: a key revoked while sealdb was stopped
+    // is moved away from at once.
+    let mut wait = Duration::ZERO;
     let mut outage_logged = None;
     loop {
         tokio::time::sleep(wait).await;

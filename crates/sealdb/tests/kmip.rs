@@ -952,3 +952,32 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The master key revoked while sealdb was stopped. PyKMIP, unlike what
+/// KMIP allows, refuses to decrypt with a deactivated key: the start fails
+/// naming the key, its state and what to allow on the key server, rather
+/// than reporting damaged data.
+#[test]
+fn a_master_key_revoked_while_sealdb_was_stopped_is_named_at_start() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let cfg = config(keys.path(), &certs, &[kmip.host()], "wrap");
+    let server = TestServer::start(&["--config", &cfg]);
+    psql(&server.admin(), "CREATE TABLE t (n INT)").expect_ok();
+    let dir = server.stop();
+    let ids = operator.master_keys(&dir.path().join("data"));
+    operator.revoke(&ids[0], false);
+    let e = TestServer::try_start_in(dir, &["--config", &cfg])
+        .err()
+        .expect("PyKMIP refuses to decrypt with a deactivated key");
+    assert!(
+        e.contains(&format!(
+            "master key {} in kmip:hsm is deactivated on the key server",
+            ids[0]
+        )) && e.contains("allow that on the key server"),
+        "{e}"
+    );
+    assert!(!e.contains("failed authentication"), "{e}");
+}
