@@ -1283,16 +1283,24 @@ impl Engine {
                     ));
                 };
                 let store = durable.store.clone();
-                let opener = admin.clone();
-                let to = tokio::task::spawn_blocking(move || opener.open(&name))
+                // One task from start to end: a cancelled statement cannot
+                // leave the move half done (the old key file not destroyed,
+                // the config file not updated).
+                let moving = tokio::spawn(async move {
+                    let opener = admin.clone();
+                    let to = tokio::task::spawn_blocking(move || opener.open(&name))
+                        .await
+                        .map_err(|e| SqlError::ServerState(format!("opening the key provider: {e}")))?
+                        .map_err(SqlError::ServerState)?;
+                    let old = store.provider();
+                    let moved = store.switch_provider(to).await?;
+                    tokio::task::spawn_blocking(move || admin.moved(&store, &moved, old))
+                        .await
+                        .map_err(|e| SqlError::ServerState(format!("after moving the master key: {e}")))
+                });
+                let done = moving
                     .await
-                    .map_err(|e| SqlError::ServerState(format!("opening the key provider: {e}")))?
-                    .map_err(SqlError::ServerState)?;
-                let old = store.provider();
-                let moved = store.switch_provider(to).await?;
-                let done = tokio::task::spawn_blocking(move || admin.moved(&store, &moved, old))
-                    .await
-                    .map_err(|e| SqlError::ServerState(format!("after moving the master key: {e}")))?;
+                    .map_err(|e| SqlError::ServerState(format!("moving the master key: {e}")))??;
                 for line in done {
                     tracing::info!("ALTER SYSTEM SET key_provider: {line}");
                 }

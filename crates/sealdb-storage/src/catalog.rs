@@ -146,6 +146,31 @@ pub struct TableMeta {
     /// Where its key versions are wrapped, when not by the key ring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_provider: Option<TableKeyProvider>,
+    /// Its earlier keys on the key server, revoked there and replaced; they
+    /// are destroyed with the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keks: Vec<String>,
+}
+
+impl TableMeta {
+    /// Every key of this table on its key server, current and retired,
+    /// each once.
+    pub(crate) fn keks_to_destroy(&self) -> Vec<KeyToDestroy> {
+        let Some(kp) = &self.key_provider else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = self.keys.iter().filter_map(|k| k.kek.clone()).collect();
+        ids.extend(self.retired_keks.iter().cloned());
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| KeyToDestroy {
+                provider: kp.provider.clone(),
+                id,
+                table: self.name.clone(),
+            })
+            .collect()
+    }
 }
 
 /// The encrypted body.
@@ -165,6 +190,22 @@ pub struct CatalogBody {
     pub tables: Vec<TableMeta>,
     /// Opaque sections of upper layers (`access`: users and grants).
     pub sections: BTreeMap<String, serde_json::Value>,
+    /// Keys on key servers that protect nothing any more (a dropped
+    /// table's) and are still to be destroyed there; kept until done, so a
+    /// crash or an unreachable server does not leave them alive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys_to_destroy: Vec<KeyToDestroy>,
+}
+
+/// A key on a key server to destroy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToDestroy {
+    /// `kmip:GROUP`.
+    pub provider: String,
+    /// Its id there.
+    pub id: String,
+    /// The table it protected.
+    pub table: String,
 }
 
 pub(crate) fn body_key(system: &Key256) -> Result<AeadKey, StorageError> {

@@ -39,7 +39,7 @@ pub use segment::{Segment, TABLES_DIR};
 pub use store::{MasterKeyMove, RecoveryReport, Store, StoreOptions, move_master_key};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
 pub use txn::{Pending, Transaction};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, verify, verify_with};
 pub use wal::LOG_DIR;
 
 /// What a data directory's catalog header says of its master key, read

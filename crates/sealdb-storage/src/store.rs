@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::StorageError;
 use crate::catalog::{
-    self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, TableKeyMeta, TableKeyProvider, TableMeta,
+    self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, KeyToDestroy, TableKeyMeta, TableKeyProvider, TableMeta,
 };
 use crate::inventory::{self, KeyRecord, Published, TableSummary};
 use crate::keygate::{KeyGate, RefreshOutcome};
@@ -130,7 +130,7 @@ impl Store {
         options: StoreOptions,
     ) -> Result<(Self, RecoveryReport), StorageError> {
         std::fs::create_dir_all(dir).map_err(StorageError::io("creating", dir))?;
-        let lock = lock_dir(dir)?;
+        let dir_lock = lock_dir(dir)?;
         let calls_before = provider.call_count();
         let catalog_path = dir.join(CATALOG_FILE);
         let mut report = RecoveryReport::default();
@@ -177,11 +177,14 @@ impl Store {
         // A `CREATE TABLE AS` that a crash interrupted was never
         // acknowledged: the table goes (its files with the orphans below,
         // its keys with the next catalog write).
+        let mut abandoned_keys = Vec::new();
         for meta in body.tables.iter().filter(|t| t.unpublished) {
             warn!(table = %meta.name, "dropped a table whose CREATE TABLE AS did not finish before a crash");
             report.abandoned_tables.push(meta.name.clone());
+            abandoned_keys.extend(meta.keks_to_destroy());
         }
         body.tables.retain(|t| !t.unpublished);
+        body.keys_to_destroy.extend(abandoned_keys);
         let mut tables = BTreeMap::new();
         for meta in &body.tables {
             let table = Arc::new(build_table(dir, meta, &ring_key.1, &|name| {
@@ -191,9 +194,28 @@ impl Store {
         }
         let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
 
-        // Replay the log.
-        let key_of = |table_id: u64, version: u32| by_id.get(&table_id).and_then(|t| t.key(version));
+        // Replay the log. A table whose own key the key server does not
+        // have is open but closed; if the log still holds writes to it, they
+        // would be lost at the next checkpoint: stop instead.
+        let unkeyed = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let key_of = |table_id: u64, version: u32| {
+            let table = by_id.get(&table_id)?;
+            let key = table.key(version);
+            if key.is_none() && table.key_gate.closed().is_some() {
+                lock(&unkeyed).insert(table_id);
+            }
+            key
+        };
         let scan = scan_log(dir, &body, &system, &key_of)?;
+        if let Some(table) = lock(&unkeyed).iter().next().and_then(|id| by_id.get(id)) {
+            let why = table.key_gate.closed().map(|c| c.key).unwrap_or_default();
+            return Err(StorageError::TableKey {
+                table: table.name.clone(),
+                detail: format!(
+                    "the {why} is not on the key server (destroyed, or a wrong or lagging key server), and the log holds committed writes to the table that need it; nothing was changed: bring the key back and start again"
+                ),
+            });
+        }
         for (seq, path) in &scan.obsolete {
             std::fs::remove_file(path).map_err(StorageError::io("removing", path))?;
             report
@@ -262,7 +284,7 @@ impl Store {
                     header: header.clone(),
                     tables: body.tables.clone(),
                 })),
-                _lock: lock,
+                _lock: dir_lock,
             }),
         };
         info!(
@@ -295,6 +317,34 @@ impl Store {
             .collect()
     }
 
+    /// Runs `work` on a task of its own and waits for it: a caller that
+    /// stops waiting (a cancelled statement) cannot stop it between a
+    /// durable catalog write and the matching change in memory.
+    async fn detached<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        tokio::spawn(work(self.clone()))
+            .await
+            .map_err(|e| StorageError::Internal(format!("storage task: {e}")))?
+    }
+
+    /// Refuses to re-wrap keys whose master key was destroyed: that would
+    /// undo the shredding.
+    fn refuse_if_shredded(&self) -> Result<(), StorageError> {
+        match self.inner.gate.closed() {
+            Some(c) if c.state == "destroyed" => Err(StorageError::KeyUnavailable {
+                table: "(all tables)".into(),
+                key: c.key,
+                state: c.state,
+                detail: "its keys are not re-wrapped under another master key: that would undo the shredding".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether statements may use the keys in memory (see [`KeyGate`]).
     pub fn key_gate(&self) -> &Arc<KeyGate> {
         &self.inner.gate
@@ -315,6 +365,12 @@ impl Store {
     /// `to` replaces the old one in one atomic write; nothing else is
     /// rewritten. The old provider's keys then protect nothing.
     pub async fn switch_provider(&self, to: Arc<dyn KeyProvider>) -> Result<MasterKeyMove, StorageError> {
+        self.detached(move |s| async move { s.switch_provider_now(to).await })
+            .await
+    }
+
+    async fn switch_provider_now(&self, to: Arc<dyn KeyProvider>) -> Result<MasterKeyMove, StorageError> {
+        self.refuse_if_shredded()?;
         let mut state = self.inner.catalog.lock().await;
         let from = (
             state.header.provider.clone(),
@@ -369,9 +425,21 @@ impl Store {
     /// version is then deactivated and may be destroyed without loss.
     /// Returns (old, new). Calls the provider three times.
     pub async fn rotate_master_key(&self) -> Result<(MasterKeyId, MasterKeyId), StorageError> {
+        self.detached(|s| async move { s.rotate_master_key_now().await }).await
+    }
+
+    async fn rotate_master_key_now(&self) -> Result<(MasterKeyId, MasterKeyId), StorageError> {
+        self.refuse_if_shredded()?;
         let mut state = self.inner.catalog.lock().await;
         let old = MasterKeyId(state.header.master_id.clone());
         let provider = self.provider();
+        if provider.name() != state.header.provider {
+            return Err(StorageError::Internal(format!(
+                "the catalog's master key is in {} but this process holds {}; nothing was changed",
+                state.header.provider,
+                provider.name()
+            )));
+        }
         let ring = lock(&self.inner.ring).raw.clone();
         let (new, wrapped) = tokio::task::spawn_blocking(move || {
             let new = provider.create_master_key()?;
@@ -488,15 +556,14 @@ impl Store {
                 continue;
             };
             let key = table_kek_name(&name, &kek, &kp.provider);
-            let state = match self.resolve(&kp.provider) {
-                Ok(provider) => {
-                    let asked = MasterKeyId(kek.clone());
-                    match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
-                        Ok(result) => result.map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("the key-provider thread failed: {e}")),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
+            let (store, provider_name, asked) = (self.clone(), kp.provider.clone(), MasterKeyId(kek.clone()));
+            let state = match tokio::task::spawn_blocking(move || {
+                store.resolve(&provider_name)?.state(&asked).map_err(StorageError::from)
+            })
+            .await
+            {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the key-provider thread failed: {e}")),
             };
             let gate = &table.key_gate;
             let outcome = match state {
@@ -543,16 +610,26 @@ impl Store {
         kp: &TableKeyProvider,
         old: &str,
     ) -> Result<String, StorageError> {
-        let mut state = self.inner.catalog.lock().await;
-        let Some(meta) = state.body.tables.iter().find(|t| t.id == table.id) else {
-            return Err(StorageError::NoSuchTable(table.name.clone()));
+        // Read under the catalog lock, wrap outside it (key-server round
+        // trips), and write only if nothing changed meanwhile.
+        let current = |state: &CatalogState| {
+            state
+                .body
+                .tables
+                .iter()
+                .find(|t| t.id == table.id)
+                .map(|m| (m.keys.len(), m.keys.last().and_then(|k| k.kek.clone())))
         };
-        if meta.keys.last().and_then(|k| k.kek.as_deref()) != Some(old) {
+        let (count, latest) = {
+            let state = self.inner.catalog.lock().await;
+            current(&state).ok_or_else(|| StorageError::NoSuchTable(table.name.clone()))?
+        };
+        if latest.as_deref() != Some(old) {
             // Replaced meanwhile.
-            return Ok(meta.keys.last().and_then(|k| k.kek.clone()).unwrap_or_default());
+            return Ok(latest.unwrap_or_default());
         }
         let mut versions: Vec<(u32, Arc<Key256>)> = lock(&table.keys).clone();
-        if versions.len() != meta.keys.len() {
+        if versions.len() != count {
             return Err(StorageError::TableKey {
                 table: table.name.clone(),
                 detail: "some of its key versions are not open in this process".into(),
@@ -560,10 +637,10 @@ impl Store {
         }
         let next = versions.iter().map(|(v, _)| *v).max().unwrap_or(0) + 1;
         versions.push((next, Arc::new(Key256::random()?)));
-        let provider = self.resolve(&kp.provider)?;
-        let (kp_owned, name, id) = (kp.clone(), table.name.clone(), table.id);
+        let (store, kp_owned, name, id) = (self.clone(), kp.clone(), table.name.clone(), table.id);
         let to_wrap = versions.clone();
         let (kek, wrapped) = tokio::task::spawn_blocking(move || {
+            let provider = store.resolve(&kp_owned.provider)?;
             let keys: Vec<(&Key256, Vec<u8>)> = to_wrap
                 .iter()
                 .map(|(v, k)| (k.as_ref(), table_key_aad(id, *v)))
@@ -572,10 +649,32 @@ impl Store {
         })
         .await
         .map_err(|e| StorageError::Internal(format!("replacing the table key: {e}")))??;
+        let mut state = self.inner.catalog.lock().await;
+        if current(&state) != Some((count, Some(old.to_owned()))) {
+            // Changed meanwhile (dropped, or replaced by another check): the
+            // new key protects nothing.
+            let queued = KeyToDestroy {
+                provider: kp.provider.clone(),
+                id: kek,
+                table: table.name.clone(),
+            };
+            self.persist(&mut state, |body| {
+                body.keys_to_destroy.push(queued);
+                Ok(())
+            })
+            .await?;
+            return Err(StorageError::TableKey {
+                table: table.name.clone(),
+                detail: "its keys changed while the revoked key was being replaced; retried at the next check".into(),
+            });
+        }
         let created = now_unix();
         let new_kek = kek.clone();
         self.persist(&mut state, |body| {
             if let Some(meta) = body.tables.iter_mut().find(|t| t.id == id) {
+                if !meta.retired_keks.iter().any(|k| k == old) {
+                    meta.retired_keks.push(old.to_owned());
+                }
                 for (k, w) in meta.keys.iter_mut().zip(&wrapped) {
                     k.wrapped = w.clone();
                     k.kek = Some(new_kek.clone());
@@ -640,6 +739,12 @@ impl Store {
 
     /// Replaces a section, durably.
     pub async fn set_section(&self, name: &str, value: serde_json::Value) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        self.detached(move |s| async move { s.set_section_now(&name, value).await })
+            .await
+    }
+
+    async fn set_section_now(&self, name: &str, value: serde_json::Value) -> Result<(), StorageError> {
         let mut state = self.inner.catalog.lock().await;
         self.persist(&mut state, |body| {
             body.sections.insert(name.to_owned(), value);
@@ -673,6 +778,12 @@ impl Store {
 
     /// Marks a table from [`Store::create_unpublished_table`] finished, durably.
     pub async fn publish_table(&self, name: &str) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        self.detached(move |s| async move { s.publish_table_now(&name).await })
+            .await
+    }
+
+    async fn publish_table_now(&self, name: &str) -> Result<(), StorageError> {
         let table = self
             .table(name)
             .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
@@ -741,11 +852,33 @@ impl Store {
         unpublished: bool,
         key_provider: Option<TableKeyProvider>,
     ) -> Result<Arc<Table>, StorageError> {
-        let mut state = self.inner.catalog.lock().await;
-        if self.table(name).is_some() {
-            return Err(StorageError::TableExists(name.to_owned()));
-        }
-        let id = state.body.next_table_id;
+        let name = name.to_owned();
+        self.detached(move |s| async move {
+            s.create_keyed_now(&name, schema, encryption, unpublished, key_provider)
+                .await
+        })
+        .await
+    }
+
+    async fn create_keyed_now(
+        &self,
+        name: &str,
+        schema: Schema,
+        encryption: Encryption,
+        unpublished: bool,
+        key_provider: Option<TableKeyProvider>,
+    ) -> Result<Arc<Table>, StorageError> {
+        // The id is taken under the catalog lock; a key-server round trip
+        // for the table's own key happens outside it.
+        let id = {
+            let mut state = self.inner.catalog.lock().await;
+            if self.table(name).is_some() {
+                return Err(StorageError::TableExists(name.to_owned()));
+            }
+            let id = state.body.next_table_id;
+            state.body.next_table_id += 1;
+            id
+        };
         let key = Key256::random()?;
         let (wrapped, kek) = match &key_provider {
             None => {
@@ -753,9 +886,9 @@ impl Store {
                 (wrap_key(&ring.key, &key, &table_key_aad(id, 1))?, None)
             }
             Some(kp) => {
-                let provider = self.resolve(&kp.provider)?;
-                let (kp, table, k) = (kp.clone(), name.to_owned(), key.clone());
+                let (store, kp, table, k) = (self.clone(), kp.clone(), name.to_owned(), key.clone());
                 let (kek, mut wrapped) = tokio::task::spawn_blocking(move || {
+                    let provider = store.resolve(&kp.provider)?;
                     Self::new_kek(provider.as_ref(), &kp, &table, &[(&k, table_key_aad(id, 1))])
                 })
                 .await
@@ -763,6 +896,23 @@ impl Store {
                 (wrapped.pop().unwrap_or_default(), Some(kek))
             }
         };
+        let mut state = self.inner.catalog.lock().await;
+        if self.table(name).is_some() {
+            // Created meanwhile by another session: this key goes.
+            if let (Some(kek), Some(kp)) = (kek, &key_provider) {
+                let queued = KeyToDestroy {
+                    provider: kp.provider.clone(),
+                    id: kek,
+                    table: name.to_owned(),
+                };
+                self.persist(&mut state, |body| {
+                    body.keys_to_destroy.push(queued);
+                    Ok(())
+                })
+                .await?;
+            }
+            return Err(StorageError::TableExists(name.to_owned()));
+        }
         let meta = TableMeta {
             id,
             name: name.to_owned(),
@@ -780,11 +930,12 @@ impl Store {
             deleted: Vec::new(),
             unpublished,
             key_provider,
+            retired_keks: Vec::new(),
         };
         let table = Arc::new(Table::new(id, name.to_owned(), schema, encryption, 0));
         lock(&table.keys).push((1, Arc::new(key)));
         self.persist(&mut state, |body| {
-            body.next_table_id = id + 1;
+            body.next_table_id = body.next_table_id.max(id + 1);
             body.tables.push(meta);
             Ok(())
         })
@@ -800,6 +951,12 @@ impl Store {
     /// Drops a table: its keys are destroyed (the catalog without them is
     /// durable) before its files are removed.
     pub async fn drop_table(&self, name: &str) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        self.detached(move |s| async move { s.drop_table_now(&name).await })
+            .await
+    }
+
+    async fn drop_table_now(&self, name: &str) -> Result<(), StorageError> {
         let table = self
             .table(name)
             .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
@@ -808,46 +965,25 @@ impl Store {
             .await
             .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
         let mut state = self.inner.catalog.lock().await;
-        let keks: Vec<(String, String)> = state
+        // The table's own keys on key servers go too (crypto-shredding: a
+        // copy of its files or of an old catalog is then unreadable): queued
+        // in the same catalog write, destroyed below and, if that fails, by
+        // the next key check.
+        let keks: Vec<KeyToDestroy> = state
             .body
             .tables
             .iter()
             .filter(|t| t.id == table.id)
-            .filter_map(|t| t.key_provider.as_ref().map(|kp| (t, kp)))
-            .flat_map(|(t, kp)| {
-                t.keys
-                    .iter()
-                    .filter_map(|k| k.kek.clone().map(|kek| (kp.provider.clone(), kek)))
-            })
+            .flat_map(TableMeta::keks_to_destroy)
             .collect();
+        let queued = !keks.is_empty();
         self.persist(&mut state, |body| {
             body.tables.retain(|t| t.id != table.id);
+            body.keys_to_destroy.extend(keks);
             Ok(())
         })
         .await?;
         drop(state);
-        // The table's own keys on the key server go too (crypto-shredding):
-        // a copy of its files or of an old catalog is then unreadable.
-        for (provider_name, kek) in keks {
-            let destroyed = match self.resolve(&provider_name) {
-                Ok(provider) => {
-                    let id = MasterKeyId(kek.clone());
-                    tokio::task::spawn_blocking(move || provider.destroy(&id))
-                        .await
-                        .map_err(|e| StorageError::Internal(e.to_string()))
-                        .and_then(|r| r.map_err(StorageError::from))
-                }
-                Err(e) => Err(e),
-            };
-            match destroyed {
-                Ok(()) => {
-                    info!(table = %name, key = %kek, provider = %provider_name, "destroyed the dropped table's key on the key server")
-                }
-                Err(e) => {
-                    warn!(table = %name, key = %kek, provider = %provider_name, "could not destroy the dropped table's key on the key server (nothing needs it any more; destroy it there): {e}")
-                }
-            }
-        }
         table.dropped.store(true, Ordering::Release);
         self.inner
             .tables
@@ -866,7 +1002,61 @@ impl Store {
         let table_dir = self.inner.dir.join(TABLES_DIR).join(table.id.to_string());
         // Files still read by running queries go when those queries end.
         let _ = std::fs::remove_dir(&table_dir);
+        if queued {
+            let store = self.clone();
+            tokio::spawn(async move { store.destroy_pending_keys().await });
+        }
         Ok(())
+    }
+
+    /// Destroys the keys queued in the catalog (a dropped table's, on its
+    /// key server); those destroyed, or already gone, leave the queue.
+    /// Returns how many are still queued. Called after DROP TABLE and by
+    /// the background key check.
+    pub async fn destroy_pending_keys(&self) -> usize {
+        let queue = self.inner.catalog.lock().await.body.keys_to_destroy.clone();
+        if queue.is_empty() {
+            return 0;
+        }
+        let mut done = Vec::new();
+        for key in &queue {
+            let store = self.clone();
+            let k = key.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let provider = store.resolve(&k.provider)?;
+                match provider.destroy(&MasterKeyId(k.id.clone())) {
+                    Ok(()) => Ok(()),
+                    Err(sealdb_kms::KmsError::Kmip(e)) if e.is_not_found() => Ok(()),
+                    Err(e) => Err(StorageError::from(e)),
+                }
+            })
+            .await
+            .map_err(|e| StorageError::Internal(e.to_string()))
+            .and_then(|r| r);
+            match result {
+                Ok(()) => {
+                    info!(table = %key.table, key = %key.id, provider = %key.provider, "destroyed the dropped table's key on the key server");
+                    done.push(key.clone());
+                }
+                Err(e) => {
+                    warn!(table = %key.table, key = %key.id, provider = %key.provider, "could not destroy the dropped table's key on the key server yet (retried at the next key check): {e}")
+                }
+            }
+        }
+        if done.is_empty() {
+            return queue.len();
+        }
+        let mut state = self.inner.catalog.lock().await;
+        let result = self
+            .persist(&mut state, |body| {
+                body.keys_to_destroy.retain(|k| !done.contains(k));
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            warn!("could not record the destroyed keys (they are destroyed again at the next check): {e}");
+        }
+        state.body.keys_to_destroy.len()
     }
 
     /// Commits a transaction: logs its writes, waits until they are
@@ -986,6 +1176,10 @@ impl Store {
     /// records them in the catalog and removes the log files they came
     /// from. Readers and writers carry on meanwhile.
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.detached(|s| async move { s.checkpoint_now().await }).await
+    }
+
+    async fn checkpoint_now(&self) -> Result<(), StorageError> {
         let _one = self.inner.checkpoint.lock().await;
         let generation = self.inner.catalog.lock().await.body.generation;
         let rotated = self.inner.log.rotate(generation).await?;
@@ -1113,7 +1307,9 @@ impl Store {
     /// Whether some table has small segments to merge or a segment mostly
     /// made of deleted rows ([`Store::compact`]).
     pub fn wants_compaction(&self) -> bool {
-        self.tables().iter().any(|t| !compaction_plan(&t.snapshot()).is_empty())
+        self.tables()
+            .iter()
+            .any(|t| t.check_keys().is_ok() && !compaction_plan(&t.snapshot()).is_empty())
     }
 
     /// Merges each table's small segments (and rewrites segments with many
@@ -1122,9 +1318,17 @@ impl Store {
     /// names the new segment before the old files go; readers still using
     /// old files keep them until they finish. Returns the segments merged.
     pub async fn compact(&self) -> Result<usize, StorageError> {
+        self.detached(|s| async move { s.compact_now().await }).await
+    }
+
+    async fn compact_now(&self) -> Result<usize, StorageError> {
         let _one = self.inner.checkpoint.lock().await;
         let mut merged_total = 0;
         for table in self.tables() {
+            if table.check_keys().is_err() {
+                // Its key is gone or unconfirmed: its files stay as they are.
+                continue;
+            }
             let data = table.snapshot();
             let merging = compaction_plan(&data);
             if merging.is_empty() {

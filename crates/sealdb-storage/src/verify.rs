@@ -34,6 +34,17 @@ impl VerifyReport {
 /// Authenticates the catalog, every segment of every table (every page,
 /// with its data key) and the whole log of the data directory `dir`.
 pub fn verify(dir: &Path, provider: &dyn KeyProvider) -> VerifyReport {
+    verify_with(dir, provider, None)
+}
+
+/// As [`verify`], with `providers` to open the keys of tables that have
+/// keys of their own on a key server of another provider than the master
+/// key's.
+pub fn verify_with(
+    dir: &Path,
+    provider: &dyn KeyProvider,
+    providers: Option<&dyn sealdb_kms::ProviderResolver>,
+) -> VerifyReport {
     let mut report = VerifyReport::default();
     let (_, body, (_, ring, _), system) = match open_catalog(&dir.join(CATALOG_FILE), provider) {
         Ok(opened) => opened,
@@ -44,16 +55,57 @@ pub fn verify(dir: &Path, provider: &dyn KeyProvider) -> VerifyReport {
     };
     report.checked.push(CATALOG_FILE.into());
     let mut keys: BTreeMap<(u64, u32), Arc<Key256>> = BTreeMap::new();
-    for table in &body.tables {
+    'tables: for table in &body.tables {
         for k in &table.keys {
-            match unwrap_key(&ring, &k.wrapped, &table_key_aad(table.id, k.version)) {
+            let aad = table_key_aad(table.id, k.version);
+            let unwrapped = match (&k.kek, &table.key_provider) {
+                (Some(kek), Some(kp)) => {
+                    // Unwrapped by the table's own key on its key server.
+                    let own = if kp.provider == provider.name() {
+                        Ok(None)
+                    } else {
+                        match providers {
+                            Some(p) => p.provider(&kp.provider).map(Some),
+                            None => Err(sealdb_kms::KmsError::Config(format!(
+                                "key provider {} is not available to verify",
+                                kp.provider
+                            ))),
+                        }
+                    };
+                    let opened = own.and_then(|own| {
+                        let p: &dyn KeyProvider = match &own {
+                            Some(p) => p.as_ref(),
+                            None => provider,
+                        };
+                        p.unwrap(&sealdb_kms::MasterKeyId(kek.clone()), &k.wrapped, &aad)
+                    });
+                    match opened {
+                        Ok(key) => Ok(key),
+                        Err(sealdb_kms::KmsError::Destroyed { .. } | sealdb_kms::KmsError::UnknownMasterKey { .. }) => {
+                            report.notes.push(format!(
+                                "table {}: its key {kek} is not on {} (destroyed there: its data is shredded); its files are not checked",
+                                table.name, kp.provider
+                            ));
+                            continue 'tables;
+                        }
+                        Err(e) => Err(StorageError::TableKey {
+                            table: table.name.clone(),
+                            detail: format!("key-encryption key {kek} in {}: {e}", kp.provider),
+                        }),
+                    }
+                }
+                _ => unwrap_key(&ring, &k.wrapped, &aad).map_err(|_| {
+                    StorageError::integrity(
+                        CATALOG_FILE,
+                        format!("table key {} version {} failed authentication", table.name, k.version),
+                    )
+                }),
+            };
+            match unwrapped {
                 Ok(key) => {
                     keys.insert((table.id, k.version), Arc::new(key));
                 }
-                Err(_) => report.problems.push(StorageError::integrity(
-                    CATALOG_FILE,
-                    format!("table key {} version {} failed authentication", table.name, k.version),
-                )),
+                Err(e) => report.problems.push(e),
             }
         }
         if table.unpublished {

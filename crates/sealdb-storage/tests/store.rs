@@ -602,6 +602,9 @@ async fn a_refresh_rotates_away_from_a_deactivated_master_key_and_closes_the_gat
         .unwrap();
     let err = store.commit(tx).await.unwrap_err();
     assert!(matches!(err, StorageError::KeyUnavailable { .. }), "{err}");
+    // Re-wrapping under a new master key would undo the shredding.
+    let err = store.rotate_master_key().await.unwrap_err();
+    assert!(err.to_string().contains("would undo the shredding"), "{err}");
 }
 
 #[tokio::test]

@@ -165,6 +165,16 @@ pub(crate) fn key_cache_policy(settings: &Settings) -> Result<Option<KeyCachePol
     }
 }
 
+/// The key cache's times when no `[kmip_hosts]` says otherwise.
+pub(crate) fn default_key_cache_policy() -> KeyCachePolicy {
+    let period = Duration::from_millis(DEFAULT_KEY_CACHE_MS);
+    (
+        period,
+        Duration::from_millis(DEFAULT_KEY_CACHE_GRACE_MS),
+        period.min(OUTAGE_RETRY),
+    )
+}
+
 /// (period, grace, period during an outage) of the key cache.
 pub(crate) type KeyCachePolicy = (Duration, Duration, Duration);
 
@@ -316,7 +326,7 @@ pub(crate) struct ServerKeyAdmin {
 
 impl sealdb_sql::KeyAdmin for ServerKeyAdmin {
     fn open(&self, name: &str) -> Result<Arc<dyn KeyProvider>, String> {
-        let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags).map_err(|e| format!("{e:#}"))?;
+        let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags).map_err(|e| config_error(&e))?;
         provider_named(&settings, &self.data, name).map_err(|e| format!("{e:#}"))
     }
 
@@ -370,10 +380,19 @@ impl sealdb_kms::ProviderResolver for TableProviders {
             )));
         }
         let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags)
-            .map_err(|e| sealdb_kms::KmsError::Config(format!("{e:#}")))?;
+            .map_err(|e| sealdb_kms::KmsError::Config(config_error(&e)))?;
         let provider =
             provider_named(&settings, &self.data, name).map_err(|e| sealdb_kms::KmsError::Config(format!("{e:#}")))?;
         opened.insert(name.to_owned(), provider.clone());
         Ok(provider)
     }
+}
+
+/// A config file error for a client or the log while the server runs: its
+/// first line only (where it is), never the quoted source line, which may
+/// hold a password.
+fn config_error(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let first = text.lines().next().unwrap_or_default().trim_end();
+    format!("re-reading the config file failed: {first} (run `sealdb kms test GROUP --config FILE` to see the line)")
 }

@@ -221,10 +221,15 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // The master key's state on the key server is re-read every
     // key-cache-ms: revocation rotates, destruction and long outages close
     // the key gate, and service resumes by itself.
-    if let Some((period, grace, outage_period)) = crate::keys::key_cache_policy(&settings)? {
-        watching.store(true, std::sync::atomic::Ordering::Release);
-        tokio::spawn(watch_master_key(store.clone(), period, grace, outage_period));
-    }
+    // Always: a group added later (`kms set`) may get tables with keys of
+    // their own, and keys of dropped tables may wait to be destroyed.
+    let (period, grace, outage_period) =
+        crate::keys::key_cache_policy(&settings)?.unwrap_or_else(crate::keys::default_key_cache_policy);
+    watching.store(true, std::sync::atomic::Ordering::Release);
+    tokio::spawn(watch_master_key(store.clone(), period, grace, outage_period));
+    // Tables' own keys in a task of their own: one round trip per table
+    // must not delay the master key's check.
+    tokio::spawn(watch_table_keys(store.clone(), period, grace));
     // Users and grants live in the encrypted catalog; a fresh one gets the
     // bootstrap administrator.
     let access = match store.section(sealdb_sql::ACCESS_SECTION).await {
@@ -278,9 +283,6 @@ pub(crate) async fn watch_master_key(
     loop {
         tokio::time::sleep(wait).await;
         wait = period;
-        for (table, outcome) in store.refresh_table_keys(grace).await {
-            log_table_key(&table, &outcome);
-        }
         let outcome = store.refresh_master_key(grace).await;
         if !matches!(outcome, RefreshOutcome::Unreachable { .. }) {
             outage_logged = None;
@@ -332,6 +334,20 @@ pub(crate) async fn watch_master_key(
                 }
             }
         }
+    }
+}
+
+/// Re-reads the state of each table's own key every `period`, and
+/// destroys the keys of dropped tables still waiting for it.
+async fn watch_table_keys(store: sealdb_storage::Store, period: Duration, grace: Duration) {
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = period;
+        for (table, outcome) in store.refresh_table_keys(grace).await {
+            log_table_key(&table, &outcome);
+        }
+        store.destroy_pending_keys().await;
     }
 }
 

@@ -935,22 +935,68 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
         );
     }
 
-    // DROP TABLE destroys the table's key on the key server.
+    // DROP TABLE destroys the table's keys on the key server: the current
+    // one and those it replaced.
     psql(&admin, "CREATE TABLE scratch (n INT) WITH (key_provider = 'kmip:hsm')").expect_ok();
+    let replaced = table_kek(&admin, "scratch");
+    operator.revoke(&replaced, true);
+    assert!(wait_for(std::time::Duration::from_secs(20), || table_kek(
+        &admin, "scratch"
+    ) != replaced));
     let scratch = table_kek(&admin, "scratch");
     assert_eq!(operator.state(&scratch).unwrap(), sealdb_kmip::State::Active);
     psql(&admin, "DROP TABLE scratch").expect_ok();
-    match operator.state(&scratch) {
-        Err(e) if e.is_not_found() => {}
-        Ok(state) => assert!(
-            matches!(
-                state,
-                sealdb_kmip::State::Destroyed | sealdb_kmip::State::DestroyedCompromised
-            ),
-            "{state:?}"
+    let gone = |id: &str| match operator.state(id) {
+        Err(e) if e.is_not_found() => true,
+        Ok(state) => matches!(
+            state,
+            sealdb_kmip::State::Destroyed | sealdb_kmip::State::DestroyedCompromised
         ),
         Err(e) => panic!("{e}"),
-    }
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || gone(&scratch) && gone(&replaced)),
+        "{}",
+        server.stderr()
+    );
+
+    // `sealdb verify` opens the tables' own keys, and notes the shredded one.
+    let dir = server.stop();
+    let out = std::process::Command::new(support::sealdb_bin())
+        .args(["verify", "--config", &cfg, "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains(&format!(
+            "note    table cards: its key {second} is not on kmip:hsm (destroyed there"
+        )),
+        "{report}"
+    );
+
+    // A table's key gone while the log still holds writes to it (a crash
+    // before they reached a segment): the start stops rather than let the
+    // next checkpoint drop them, and changes nothing.
+    let server = TestServer::start_in(dir, &["--config", &cfg]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE late (n INT) WITH (key_provider = 'kmip:hsm')").expect_ok();
+    psql(&admin, "INSERT INTO late VALUES (1)").expect_ok();
+    let late = table_kek(&admin, "late");
+    let dir = server.crash();
+    operator.destroy(&late);
+    let e = TestServer::try_start_in(dir, &["--config", &cfg])
+        .err()
+        .expect("the log needs the missing key");
+    assert!(
+        e.contains("the key of table \"late\" cannot be opened")
+            && e.contains(&format!(
+                "key {late} of table late in kmip:hsm is not on the key server"
+            ))
+            && e.contains("nothing was changed"),
+        "{e}"
+    );
 }
 
 /// The master key revoked while sealdb was stopped. PyKMIP, unlike what
