@@ -1275,6 +1275,20 @@ impl Engine {
                     rows: None,
                 }
             }
+            SecurityStatement::RotateTableKey { table } => {
+                admin_only("rotate table keys")?;
+                let Some(durable) = &self.durable else {
+                    return Err(SqlError::NotSupported(
+                        "this server keeps no data on disk, so its tables have no keys to rotate".into(),
+                    ));
+                };
+                let name = durable::stored_name(&TableReference::from(table.as_str()))?;
+                durable.store.rotate_table_key(&name).await?;
+                Output::Command {
+                    tag: "ALTER TABLE".into(),
+                    rows: None,
+                }
+            }
             SecurityStatement::SetKeyProvider(name) => {
                 admin_only("move the master key")?;
                 let (Some(durable), Some(admin)) = (&self.durable, self.hooks.key_admin()) else {

@@ -73,6 +73,11 @@ pub enum SecurityStatement {
     /// `ALTER SYSTEM ROTATE MASTER KEY`: a new master-key version wraps the
     /// key ring; nothing else is rewritten.
     RotateMasterKey,
+    /// `ALTER TABLE t ROTATE KEY`: a new table key version for new data.
+    RotateTableKey {
+        /// The table, as written.
+        table: String,
+    },
     /// `ALTER SYSTEM SET key_provider = 'kmip:GROUP'`: the master key moves
     /// to a new key in that provider, online.
     SetKeyProvider(String),
@@ -160,6 +165,22 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 3;
                 p.expect_word("TLS")?;
                 SecurityStatement::ReloadTls
+            }
+            Some("TABLE") => {
+                // Only `ALTER TABLE name ROTATE KEY`; other ALTER TABLEs go
+                // to the SQL planner.
+                let start = p.pos;
+                p.pos += 2;
+                match p.qualified("a table name") {
+                    Ok(table) if p.eat_word("ROTATE") => {
+                        p.expect_word("KEY")?;
+                        SecurityStatement::RotateTableKey { table }
+                    }
+                    _ => {
+                        p.pos = start;
+                        return Ok(None);
+                    }
+                }
             }
             Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("SET") => {
                 p.pos += 3;
@@ -661,6 +682,12 @@ mod tests {
         assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
         assert_eq!(ok("alter system rotate master key"), SecurityStatement::RotateMasterKey);
+        assert_eq!(
+            ok("ALTER TABLE public.orders ROTATE KEY"),
+            SecurityStatement::RotateTableKey {
+                table: "public.orders".into()
+            }
+        );
         assert_eq!(
             ok("ALTER SYSTEM SET key_provider = 'kmip:hsm'"),
             SecurityStatement::SetKeyProvider("kmip:hsm".into())

@@ -531,6 +531,93 @@ impl Store {
         }
     }
 
+    /// `ALTER TABLE t ROTATE KEY`: a new version of the table's key, used
+    /// for every file and log record written from now on; older versions
+    /// stay to read what they wrote. Wrapped like the others (by the key
+    /// ring, or by the table's own key on its key server). Returns the new
+    /// version.
+    pub async fn rotate_table_key(&self, name: &str) -> Result<u32, StorageError> {
+        let name = name.to_owned();
+        self.detached(move |s| async move { s.rotate_table_key_now(&name).await })
+            .await
+    }
+
+    async fn rotate_table_key_now(&self, name: &str) -> Result<u32, StorageError> {
+        let table = self
+            .table(name)
+            .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
+        self.inner.gate.check(name)?;
+        table.check_keys()?;
+        if table.encryption == Encryption::None {
+            return Err(StorageError::Schema {
+                table: name.to_owned(),
+                detail: "it is stored without encryption (encryption = 'none'), so it has no key to rotate".into(),
+            });
+        }
+        let current = |state: &CatalogState| {
+            state.body.tables.iter().find(|t| t.id == table.id).map(|m| {
+                (
+                    m.keys.iter().map(|k| k.version).max().unwrap_or(0),
+                    m.key_provider.clone(),
+                    m.keys.last().and_then(|k| k.kek.clone()),
+                )
+            })
+        };
+        let (latest, kp, kek) = {
+            let state = self.inner.catalog.lock().await;
+            current(&state).ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?
+        };
+        let version = latest + 1;
+        let key = Key256::random()?;
+        let aad = table_key_aad(table.id, version);
+        let wrapped = match (&kp, &kek) {
+            (Some(kp), Some(kek)) => {
+                // Wrapped by the table's own key, on its key server: outside
+                // the catalog lock.
+                let (store, provider_name, kek, k, aad) = (
+                    self.clone(),
+                    kp.provider.clone(),
+                    MasterKeyId(kek.clone()),
+                    key.clone(),
+                    aad.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    store
+                        .resolve(&provider_name)?
+                        .wrap(&kek, &k, &aad)
+                        .map_err(StorageError::from)
+                })
+                .await
+                .map_err(|e| StorageError::Internal(format!("wrapping the table key: {e}")))??
+            }
+            _ => wrap_key(&lock(&self.inner.ring).key, &key, &aad)?,
+        };
+        let mut state = self.inner.catalog.lock().await;
+        if current(&state) != Some((latest, kp.clone(), kek.clone())) {
+            return Err(StorageError::TableKey {
+                table: name.to_owned(),
+                detail: "its keys changed meanwhile (another rotation); try again".into(),
+            });
+        }
+        let id = table.id;
+        let created = now_unix();
+        self.persist(&mut state, |body| {
+            if let Some(meta) = body.tables.iter_mut().find(|t| t.id == id) {
+                meta.keys.push(TableKeyMeta {
+                    version,
+                    wrapped,
+                    created_unix: created,
+                    kek,
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        lock(&table.keys).push((version, Arc::new(key)));
+        info!(table = %name, version, "table key rotated: new data goes under version {version}");
+        Ok(version)
+    }
+
     /// Re-reads the state of each table's own key on its key server (one
     /// call per such table) and sets the table's gate as
     /// [`Store::refresh_master_key`] does the store's: a deactivated or

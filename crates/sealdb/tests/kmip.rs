@@ -885,6 +885,9 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
     let server = TestServer::start_in(dir, &["--config", &cfg]);
     let admin = server.admin();
     assert_eq!(psql(&admin, "SELECT count(*) FROM cards").expect_ok(), "51\n");
+    // A second version, wrapped by the same key on the key server.
+    psql(&admin, "ALTER TABLE cards ROTATE KEY").expect_ok();
+    assert_eq!(table_kek(&admin, "cards"), first);
 
     // Revoked: its versions move under a new key; the revoked key can go.
     operator.revoke(&first, false);
