@@ -83,6 +83,19 @@ pub fn key_inventory(
     }))
 }
 
+/// Test hook for crash tests: in a debug build, the process ends here at
+/// once, as `kill -9` would end it at this instant, when the environment
+/// variable `SEALDB_CRASH_AT` names `point`. Release builds ignore it.
+pub fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("SEALDB_CRASH_AT").is_ok_and(|v| v == point) {
+        // No destructors, no shutdown: what is on disk is what a crash leaves.
+        std::process::exit(137);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
 /// Entry points for benchmarks and fuzzing; not a stable API.
 #[doc(hidden)]
 pub mod internal {

@@ -449,6 +449,7 @@ impl Store {
         .await
         .map_err(|e| StorageError::Internal(format!("master-key rotation: {e}")))??;
         let new_id = new.0.clone();
+        crate::crash_point("master-key-rotation:before-catalog");
         self.persist_with_header(
             &mut state,
             |header| {
@@ -459,6 +460,7 @@ impl Store {
         )
         .await?;
         drop(state);
+        crate::crash_point("master-key-rotation:after-catalog");
         let provider = self.provider();
         info!(from = %old, to = %new, provider = %provider.name(), "master key rotated: the key ring is wrapped under the new version");
         let retired = old.clone();
@@ -601,6 +603,7 @@ impl Store {
         }
         let id = table.id;
         let created = now_unix();
+        crate::crash_point("table-key-rotation:before-catalog");
         self.persist(&mut state, |body| {
             if let Some(meta) = body.tables.iter_mut().find(|t| t.id == id) {
                 meta.keys.push(TableKeyMeta {
@@ -614,6 +617,7 @@ impl Store {
         })
         .await?;
         lock(&table.keys).push((version, Arc::new(key)));
+        crate::crash_point("table-key-rotation:after-catalog");
         info!(table = %name, version, "table key rotated: new data goes under version {version}");
         Ok(version)
     }

@@ -143,3 +143,71 @@ fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
         "the workload acknowledged only {total_acked} operations"
     );
 }
+
+/// A server whose process ends at `point` (`SEALDB_CRASH_AT`, debug builds),
+/// as `kill -9` would end it there.
+fn start_crashing_at(point: &str) -> TestServer {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("sealdb-crashing");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport SEALDB_CRASH_AT='{point}'\nexec '{}' \"$@\"\n",
+            support::sealdb_bin()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    TestServer::start_with_binary(dir, &wrapper, &[])
+}
+
+/// A crash in the middle of `ALTER SYSTEM ROTATE MASTER KEY` or `ALTER
+/// TABLE ROTATE KEY`, before and after the catalog names the new key:
+/// after the restart every acknowledged row reads, new writes work, the
+/// data directory verifies, and the key is the old one or the new one.
+#[test]
+fn a_crash_during_a_key_rotation_leaves_the_old_or_the_new_key_and_every_row() {
+    for (point, statement) in [
+        ("master-key-rotation:before-catalog", "ALTER SYSTEM ROTATE MASTER KEY"),
+        ("master-key-rotation:after-catalog", "ALTER SYSTEM ROTATE MASTER KEY"),
+        ("table-key-rotation:before-catalog", "ALTER TABLE t ROTATE KEY"),
+        ("table-key-rotation:after-catalog", "ALTER TABLE t ROTATE KEY"),
+    ] {
+        let server = start_crashing_at(point);
+        let admin = server.admin();
+        psql(&admin, "CREATE TABLE t (n BIGINT NOT NULL)").expect_ok();
+        psql(&admin, "INSERT INTO t SELECT value FROM generate_series(1, 100)").expect_ok();
+        psql(&admin, "CHECKPOINT").expect_ok();
+        psql(&admin, "INSERT INTO t VALUES (101)").expect_ok();
+        let master = psql(&admin, "SELECT key_id FROM sys.encryption_keys WHERE scope = 'master'").expect_ok();
+        let out = psql(&admin, statement);
+        assert!(!out.ok, "{point}: the server ended in the middle of {statement}");
+        let dir = server
+            .exited()
+            .unwrap_or_else(|| panic!("{point}: the server is still running"));
+        let server = TestServer::start_in(dir, &[]);
+        let admin = server.admin();
+        assert_eq!(
+            psql(&admin, "SELECT count(*), sum(n) FROM t").expect_ok(),
+            "101|5151\n",
+            "{point}"
+        );
+        psql(&admin, "INSERT INTO t VALUES (102)").expect_ok();
+        let versions = psql(
+            &admin,
+            "SELECT max(version) FROM sys.encryption_keys WHERE scope = 'table public.t'",
+        )
+        .expect_ok();
+        let now = psql(&admin, "SELECT key_id FROM sys.encryption_keys WHERE scope = 'master'").expect_ok();
+        match point {
+            "table-key-rotation:before-catalog" => assert_eq!(versions, "1\n", "{point}: the old version"),
+            "table-key-rotation:after-catalog" => assert_eq!(versions, "2\n", "{point}: the new version"),
+            "master-key-rotation:after-catalog" => assert_ne!(now, master, "{point}: the new master key"),
+            _ => {}
+        }
+        let dir = server.stop();
+        let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
+        assert!(ok, "{point}: {report}");
+    }
+}

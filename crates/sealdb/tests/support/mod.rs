@@ -208,6 +208,19 @@ impl TestServer {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
+    /// Waits (up to 10 s) for a server that ends by itself (a crash point)
+    /// and hands back its directory; `None` if it is still running.
+    pub fn exited(mut self) -> Option<tempfile::TempDir> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.alive() {
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")))
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
