@@ -71,6 +71,36 @@ pub fn parse_byte_size(key: &str, text: &str) -> Result<u64, ConfigError> {
     number.checked_mul(1u64 << shift).ok_or_else(invalid)
 }
 
+/// Parses a duration such as `90d`, `12h`, `30m`, `45s` or `500ms` (also
+/// `w` for weeks); a bare number is seconds.
+pub fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let invalid = || {
+        ConfigError::Invalid(format!(
+            "{key} = \"{text}\" is not a duration; write a whole number with a unit, e.g. 90d, 12h, 30m, 45s or 500ms"
+        ))
+    };
+    let number: u64 = digits.parse().map_err(|_| invalid())?;
+    let millis_per = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        _ => return Err(invalid()),
+    };
+    let millis = number.checked_mul(millis_per).ok_or_else(invalid)?;
+    if millis == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{key} = \"{text}\": give a duration above zero"
+        )));
+    }
+    Ok(std::time::Duration::from_millis(millis))
+}
+
 /// A password or passphrase: never printed by `Debug`, wiped from memory on drop.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -488,6 +518,21 @@ mod kmip_set_tests {
         std::fs::write(&path, "port = \"x\"\n").unwrap();
         assert!(set_kmip_group(&path, "hsm", &again).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "port = \"x\"\n");
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_refuse_zero_and_nonsense() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("k", "90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(parse_duration("k", "12h").unwrap(), Duration::from_secs(12 * 3_600));
+        assert_eq!(parse_duration("k", " 30m ").unwrap(), Duration::from_secs(1_800));
+        assert_eq!(parse_duration("k", "45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("k", "2w").unwrap(), Duration::from_secs(14 * 86_400));
+        for bad in ["", "0d", "d", "-1d", "3 fortnights", "99999999999999999999d"] {
+            let e = parse_duration("key-rotation-period", bad).unwrap_err().to_string();
+            assert!(e.contains("key-rotation-period"), "{bad}: {e}");
+        }
     }
 
     #[test]

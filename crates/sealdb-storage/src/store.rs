@@ -533,6 +533,29 @@ impl Store {
         }
     }
 
+    /// Encrypted tables whose current key version is older than `period`
+    /// (`key-rotation-period`), with its age, oldest first. Reads memory only.
+    pub fn tables_due_for_rotation(&self, period: Duration) -> Vec<(String, Duration)> {
+        let published = lock(&self.inner.published).clone();
+        let now = now_unix();
+        let mut due: Vec<(String, Duration)> = published
+            .tables
+            .iter()
+            .filter(|t| t.encryption != Encryption::None && !t.unpublished)
+            .filter(|t| {
+                // Keys that cannot be used cannot be rotated either.
+                self.inner.gate.check(&t.name).is_ok()
+                    && self.table(&t.name).is_some_and(|table| table.check_keys().is_ok())
+            })
+            .filter_map(|t| {
+                let age = Duration::from_secs(now.saturating_sub(t.keys.last()?.created_unix));
+                (age >= period).then(|| (t.name.clone(), age))
+            })
+            .collect();
+        due.sort_by(|a, b| b.1.cmp(&a.1));
+        due
+    }
+
     /// `ALTER TABLE t ROTATE KEY`: a new version of the table's key, used
     /// for every file and log record written from now on; older versions
     /// stay to read what they wrote. Wrapped like the others (by the key

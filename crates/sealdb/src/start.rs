@@ -230,6 +230,10 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // Tables' own keys in a task of their own: one round trip per table
     // must not delay the master key's check.
     tokio::spawn(watch_table_keys(store.clone(), period, grace));
+    if let Some(text) = &settings.key_rotation_period {
+        let every = sealdb_config::parse_duration("key-rotation-period", text)?;
+        tokio::spawn(rotate_table_keys(store.clone(), every, text.clone()));
+    }
     // Users and grants live in the encrypted catalog; a fresh one gets the
     // bootstrap administrator.
     let access = match store.section(sealdb_sql::ACCESS_SECTION).await {
@@ -331,6 +335,27 @@ pub(crate) async fn watch_master_key(
                         "no key server answered for {} s, longer than key-cache-grace-ms: stored tables are refused until one does ({error})",
                         since.as_secs()
                     );
+                }
+            }
+        }
+    }
+}
+
+/// `key-rotation-period`: gives each encrypted table a new key version
+/// once its current one is `every` old (new data goes under it; older
+/// versions decrypt). Looks a few times per period, at least once a minute.
+async fn rotate_table_keys(store: sealdb_storage::Store, every: Duration, text: String) {
+    let look = (every / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(look).await;
+        for (table, age) in store.tables_due_for_rotation(every) {
+            match store.rotate_table_key(&table).await {
+                Ok(version) => tracing::info!(
+                    "the key of table {table} was {} s old (key-rotation-period = \"{text}\"): new data goes under version {version}",
+                    age.as_secs()
+                ),
+                Err(e) => {
+                    tracing::warn!("the key of table {table} is due for rotation and rotating it failed (retried): {e}")
                 }
             }
         }
