@@ -552,7 +552,7 @@ impl Store {
                 (age >= period).then(|| (t.name.clone(), age))
             })
             .collect();
-        due.sort_by(|a, b| b.1.cmp(&a.1));
+        due.sort_by_key(|d| std::cmp::Reverse(d.1));
         due
     }
 
