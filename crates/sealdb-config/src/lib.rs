@@ -48,19 +48,25 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Parses a byte size such as `512MB`, `2GB`, `1GiB`, `64kB` or `1048576`
-/// (KB/MB/GB/TB are powers of 1024, as in PostgreSQL's settings).
-pub fn parse_byte_size(key: &str, text: &str) -> Result<u64, ConfigError> {
+/// `"512 MB"` as `(512, "mb")`: leading digits, then the rest trimmed and
+/// in lower case; `None` without digits or beyond `u64`.
+fn number_and_unit(text: &str) -> Option<(u64, String)> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
+    Some((digits.parse().ok()?, unit.trim().to_ascii_lowercase()))
+}
+
+/// Parses a byte size such as `512MB`, `2GB`, `1GiB`, `64kB` or `1048576`
+/// (KB/MB/GB/TB are powers of 1024, as in PostgreSQL's settings).
+pub fn parse_byte_size(key: &str, text: &str) -> Result<u64, ConfigError> {
     let invalid = || {
         ConfigError::Invalid(format!(
             "{key} = \"{text}\" is not a size; write a whole number with an optional unit, e.g. 512MB or 2GB"
         ))
     };
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text).ok_or_else(invalid)?;
+    let shift = match unit.as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
@@ -74,16 +80,13 @@ pub fn parse_byte_size(key: &str, text: &str) -> Result<u64, ConfigError> {
 /// Parses a duration such as `90d`, `12h`, `30m`, `45s` or `500ms` (also
 /// `w` for weeks); a bare number is seconds.
 pub fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
-    let trimmed = text.trim();
-    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(split);
     let invalid = || {
         ConfigError::Invalid(format!(
             "{key} = \"{text}\" is not a duration; write a whole number with a unit, e.g. 90d, 12h, 30m, 45s or 500ms"
         ))
     };
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let millis_per = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text).ok_or_else(invalid)?;
+    let millis_per = match unit.as_str() {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" | "min" => 60_000,

@@ -22,14 +22,7 @@ use sealdb_kmip::{KmipClient, KmipClientConfig, KmipError, ProtocolVersion, Stat
 use sealdb_pki::{ServerIdentitySource, TrustSource};
 
 fn tls(certs: &Path, client: &str) -> Arc<rustls::ClientConfig> {
-    sealdb_pki::client_config(
-        &ServerIdentitySource::Pem {
-            cert: certs.join(format!("{client}.crt")),
-            key: certs.join(format!("{client}.key")),
-        },
-        &TrustSource::Pem(certs.join("ca.crt")),
-    )
-    .unwrap()
+    kmip_support::client_config(certs, client, Vec::new()).tls
 }
 
 fn client(hosts: Vec<String>, tls: Arc<rustls::ClientConfig>, version: Option<ProtocolVersion>) -> KmipClient {

@@ -143,6 +143,16 @@ impl KmipProvider {
             .map_err(KmsError::from)
     }
 
+    /// Create (AES-256, Named `name`) and Activate.
+    fn create_active(&self, name: String) -> Result<MasterKeyId, KmsError> {
+        let id = self.run(move |c| async move {
+            let id = c.create_aes256(&name).await?;
+            c.activate(&id).await?;
+            Ok(id)
+        })?;
+        Ok(MasterKeyId(id))
+    }
+
     /// A failed Decrypt: if the key is gone from the server, say so.
     fn explain_unwrap_failure(&self, id: &MasterKeyId, e: KmsError) -> KmsError {
         let key = id.0.clone();
@@ -224,23 +234,11 @@ impl KeyProvider for KmipProvider {
     }
 
     fn create_master_key(&self) -> Result<MasterKeyId, KmsError> {
-        let name = self.name.clone();
-        let id = self.run(move |c| async move {
-            let id = c.create_aes256(&name).await?;
-            c.activate(&id).await?;
-            Ok(id)
-        })?;
-        Ok(MasterKeyId(id))
+        self.create_active(self.name.clone())
     }
 
     fn create_key(&self, name: &str) -> Result<MasterKeyId, KmsError> {
-        let name = format!("{}/{name}", self.prefix);
-        let id = self.run(move |c| async move {
-            let id = c.create_aes256(&name).await?;
-            c.activate(&id).await?;
-            Ok(id)
-        })?;
-        Ok(MasterKeyId(id))
+        self.create_active(format!("{}/{name}", self.prefix))
     }
 
     fn wrap(&self, id: &MasterKeyId, key: &Key256, aad: &[u8]) -> Result<Vec<u8>, KmsError> {

@@ -1308,7 +1308,7 @@ impl Engine {
                         .map_err(SqlError::ServerState)?;
                     let old = store.provider();
                     let moved = store.switch_provider(to).await?;
-                    tokio::task::spawn_blocking(move || admin.moved(&store, &moved, old))
+                    tokio::task::spawn_blocking(move || admin.moved(&moved, old))
                         .await
                         .map_err(|e| SqlError::ServerState(format!("after moving the master key: {e}")))
                 });

@@ -52,15 +52,10 @@ pub trait KeyAdmin: Send + Sync + Debug {
     /// settings as the config file has them now. Blocking.
     fn open(&self, name: &str) -> Result<Arc<dyn sealdb_kms::KeyProvider>, String>;
 
-    /// After `store` moved to `moved.to`: retires the old master key (the
-    /// local key file is destroyed), keeps `key-provider` in the config
-    /// file, and watches the new key. One line per action. Blocking.
-    fn moved(
-        &self,
-        store: &Store,
-        moved: &sealdb_storage::MasterKeyMove,
-        old: Arc<dyn sealdb_kms::KeyProvider>,
-    ) -> Vec<String>;
+    /// After the store moved to `moved.to`: retires the old master key (the
+    /// local key file is destroyed) and keeps `key-provider` in the config
+    /// file. One line per action. Blocking.
+    fn moved(&self, moved: &sealdb_storage::MasterKeyMove, old: Arc<dyn sealdb_kms::KeyProvider>) -> Vec<String>;
 }
 
 /// One row of `sys.certificates`.

@@ -32,20 +32,9 @@ fn schema() -> Schema {
 }
 
 fn kmip_provider(certs: &Path, host: &str, instance: &str) -> Arc<dyn KeyProvider> {
-    sealdb_pki::install_crypto_provider();
-    let tls = sealdb_pki::client_config(
-        &sealdb_pki::ServerIdentitySource::Pem {
-            cert: certs.join("client.crt"),
-            key: certs.join("client.key"),
-        },
-        &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
-    )
-    .unwrap();
     let config = sealdb_kmip::KmipClientConfig {
-        hosts: vec![host.to_owned()],
-        tls,
         timeout: Duration::from_secs(30),
-        version: None,
+        ..kmip_support::client_config(certs, "client", vec![host.to_owned()])
     };
     Arc::new(KmipProvider::new("hsm", config, KmipMode::Wrap, &format!("sealdb-bench/{instance}")).unwrap())
 }

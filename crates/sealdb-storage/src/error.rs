@@ -142,7 +142,7 @@ impl StorageError {
         match self {
             Self::Io { source, .. } => source.raw_os_error() == Some(ENOSPC),
             Self::LockTimeout(_) => true,
-            Self::KeyUnavailable { state, .. } => state == "unreachable",
+            Self::KeyUnavailable { state, .. } => state == crate::keygate::UNREACHABLE,
             Self::Integrity { .. }
             | Self::Missing { .. }
             | Self::InUse { .. }

@@ -33,6 +33,18 @@ pub struct Closed {
     pub detail: String,
 }
 
+/// [`Closed::state`] of a destroyed key: the gate stays closed for good.
+const DESTROYED: &str = "destroyed";
+/// [`Closed::state`] when no key server confirmed the key within the grace.
+pub(crate) const UNREACHABLE: &str = "unreachable";
+
+impl Closed {
+    /// Whether the key is destroyed (rather than unconfirmed).
+    pub fn is_destroyed(&self) -> bool {
+        self.state == DESTROYED
+    }
+}
+
 #[derive(Debug)]
 struct GateState {
     closed: Option<Closed>,
@@ -139,7 +151,7 @@ impl KeyGate {
     /// that gate stays closed).
     pub(crate) fn confirmed(&self) -> bool {
         let mut state = self.write();
-        let destroyed = state.closed.as_ref().is_some_and(|c| c.state == "destroyed");
+        let destroyed = state.closed.as_ref().is_some_and(Closed::is_destroyed);
         if destroyed {
             return false;
         }
@@ -156,7 +168,7 @@ impl KeyGate {
         state.outage_since = None;
         state.closed = Some(Closed {
             key,
-            state: "destroyed".into(),
+            state: DESTROYED.into(),
             detail: "its data cannot be read or written any more (crypto-shredded); restore the key on the key server if it was destroyed by mistake, then restart sealdb".into(),
         });
     }
@@ -166,7 +178,7 @@ impl KeyGate {
     /// confirmation, whether the gate is open).
     pub(crate) fn unreachable(&self, key: String, error: &str, grace: Duration) -> (Duration, bool) {
         let mut state = self.write();
-        if state.closed.as_ref().is_some_and(|c| c.state == "destroyed") {
+        if state.closed.as_ref().is_some_and(Closed::is_destroyed) {
             return (state.last_confirmed.elapsed(), false);
         }
         state.outage_since.get_or_insert_with(Instant::now);
@@ -174,7 +186,7 @@ impl KeyGate {
         if since > grace {
             state.closed = Some(Closed {
                 key,
-                state: "unreachable".into(),
+                state: UNREACHABLE.into(),
                 detail: format!(
                     "no key server has confirmed it for {} s, longer than key-cache-grace-ms ({} ms), so sealdb stopped using the keys it holds ({error}); it resumes by itself when a key server answers",
                     since.as_secs(),

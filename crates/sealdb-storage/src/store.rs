@@ -335,7 +335,7 @@ impl Store {
     /// undo the shredding.
     fn refuse_if_shredded(&self) -> Result<(), StorageError> {
         match self.inner.gate.closed() {
-            Some(c) if c.state == "destroyed" => Err(StorageError::KeyUnavailable {
+            Some(c) if c.is_destroyed() => Err(StorageError::KeyUnavailable {
                 table: "(all tables)".into(),
                 key: c.key,
                 state: c.state,
@@ -492,45 +492,18 @@ impl Store {
         };
         let key = format!("master key {master} in {provider_name}");
         let asked = master.clone();
-        let state = match tokio::task::spawn_blocking(move || provider.state(&asked)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the key-provider thread failed: {e}")),
-        };
+        let state = ask_state(move || provider.state(&asked).map_err(StorageError::from)).await;
         if self.master_key().await.0 != master {
             // Rotated or moved meanwhile: this answer is about a key no
             // longer in use.
             return RefreshOutcome::Active { recovered: false };
         }
-        let gate = &self.inner.gate;
-        match state {
-            Ok(KeyState::Active) => RefreshOutcome::Active {
-                recovered: gate.confirmed(),
-            },
-            Ok(retired @ (KeyState::Deactivated | KeyState::Compromised)) => {
-                // The keys in memory are still good to decrypt; new data
-                // must not go under the retired version.
-                gate.confirmed();
-                match self.rotate_master_key().await {
-                    Ok((from, to)) => RefreshOutcome::Rotated {
-                        from: from.0,
-                        state: retired.as_str().to_owned(),
-                        to: to.0,
-                    },
-                    Err(e) => RefreshOutcome::RotationFailed {
-                        from: master.0,
-                        error: e.to_string(),
-                    },
-                }
-            }
-            Ok(KeyState::Destroyed) => {
-                gate.destroyed(key.clone());
-                RefreshOutcome::Destroyed { key }
-            }
-            Err(error) => {
-                let (since, serving) = gate.unreachable(key, &error, grace);
-                RefreshOutcome::Unreachable { error, since, serving }
-            }
-        }
+        // A revoked key: the keys in memory are still good to decrypt, and
+        // new data must not go under it.
+        settle(&self.inner.gate, key, master.0, state, grace, || async {
+            self.rotate_master_key().await.map(|(_, to)| to.0)
+        })
+        .await
     }
 
     /// Encrypted tables whose current key version is older than `period`
@@ -671,42 +644,12 @@ impl Store {
             };
             let key = table_kek_name(&name, &kek, &kp.provider);
             let (store, provider_name, asked) = (self.clone(), kp.provider.clone(), MasterKeyId(kek.clone()));
-            let state = match tokio::task::spawn_blocking(move || {
-                store.resolve(&provider_name)?.state(&asked).map_err(StorageError::from)
+            let state =
+                ask_state(move || store.resolve(&provider_name)?.state(&asked).map_err(StorageError::from)).await;
+            let outcome = settle(&table.key_gate, key, kek.clone(), state, grace, || {
+                self.replace_table_kek(&table, &kp, &kek)
             })
-            .await
-            {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("the key-provider thread failed: {e}")),
-            };
-            let gate = &table.key_gate;
-            let outcome = match state {
-                Ok(KeyState::Active) => RefreshOutcome::Active {
-                    recovered: gate.confirmed(),
-                },
-                Ok(retired @ (KeyState::Deactivated | KeyState::Compromised)) => {
-                    gate.confirmed();
-                    match self.replace_table_kek(&table, &kp, &kek).await {
-                        Ok(to) => RefreshOutcome::Rotated {
-                            from: kek,
-                            state: retired.as_str().to_owned(),
-                            to,
-                        },
-                        Err(e) => RefreshOutcome::RotationFailed {
-                            from: kek,
-                            error: e.to_string(),
-                        },
-                    }
-                }
-                Ok(KeyState::Destroyed) => {
-                    gate.destroyed(key.clone());
-                    RefreshOutcome::Destroyed { key }
-                }
-                Err(error) => {
-                    let (since, serving) = gate.unreachable(key, &error, grace);
-                    RefreshOutcome::Unreachable { error, since, serving }
-                }
-            };
+            .await;
             if outcome != (RefreshOutcome::Active { recovered: false }) {
                 out.push((name, outcome));
             }
@@ -874,7 +817,7 @@ impl Store {
         schema: Schema,
         encryption: Encryption,
     ) -> Result<Arc<Table>, StorageError> {
-        self.create(name, schema, encryption, false).await
+        self.create_keyed(name, schema, encryption, false, None).await
     }
 
     /// Creates a table that a statement still has to fill (`CREATE TABLE
@@ -887,7 +830,7 @@ impl Store {
         schema: Schema,
         encryption: Encryption,
     ) -> Result<Arc<Table>, StorageError> {
-        self.create(name, schema, encryption, true).await
+        self.create_keyed(name, schema, encryption, true, None).await
     }
 
     /// Marks a table from [`Store::create_unpublished_table`] finished, durably.
@@ -925,16 +868,6 @@ impl Store {
     ) -> Result<Arc<Table>, StorageError> {
         self.create_keyed(name, schema, encryption, unpublished, key_provider)
             .await
-    }
-
-    async fn create(
-        &self,
-        name: &str,
-        schema: Schema,
-        encryption: Encryption,
-        unpublished: bool,
-    ) -> Result<Arc<Table>, StorageError> {
-        self.create_keyed(name, schema, encryption, unpublished, None).await
     }
 
     /// The provider called `name`.
@@ -1865,6 +1798,57 @@ fn resolve_provider(
         None => Err(StorageError::Key(sealdb_kms::KmsError::Config(format!(
             "key provider {name} is not available to this process"
         )))),
+    }
+}
+
+/// Asks a key provider for a key's state off the async threads.
+async fn ask_state(ask: impl FnOnce() -> Result<KeyState, StorageError> + Send + 'static) -> Result<KeyState, String> {
+    match tokio::task::spawn_blocking(ask).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the key-provider thread failed: {e}")),
+    }
+}
+
+/// Sets `gate` from the state read of key `key` (id `from`), as
+/// [`KeyGate`] describes; a revoked key is replaced by `replace`, which
+/// returns the new key's id.
+async fn settle<Fut>(
+    gate: &KeyGate,
+    key: String,
+    from: String,
+    state: Result<KeyState, String>,
+    grace: Duration,
+    replace: impl FnOnce() -> Fut,
+) -> RefreshOutcome
+where
+    Fut: std::future::Future<Output = Result<String, StorageError>>,
+{
+    match state {
+        Ok(KeyState::Active) => RefreshOutcome::Active {
+            recovered: gate.confirmed(),
+        },
+        Ok(retired @ (KeyState::Deactivated | KeyState::Compromised)) => {
+            gate.confirmed();
+            match replace().await {
+                Ok(to) => RefreshOutcome::Rotated {
+                    from,
+                    state: retired.as_str().to_owned(),
+                    to,
+                },
+                Err(e) => RefreshOutcome::RotationFailed {
+                    from,
+                    error: e.to_string(),
+                },
+            }
+        }
+        Ok(KeyState::Destroyed) => {
+            gate.destroyed(key.clone());
+            RefreshOutcome::Destroyed { key }
+        }
+        Err(error) => {
+            let (since, serving) = gate.unreachable(key, &error, grace);
+            RefreshOutcome::Unreachable { error, since, serving }
+        }
     }
 }
 

@@ -179,7 +179,7 @@ pub(crate) fn default_key_cache_policy() -> KeyCachePolicy {
 pub(crate) type KeyCachePolicy = (Duration, Duration, Duration);
 
 /// [`key_cache_policy`] of the provider called `provider`.
-pub(crate) fn key_cache_policy_for(settings: &Settings, provider: &str) -> Result<Option<KeyCachePolicy>> {
+fn key_cache_policy_for(settings: &Settings, provider: &str) -> Result<Option<KeyCachePolicy>> {
     let Some(group) = provider.strip_prefix("kmip:") else {
         return Ok(None);
     };
@@ -311,61 +311,55 @@ pub(crate) fn after_move(
     out
 }
 
-/// `ALTER SYSTEM SET key_provider` for the running server: providers are
-/// opened with the config file as it is now (so `kms set` may add a group
-/// while the server runs), and a KMIP master key is watched afterwards.
-#[derive(Debug)]
-pub(crate) struct ServerKeyAdmin {
+/// Opens key providers by name with the config file as it is at that
+/// moment (so `kms set` may add a group while the server runs).
+#[derive(Debug, Clone)]
+pub(crate) struct ProviderOpener {
     pub(crate) common: Common,
     pub(crate) flags: Settings,
     pub(crate) data: PathBuf,
-    pub(crate) runtime: tokio::runtime::Handle,
-    /// Whether a watcher of the master key's state runs already.
-    pub(crate) watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl sealdb_sql::KeyAdmin for ServerKeyAdmin {
+impl ProviderOpener {
+    /// The provider called `name`; config errors without their source lines.
     fn open(&self, name: &str) -> Result<Arc<dyn KeyProvider>, String> {
         let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags).map_err(|e| config_error(&e))?;
         provider_named(&settings, &self.data, name).map_err(|e| format!("{e:#}"))
     }
+}
 
-    fn moved(
-        &self,
-        store: &sealdb_storage::Store,
-        moved: &sealdb_storage::MasterKeyMove,
-        old: Arc<dyn KeyProvider>,
-    ) -> Vec<String> {
-        let mut out = after_move(&self.common, &self.data, moved, old.as_ref());
-        let policy = crate::start::resolve_settings(&self.common, &self.flags)
-            .and_then(|(settings, _)| key_cache_policy_for(&settings, &moved.to.0));
-        match policy {
-            Ok(Some((period, grace, outage))) => {
-                if !self.watching.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    self.runtime
-                        .spawn(crate::start::watch_master_key(store.clone(), period, grace, outage));
-                }
-                out.push(format!(
-                    "its state on the key server is checked every {} ms",
-                    period.as_millis()
-                ));
-            }
-            Ok(None) => {}
-            Err(e) => out.push(format!("its state cannot be watched: {e:#}")),
-        }
-        out
+/// `ALTER SYSTEM SET key_provider` for the running server. The master key's
+/// watcher runs from the start, so the new key is watched at once.
+#[derive(Debug)]
+pub(crate) struct ServerKeyAdmin {
+    pub(crate) opener: ProviderOpener,
+}
+
+impl sealdb_sql::KeyAdmin for ServerKeyAdmin {
+    fn open(&self, name: &str) -> Result<Arc<dyn KeyProvider>, String> {
+        self.opener.open(name)
+    }
+
+    fn moved(&self, moved: &sealdb_storage::MasterKeyMove, old: Arc<dyn KeyProvider>) -> Vec<String> {
+        after_move(&self.opener.common, &self.opener.data, moved, old.as_ref())
     }
 }
 
 /// The key providers of tables whose keys live on a key server (possibly
-/// another group than the master key's), opened on first use with the
-/// config file as it is then, and kept.
+/// another group than the master key's), opened on first use and kept.
 #[derive(Debug)]
 pub(crate) struct TableProviders {
-    pub(crate) common: Common,
-    pub(crate) flags: Settings,
-    pub(crate) data: PathBuf,
-    pub(crate) opened: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn KeyProvider>>>,
+    opener: ProviderOpener,
+    opened: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn KeyProvider>>>,
+}
+
+impl TableProviders {
+    pub(crate) fn new(opener: ProviderOpener) -> Self {
+        Self {
+            opener,
+            opened: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl sealdb_kms::ProviderResolver for TableProviders {
@@ -379,10 +373,7 @@ impl sealdb_kms::ProviderResolver for TableProviders {
                 "{name} keeps no per-table keys; use key_provider = 'kmip:GROUP'"
             )));
         }
-        let (settings, _) = crate::start::resolve_settings(&self.common, &self.flags)
-            .map_err(|e| sealdb_kms::KmsError::Config(config_error(&e)))?;
-        let provider =
-            provider_named(&settings, &self.data, name).map_err(|e| sealdb_kms::KmsError::Config(format!("{e:#}")))?;
+        let provider = self.opener.open(name).map_err(sealdb_kms::KmsError::Config)?;
         opened.insert(name.to_owned(), provider.clone());
         Ok(provider)
     }

@@ -118,16 +118,12 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             "a password was given directly; prefer *-password-file or the SEALDB_* variable, which do not show in process listings"
         );
     }
-    // Whether the master key's state is watched (a KMIP master key, from
-    // the start or after ALTER SYSTEM SET key_provider).
-    let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let key_admin = Arc::new(crate::keys::ServerKeyAdmin {
+    let opener = crate::keys::ProviderOpener {
         common: args.common.clone(),
         flags: args.settings.clone(),
         data: data.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        watching: watching.clone(),
-    });
+    };
+    let key_admin = Arc::new(crate::keys::ServerKeyAdmin { opener: opener.clone() });
     let server_settings = ServerSettings {
         host: settings.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
         port: settings.port.unwrap_or(DEFAULT_PORT),
@@ -156,12 +152,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let provider = crate::keys::provider(&settings, &data)?;
     let store_dir = data.clone();
     let options = sealdb_storage::StoreOptions {
-        providers: Some(Arc::new(crate::keys::TableProviders {
-            common: args.common.clone(),
-            flags: args.settings.clone(),
-            data: data.clone(),
-            opened: std::sync::Mutex::default(),
-        })),
+        providers: Some(Arc::new(crate::keys::TableProviders::new(opener))),
         ..sealdb_storage::StoreOptions::default()
     };
     let (store, recovery) =
@@ -225,7 +216,6 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // their own, and keys of dropped tables may wait to be destroyed.
     let (period, grace, outage_period) =
         crate::keys::key_cache_policy(&settings)?.unwrap_or_else(crate::keys::default_key_cache_policy);
-    watching.store(true, std::sync::atomic::Ordering::Release);
     tokio::spawn(watch_master_key(store.clone(), period, grace, outage_period));
     // Tables' own keys in a task of their own: one round trip per table
     // must not delay the master key's check.
@@ -272,12 +262,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
 
 /// Re-reads the master key's state every `period` (every `outage_period`
 /// while no key server answers) and logs what changed.
-pub(crate) async fn watch_master_key(
-    store: sealdb_storage::Store,
-    period: Duration,
-    grace: Duration,
-    outage_period: Duration,
-) {
+async fn watch_master_key(store: sealdb_storage::Store, period: Duration, grace: Duration, outage_period: Duration) {
     use sealdb_storage::RefreshOutcome;
     const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
     // The first check right away: a key revoked while sealdb was stopped

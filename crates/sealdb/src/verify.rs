@@ -30,12 +30,11 @@ pub(crate) fn run(args: VerifyArgs) -> Result<()> {
         );
     }
     let provider = crate::keys::provider(&settings, &data)?;
-    let tables = crate::keys::TableProviders {
+    let tables = crate::keys::TableProviders::new(crate::keys::ProviderOpener {
         common: args.common.clone(),
         flags: args.settings.clone(),
         data: data.clone(),
-        opened: std::sync::Mutex::default(),
-    };
+    });
     let report = sealdb_storage::verify_with(&data, provider.as_ref(), Some(&tables));
     for file in &report.checked {
         println!("ok      {file}");

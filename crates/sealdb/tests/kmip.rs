@@ -79,6 +79,30 @@ fn config_with(dir: &Path, certs: &Path, hosts: &[String], mode: &str, extra: &[
     path.display().to_string()
 }
 
+/// `sealdb ARGS... [--data DATA]`: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+fn sealdb(args: &[&str], data: Option<&Path>) -> (bool, String) {
+    let mut command = std::process::Command::new(support::sealdb_bin());
+    command.args(args);
+    if let Some(data) = data {
+        command.arg("--data").arg(data);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `cfg` without `key-provider`: the data directory keeps its master key
+/// locally while `[kmip_hosts.hsm]` is there for tables or a later move.
+fn local_master(cfg: &str) {
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace("key-provider = \"kmip:hsm\"\n", "");
+    std::fs::write(cfg, text).unwrap();
+}
+
 #[test]
 fn the_master_key_lives_on_the_kmip_server_and_a_cold_start_without_it_names_every_host() {
     let keys = tempfile::tempdir().unwrap();
@@ -200,16 +224,8 @@ fn a_master_key_destroyed_on_the_key_server_is_named_at_start() {
 /// `sealdb kms test` reports each host (the dead one fails the command),
 /// and `sealdb kms list-keys` shows this installation's master key.
 fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["kms", "test", "hsm", "--config", cfg])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "a dead host fails the test: {text}");
+    let (ok, text) = sealdb(&["kms", "test", "hsm", "--config", cfg], None);
+    assert!(!ok, "a dead host fails the test: {text}");
     assert!(text.contains(&format!("FAILED  {down}: ")), "{text}");
     assert!(text.contains(&format!("ok      {live}")), "{text}");
     assert!(text.contains("TLS     TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_"), "{text}");
@@ -220,13 +236,8 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
     assert!(text.contains("supports every operation sealdb uses"), "{text}");
     assert!(text.contains("1 of 2 hosts of [kmip_hosts.hsm] failed"), "{text}");
 
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["kms", "list-keys", "--config", cfg, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = sealdb(&["kms", "list-keys", "--config", cfg], Some(data));
+    assert!(ok, "{text}");
     let instance = std::fs::read_to_string(data.join("keystore/kmip-instance")).unwrap();
     let line = text
         .lines()
@@ -243,13 +254,8 @@ fn kms_commands(cfg: &str, data: &Path, down: &str, live: &str) {
     let id = line.split_whitespace().nth(1).unwrap().to_owned();
     assert!(line.starts_with("hsm "), "{line}");
 
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["kms", "info", "--config", cfg, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = sealdb(&["kms", "info", "--config", cfg], Some(data));
+    assert!(ok, "{text}");
     assert!(text.contains("key-provider    kmip:hsm"), "{text}");
     assert!(
         text.contains(&format!("[kmip_hosts.hsm] hosts {down}, {live}; mode wrap")),
@@ -505,12 +511,8 @@ fn a_key_server_that_speaks_only_kmip_1_2_serves_get_mode_and_refuses_wrap_clear
     let kmip = KmipServer::start_speaking(keys.path(), &certs, "1.2,1.1,1.0");
 
     let wrap = config(keys.path(), &certs, &[kmip.host()], "wrap");
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["kms", "test", "hsm", "--config", &wrap])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = sealdb(&["kms", "test", "hsm", "--config", &wrap], None);
+    assert!(!ok, "{text}");
     assert!(
         text.contains(
             "KMIP    1.2 (the server offers 1.2, 1.1, 1.0) (below 1.4: no AES-GCM tag, so mode = \"wrap\" cannot work"
@@ -588,12 +590,8 @@ fn wrong_ca_foreign_client_certificate_and_expired_client_certificate_are_refuse
     for (case, flags, reason) in cases {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &flags);
-        let out = std::process::Command::new(support::sealdb_bin())
-            .args(["kms", "test", "hsm", "--config", &cfg])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{case}: {text}");
+        let (ok, text) = sealdb(&["kms", "test", "hsm", "--config", &cfg], None);
+        assert!(!ok, "{case}: {text}");
         assert!(text.contains(reason), "{case}: {text}");
         let e = TestServer::try_start_in(tempfile::tempdir().unwrap(), &["--config", &cfg])
             .err()
@@ -627,10 +625,7 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
     // The [kmip_hosts.hsm] section, without key-provider: the data
     // directory starts on the local keystore.
     let cfg = config(keys.path(), &certs, &[kmip.host()], "wrap");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("key-provider = \"kmip:hsm\"\n", "");
-    std::fs::write(&cfg, text).unwrap();
+    local_master(&cfg);
 
     let server = TestServer::start(&["--config", &cfg]);
     let admin = server.admin();
@@ -650,17 +645,7 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
         .expect_ok()
         .contains("local")
     );
-    let enable = |data: &Path| {
-        let out = std::process::Command::new(support::sealdb_bin())
-            .args(["kms", "enable", "hsm", "--config", &cfg, "--data"])
-            .arg(data)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let enable = |data: &Path| sealdb(&["kms", "enable", "hsm", "--config", &cfg], Some(data));
     let (ok, text) = enable(&server.data);
     assert!(!ok && text.contains("in use by another sealdb process"), "{text}");
     let dir = server.stop();
@@ -727,13 +712,8 @@ fn kms_enable_moves_a_data_directory_with_data_from_the_local_master_key_to_the_
             file.display()
         );
     }
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["verify", "--config", &cfg, "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sealdb verify: {report}");
+    let (ok, report) = sealdb(&["verify", "--config", &cfg], Some(&dir.path().join("data")));
+    assert!(ok, "sealdb verify: {report}");
 }
 
 /// The same move online: `ALTER SYSTEM SET key_provider = 'kmip:hsm'` on a
@@ -747,10 +727,7 @@ fn alter_system_set_key_provider_moves_the_master_key_to_the_key_server_online()
     let kmip = KmipServer::start(keys.path(), &certs);
     let operator = Operator::new(&certs, &[kmip.host()]);
     let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("key-provider = \"kmip:hsm\"\n", "");
-    std::fs::write(&cfg, text).unwrap();
+    local_master(&cfg);
 
     let server = TestServer::start(&["--config", &cfg]);
     let admin = server.admin();
@@ -823,10 +800,7 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
     let kmip = KmipServer::start(keys.path(), &certs);
     let operator = Operator::new(&certs, &[kmip.host()]);
     let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("key-provider = \"kmip:hsm\"\n", "");
-    std::fs::write(&cfg, text).unwrap();
+    local_master(&cfg);
 
     let server = TestServer::start(&["--config", &cfg]);
     let admin = server.admin();
@@ -864,13 +838,8 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
     );
 
     let instance = std::fs::read_to_string(server.data.join("keystore/kmip-instance")).unwrap();
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["kms", "list-keys", "--config", &cfg, "--data"])
-        .arg(&server.data)
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{listed}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, listed) = sealdb(&["kms", "list-keys", "--config", &cfg], Some(&server.data));
+    assert!(ok, "{listed}");
     let line = listed
         .lines()
         .find(|l| l.contains(&format!("sealdb/{}/payments/cards", instance.trim())))
@@ -965,13 +934,8 @@ fn tables_with_keys_of_their_own_on_the_key_server() {
 
     // `sealdb verify` opens the tables' own keys, and notes the shredded one.
     let dir = server.stop();
-    let out = std::process::Command::new(support::sealdb_bin())
-        .args(["verify", "--config", &cfg, "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
+    let (ok, report) = sealdb(&["verify", "--config", &cfg], Some(&dir.path().join("data")));
+    assert!(ok, "{report}");
     assert!(
         report.contains(&format!(
             "note    table cards: its key {second} is not on kmip:hsm (destroyed there"

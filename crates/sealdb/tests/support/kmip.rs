@@ -144,6 +144,25 @@ impl Drop for KmipServer {
     }
 }
 
+/// How a client with the test certificate `IDENTITY.crt`/`IDENTITY.key` of
+/// `certs` reaches `hosts`, trusting `certs/ca.crt`; the version negotiated.
+pub fn client_config(certs: &Path, identity: &str, hosts: Vec<String>) -> sealdb_kmip::KmipClientConfig {
+    sealdb_pki::install_crypto_provider();
+    sealdb_kmip::KmipClientConfig {
+        hosts,
+        tls: sealdb_pki::client_config(
+            &sealdb_pki::ServerIdentitySource::Pem {
+                cert: certs.join(format!("{identity}.crt")),
+                key: certs.join(format!("{identity}.key")),
+            },
+            &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
+        )
+        .unwrap(),
+        timeout: Duration::from_secs(10),
+        version: None,
+    }
+}
+
 /// The key servers' operator: sealdb's KMIP client with the test client
 /// certificate (the owner of the keys sealdb creates), doing what an
 /// operator does in the key server's console.
@@ -154,21 +173,7 @@ pub struct Operator {
 
 impl Operator {
     pub fn new(certs: &Path, hosts: &[String]) -> Self {
-        sealdb_pki::install_crypto_provider();
-        let client = sealdb_kmip::KmipClient::new(sealdb_kmip::KmipClientConfig {
-            hosts: hosts.to_vec(),
-            tls: sealdb_pki::client_config(
-                &sealdb_pki::ServerIdentitySource::Pem {
-                    cert: certs.join("client.crt"),
-                    key: certs.join("client.key"),
-                },
-                &sealdb_pki::TrustSource::Pem(certs.join("ca.crt")),
-            )
-            .unwrap(),
-            timeout: Duration::from_secs(10),
-            version: None,
-        })
-        .unwrap();
+        let client = sealdb_kmip::KmipClient::new(client_config(certs, "client", hosts.to_vec())).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
