@@ -311,14 +311,14 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_rotation_period: Option<String>,
-    /// Throttle of background re-encryption.
+    /// Bytes of old files ALTER TABLE ... REKEY rewrites per second, at most, e.g. "64MB" (0: no limit) [default: 32MB].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rekey_max_bytes_per_sec: Option<u64>,
-    /// How many old key versions to keep.
-    #[arg(long)]
+    pub rekey_max_bytes_per_sec: Option<String>,
+    /// true: keep older table-key versions after a REKEY (by default they are destroyed).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_old_keys: Option<u32>,
+    pub keep_old_keys: Option<bool>,
     /// Query memory before spilling, e.g. "2GB".
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -64,15 +64,7 @@ pub(crate) fn take_table_options(statement: &mut Statement) -> Result<TableOptio
         let value = raw.to_ascii_lowercase();
         match name.as_str() {
             "encryption" => {
-                out.encryption = Some(match value.as_str() {
-                    "aes-256-gcm" => Encryption::Aes256Gcm,
-                    "none" => Encryption::None,
-                    _ => {
-                        return Err(SqlError::InvalidValue(format!(
-                            "invalid value for table option encryption: '{value}'; use 'aes-256-gcm' or 'none'"
-                        )));
-                    }
-                });
+                out.encryption = Some(encryption(&value)?);
             }
             "key_provider" if value == "local" => provider = Some(None),
             "key_provider" => match raw.strip_prefix("kmip:") {
@@ -154,4 +146,15 @@ pub(crate) fn table_schema(create: &CreateMemoryTable) -> Result<Schema, SqlErro
         fields.push(Field::new(field.name(), field.data_type().clone(), field.is_nullable()));
     }
     Ok(Schema::new(fields))
+}
+
+/// The value of the table option `encryption`.
+pub(crate) fn encryption(value: &str) -> Result<Encryption, SqlError> {
+    match value.to_ascii_lowercase().as_str() {
+        "aes-256-gcm" => Ok(Encryption::Aes256Gcm),
+        "none" => Ok(Encryption::None),
+        _ => Err(SqlError::InvalidValue(format!(
+            "invalid value for table option encryption: '{value}'; use 'aes-256-gcm' or 'none'"
+        ))),
+    }
 }

@@ -264,6 +264,14 @@ pub struct QueryMemory {
 }
 
 impl Engine {
+    /// The store, or a clear refusal for a server that keeps no data on
+    /// disk, which `why` completes.
+    fn durable_or(&self, why: &str) -> Result<&Durable, SqlError> {
+        self.durable
+            .as_ref()
+            .ok_or_else(|| SqlError::NotSupported(format!("this server keeps no data on disk, so {why}")))
+    }
+
     /// A new engine with an empty `public` schema, `pg_catalog`,
     /// `information_schema` and `sys`, without a memory limit and without
     /// spilling.
@@ -1286,6 +1294,37 @@ impl Engine {
                 durable.store.rotate_table_key(&name).await?;
                 Output::Command {
                     tag: "ALTER TABLE".into(),
+                    rows: None,
+                }
+            }
+            SecurityStatement::RekeyTable { table } => {
+                admin_only("rewrite tables under new keys")?;
+                let durable = self.durable_or("its tables have no files to rewrite")?;
+                let name = durable::stored_name(&TableReference::from(table.as_str()))?;
+                let job = durable.store.rekey_table(&name).await?;
+                tracing::info!(table = %name, job = job.id, "ALTER TABLE REKEY: job {} runs in the background", job.id);
+                Output::Command {
+                    tag: "ALTER TABLE".into(),
+                    rows: None,
+                }
+            }
+            SecurityStatement::SetTableEncryption { table, encryption } => {
+                admin_only("change a table's encryption")?;
+                let encryption = durable::encryption(&encryption)?;
+                let durable = self.durable_or("its tables have no files to encrypt")?;
+                let name = durable::stored_name(&TableReference::from(table.as_str()))?;
+                durable.store.set_table_encryption(&name, encryption).await?;
+                Output::Command {
+                    tag: "ALTER TABLE".into(),
+                    rows: None,
+                }
+            }
+            SecurityStatement::RekeySystem => {
+                admin_only("rekey the system files")?;
+                let durable = self.durable_or("it has no system files to rewrite")?;
+                durable.store.rekey_system().await?;
+                Output::Command {
+                    tag: "ALTER SYSTEM".into(),
                     rows: None,
                 }
             }

@@ -78,6 +78,22 @@ pub enum SecurityStatement {
         /// The table, as written.
         table: String,
     },
+    /// `ALTER TABLE t REKEY`: rewrite every file of the table under its
+    /// current key version, in the background.
+    RekeyTable {
+        /// The table, as written.
+        table: String,
+    },
+    /// `ALTER TABLE t SET (encryption = 'aes-256-gcm' | 'none')`.
+    SetTableEncryption {
+        /// The table, as written.
+        table: String,
+        /// `aes-256-gcm` or `none`, as written.
+        encryption: String,
+    },
+    /// `ALTER SYSTEM REKEY`: new key-ring and system keys; the catalog, the
+    /// log and the audit log are rewritten under them.
+    RekeySystem,
     /// `ALTER SYSTEM SET key_provider = 'kmip:GROUP'`: the master key moves
     /// to a new key in that provider, online.
     SetKeyProvider(String),
@@ -176,6 +192,32 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                         p.expect_word("KEY")?;
                         SecurityStatement::RotateTableKey { table }
                     }
+                    Ok(table) if p.eat_word("REKEY") => SecurityStatement::RekeyTable { table },
+                    Ok(table) if p.eat_word("SET") => {
+                        if !p.eat_token(&Token::LParen) {
+                            return Err(SqlError::Syntax(
+                                "ALTER TABLE t SET expects (encryption = 'aes-256-gcm' | 'none')".into(),
+                            ));
+                        }
+                        let option = p.ident("a table option")?;
+                        if option != "encryption" {
+                            return Err(SqlError::NotSupported(format!(
+                                "ALTER TABLE ... SET ({option} = ...): only encryption can be changed"
+                            )));
+                        }
+                        if !p.eat_token(&Token::Eq) {
+                            return Err(SqlError::Syntax(
+                                "ALTER TABLE t SET (encryption = '...') expects =".into(),
+                            ));
+                        }
+                        let encryption = p.string("'aes-256-gcm' or 'none'")?;
+                        if !p.eat_token(&Token::RParen) {
+                            return Err(SqlError::Syntax(
+                                "ALTER TABLE t SET (encryption = '...') expects )".into(),
+                            ));
+                        }
+                        SecurityStatement::SetTableEncryption { table, encryption }
+                    }
                     _ => {
                         p.pos = start;
                         return Ok(None);
@@ -194,6 +236,10 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                     p.expect_word("TO")?;
                 }
                 SecurityStatement::SetKeyProvider(p.string("the key provider, 'local' or 'kmip:GROUP'")?)
+            }
+            Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("REKEY") => {
+                p.pos += 3;
+                SecurityStatement::RekeySystem
             }
             Some("SYSTEM") if p.peek_word_upper(2).as_deref() == Some("ROTATE") => {
                 p.pos += 3;
@@ -682,6 +728,20 @@ mod tests {
         assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
         assert_eq!(ok("alter system rotate master key"), SecurityStatement::RotateMasterKey);
+        assert_eq!(ok("ALTER SYSTEM REKEY"), SecurityStatement::RekeySystem);
+        assert_eq!(
+            ok("alter table t rekey"),
+            SecurityStatement::RekeyTable { table: "t".into() }
+        );
+        assert_eq!(
+            ok("ALTER TABLE public.t SET (encryption = 'none')"),
+            SecurityStatement::SetTableEncryption {
+                table: "public.t".into(),
+                encryption: "none".into()
+            }
+        );
+        assert!(parse("ALTER TABLE t SET (fillfactor = 10)").is_err());
+        assert!(parse("ALTER TABLE t SET (encryption = 'none'").is_err());
         assert_eq!(
             ok("ALTER TABLE public.orders ROTATE KEY"),
             SecurityStatement::RotateTableKey {

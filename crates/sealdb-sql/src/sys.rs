@@ -437,6 +437,74 @@ pub(crate) fn register(
     )?;
 
     add(
+        "jobs",
+        vec![
+            Field::new("job_id", DataType::Int64, false),
+            text("kind"),
+            text("table_name"),
+            text("state"),
+            Field::new("bytes_done", DataType::Int64, false),
+            Field::new("bytes_total", DataType::Int64, false),
+            Field::new("progress", DataType::Float64, false),
+            Field::new("rate_bytes_per_sec", DataType::Float64, true),
+            timestamp("started"),
+            timestamp("finished"),
+            text("destroyed_key_versions"),
+            text("error"),
+        ],
+        Box::new(|c: &SysContext| {
+            let rows = c.store.map(Store::jobs).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let int = |f: fn(&sealdb_storage::JobMeta) -> u64| -> ArrayRef {
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX))
+                        .collect::<Vec<_>>(),
+                ))
+            };
+            Ok(vec![
+                int(|r| r.id),
+                strings(rows.iter().map(|_| Some("rekey table".to_owned()))),
+                strings(rows.iter().map(|r| Some(format!("public.{}", r.table)))),
+                strings(rows.iter().map(|r| Some(r.state.as_str().to_owned()))),
+                int(|r| r.bytes_done),
+                int(|r| r.bytes_total),
+                Arc::new(Float64Array::from(
+                    rows.iter()
+                        .map(|r| match r.bytes_total {
+                            0 => f64::from(u8::from(r.state == sealdb_storage::JobState::Done)),
+                            total => r.bytes_done as f64 / total as f64,
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    rows.iter()
+                        .map(|r| {
+                            let secs = r.finished_unix.unwrap_or(now).saturating_sub(r.started_unix).max(1);
+                            Some(r.bytes_done as f64 / secs as f64)
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+                times(rows.iter().map(|r| unix(r.started_unix))),
+                optional_times(rows.iter().map(|r| r.finished_unix)),
+                strings(rows.iter().map(|r| {
+                    Some(
+                        r.destroyed_versions
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                })),
+                strings(rows.iter().map(|r| r.error.clone())),
+            ])
+        }),
+    )?;
+
+    add(
         "security_status",
         vec![text("severity"), text("finding"), text("detail"), text("fix")],
         Box::new(|c: &SysContext| {

@@ -195,6 +195,88 @@ pub struct CatalogBody {
     /// crash or an unreachable server does not leave them alive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys_to_destroy: Vec<KeyToDestroy>,
+    /// Re-encryption jobs, running and recent (`sys.jobs`); a running one
+    /// resumes after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobMeta>,
+    /// Earlier system keys, wrapped by the key ring, kept by `ALTER SYSTEM
+    /// REKEY` until no log or audit file needs them (a crash in the middle
+    /// of it leaves files under either key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_system_keys: Vec<RetiredKey>,
+}
+
+/// A wrapped key kept to read older files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredKey {
+    /// Wrapped by the key ring.
+    #[serde(with = "b64")]
+    pub wrapped: Vec<u8>,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// `ALTER TABLE t REKEY` or `ALTER TABLE t SET (encryption = ...)`.
+    #[serde(rename = "rekey table")]
+    RekeyTable,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Working, or to resume at the next start.
+    #[serde(rename = "running")]
+    Running,
+    /// Finished.
+    #[serde(rename = "done")]
+    Done,
+    /// Stopped by an error it names; the statement may be run again.
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+impl JobState {
+    /// `running`, `done`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One re-encryption job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMeta {
+    /// Unique in the data directory.
+    pub id: u64,
+    /// What it does.
+    pub kind: JobKind,
+    /// The table's id and name.
+    pub table_id: u64,
+    /// The table's name.
+    pub table: String,
+    /// The table-key version the rewritten files go under (0: in the clear).
+    pub target_version: u32,
+    /// Where it is.
+    pub state: JobState,
+    /// Unix seconds.
+    pub started_unix: u64,
+    /// Unix seconds, once done or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix: Option<u64>,
+    /// Bytes of the files to rewrite, as counted at the start.
+    pub bytes_total: u64,
+    /// Bytes of those files rewritten so far.
+    pub bytes_done: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Table-key versions destroyed when it finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destroyed_versions: Vec<u32>,
 }
 
 /// A key on a key server to destroy.

@@ -14,6 +14,7 @@ use crate::{Encryption, Table};
 pub(crate) struct Published {
     pub(crate) header: CatalogHeader,
     pub(crate) tables: Vec<TableMeta>,
+    pub(crate) jobs: Vec<crate::catalog::JobMeta>,
 }
 
 /// One key of the hierarchy.
@@ -145,7 +146,7 @@ pub(crate) fn table_summary(meta: &TableMeta, table: &Arc<Table>) -> TableSummar
     let current: u64 = data
         .segments
         .iter()
-        .filter(|s| s.meta.key_version == key_version || table.encryption() == Encryption::None)
+        .filter(|s| !table.is_stale(s))
         .map(|s| s.meta.bytes)
         .sum();
     TableSummary {

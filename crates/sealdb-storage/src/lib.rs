@@ -20,6 +20,7 @@
 //! gives for each file.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod catalog;
 mod error;
 mod inventory;
@@ -31,12 +32,13 @@ mod txn;
 mod verify;
 mod wal;
 
-pub use catalog::{CATALOG_FILE, Encryption, SegmentMeta, TableKeyProvider};
+pub use audit::{AUDIT_DIR, AuditEvent, AuditLog, AuditRecord};
+pub use catalog::{CATALOG_FILE, Encryption, JobKind, JobMeta, JobState, SegmentMeta, TableKeyProvider};
 pub use error::StorageError;
 pub use inventory::{KeyRecord, TableSummary};
 pub use keygate::{Closed, KeyGate, RefreshOutcome};
 pub use segment::{Segment, TABLES_DIR};
-pub use store::{MasterKeyMove, RecoveryReport, Store, StoreOptions, move_master_key};
+pub use store::{MasterKeyMove, RecoveryReport, RekeyOptions, Store, StoreOptions, move_master_key};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
 pub use txn::{Pending, Transaction};
 pub use verify::{VerifyReport, verify, verify_with};
@@ -80,6 +82,7 @@ pub fn key_inventory(
     Ok(inventory::key_records(&inventory::Published {
         header,
         tables: body.tables.into_iter().filter(|t| !t.unpublished).collect(),
+        jobs: Vec::new(),
     }))
 }
 
@@ -102,6 +105,27 @@ pub mod internal {
     use sealdb_crypto::Key256;
 
     pub use crate::wal::{FrameKey, FrameKind, FrameSpec};
+
+    /// The log files of `dir`, by name.
+    pub fn log_files(dir: &std::path::Path) -> Vec<String> {
+        crate::wal::list_log_files(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(seq, _)| crate::wal::log_file_name(seq))
+            .collect()
+    }
+
+    /// Rewrites the audit log of `dir` with `edit` applied to its records,
+    /// every record sealed correctly: what someone holding the master key
+    /// could do. Tests check that `verify` still finds the change.
+    pub fn rewrite_audit_log(
+        dir: &std::path::Path,
+        provider: &dyn sealdb_kms::KeyProvider,
+        edit: impl FnOnce(&mut Vec<crate::AuditRecord>),
+    ) -> Result<(), crate::StorageError> {
+        let (_, _, _, system) = crate::store::open_catalog(&dir.join(crate::CATALOG_FILE), provider)?;
+        crate::audit::rewrite_for_test(dir, &system, edit)
+    }
 
     /// Seals `frames` as one log file's frames, exactly as the log writer
     /// does, into `out` (cleared first).

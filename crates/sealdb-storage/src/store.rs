@@ -15,6 +15,7 @@ use sealdb_kms::{KeyProvider, KeyState, MasterKeyId};
 use tracing::{info, warn};
 
 use crate::StorageError;
+use crate::audit::{AuditEvent, AuditLog, AuditWriter};
 use crate::catalog::{
     self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, KeyToDestroy, TableKeyMeta, TableKeyProvider, TableMeta,
 };
@@ -37,6 +38,10 @@ pub struct StoreOptions {
     /// Opens the key providers of tables whose keys live elsewhere than
     /// the master key (`key_provider = 'kmip:GROUP'`).
     pub providers: Option<Arc<dyn sealdb_kms::ProviderResolver>>,
+    /// How `ALTER TABLE t REKEY` runs.
+    pub rekey: RekeyOptions,
+    /// Keep the audit log (`audit-log = on`, the default).
+    pub audit: bool,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +51,8 @@ impl Default for StoreOptions {
             lock_timeout: Duration::from_secs(10),
             frame_bytes_target: 32 << 20,
             providers: None,
+            rekey: RekeyOptions::default(),
+            audit: true,
         }
     }
 }
@@ -86,7 +93,11 @@ struct Inner {
     provider: RwLock<Arc<dyn KeyProvider>>,
     ring: std::sync::Mutex<Ring>,
     gate: Arc<KeyGate>,
-    catalog_key: AeadKey,
+    /// The catalog body's key, from the system key.
+    catalog_key: std::sync::Mutex<AeadKey>,
+    /// The system key first, then earlier ones still needed to read older
+    /// log and audit files (see `ALTER SYSTEM REKEY`).
+    system: std::sync::Mutex<Vec<Key256>>,
     catalog: tokio::sync::Mutex<CatalogState>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
     log: LogWriter,
@@ -95,6 +106,12 @@ struct Inner {
     mem_bytes: AtomicU64,
     /// The catalog as last written, for `key_records`/`table_summaries`.
     published: std::sync::Mutex<Arc<Published>>,
+    /// Jobs with a task working on them in this process.
+    running_jobs: std::sync::Mutex<HashSet<u64>>,
+    /// `None` with `audit-log = off`.
+    audit: Option<std::sync::Mutex<AuditWriter>>,
+    /// Records that could not be written (a full disk), since start.
+    audit_failures: AtomicU64,
     /// Held (locked) while the store is open: one process per directory.
     _lock: std::fs::File,
 }
@@ -112,6 +129,9 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+mod jobs;
+pub use jobs::RekeyOptions;
 
 const RING_AAD: &[u8] = b"sealdb key-ring key";
 const SYSTEM_AAD: &[u8] = b"sealdb system key";
@@ -206,7 +226,8 @@ impl Store {
             }
             key
         };
-        let scan = scan_log(dir, &body, &system, &key_of)?;
+        let systems = system_keys(&ring_key.1, &system, &body)?;
+        let scan = scan_log(dir, &body, &systems, &key_of)?;
         if let Some(table) = lock(&unkeyed).iter().next().and_then(|id| by_id.get(id)) {
             let why = table.key_gate.closed().map(|c| c.key).unwrap_or_default();
             return Err(StorageError::TableKey {
@@ -249,6 +270,11 @@ impl Store {
         let newest = scan.newest.as_ref().map(|(seq, path)| (*seq, path.as_path()));
 
         report.removed_files.extend(remove_orphans(dir, &body)?);
+        let audit = if options.audit {
+            Some(std::sync::Mutex::new(AuditWriter::open(dir, &systems)?))
+        } else {
+            None
+        };
         let log = LogWriter::start(dir, &system, next_seq, next_lsn, body.generation, newest)?;
         let mem_bytes: u64 = tables
             .values()
@@ -270,7 +296,8 @@ impl Store {
                     raw: ring_key.2,
                 }),
                 gate: Arc::new(KeyGate::default()),
-                catalog_key: catalog::body_key(&system)?,
+                catalog_key: std::sync::Mutex::new(catalog::body_key(&system)?),
+                system: std::sync::Mutex::new(systems),
                 catalog: tokio::sync::Mutex::new(CatalogState {
                     header: header.clone(),
                     body: body.clone(),
@@ -283,7 +310,11 @@ impl Store {
                 published: std::sync::Mutex::new(Arc::new(Published {
                     header: header.clone(),
                     tables: body.tables.clone(),
+                    jobs: body.jobs.clone(),
                 })),
+                running_jobs: std::sync::Mutex::new(HashSet::new()),
+                audit,
+                audit_failures: AtomicU64::new(0),
                 _lock: dir_lock,
             }),
         };
@@ -315,6 +346,48 @@ impl Store {
                 Some(inventory::table_summary(meta, table))
             })
             .collect()
+    }
+
+    /// Appends `event` to the audit log (fsynced) unless `audit-log = off`.
+    /// A record that cannot be written (a full disk) is counted, reported
+    /// by [`Store::audit_failures`] and logged; the action it records has
+    /// happened and stands.
+    pub async fn audit(&self, event: AuditEvent) {
+        if self.inner.audit.is_none() {
+            return;
+        }
+        let store = self.clone();
+        let written = tokio::task::spawn_blocking(move || match &store.inner.audit {
+            Some(writer) => lock(writer).append(&event).map(|_| ()),
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("audit writer: {e}")))
+        .and_then(|r| r);
+        if let Err(e) = written {
+            self.inner.audit_failures.fetch_add(1, Ordering::AcqRel);
+            warn!("an audit record could not be written: {e}");
+        }
+    }
+
+    /// Whether the audit log is kept (`audit-log = on`).
+    pub fn audit_enabled(&self) -> bool {
+        self.inner.audit.is_some()
+    }
+
+    /// Audit records that could not be written since start.
+    pub fn audit_failures(&self) -> u64 {
+        self.inner.audit_failures.load(Ordering::Acquire)
+    }
+
+    fn system_keys(&self) -> Vec<Key256> {
+        lock(&self.inner.system).clone()
+    }
+
+    /// The whole audit log, read back and checked (`sys.audit_log`). Blocking.
+    pub fn audit_log(&self) -> Result<AuditLog, StorageError> {
+        let keys = self.system_keys();
+        crate::audit::read(&self.inner.dir, &keys)
     }
 
     /// Runs `work` on a task of its own and waits for it: a caller that
@@ -412,6 +485,11 @@ impl Store {
         *self.inner.provider.write().unwrap_or_else(|p| p.into_inner()) = to.clone();
         self.inner.gate.confirmed();
         info!(from = %format!("{} {}", from.0, from.1), to = %format!("{} {new}", to.name()), "the master key moved to another key provider");
+        self.audit_key(
+            "master key moved",
+            format!("from {} {} to {} {new}", from.0, from.1, to.name()),
+        )
+        .await;
         Ok(MasterKeyMove {
             from,
             to: (to.name(), new),
@@ -463,6 +541,11 @@ impl Store {
         crate::crash_point("master-key-rotation:after-catalog");
         let provider = self.provider();
         info!(from = %old, to = %new, provider = %provider.name(), "master key rotated: the key ring is wrapped under the new version");
+        self.audit_key(
+            "master key rotated",
+            format!("from {old} to {new} in {}; the key ring is re-wrapped", provider.name()),
+        )
+        .await;
         let retired = old.clone();
         match tokio::task::spawn_blocking(move || provider.deactivate(&retired)).await {
             Ok(Ok(())) => {}
@@ -500,10 +583,47 @@ impl Store {
         }
         // A revoked key: the keys in memory are still good to decrypt, and
         // new data must not go under it.
-        settle(&self.inner.gate, key, master.0, state, grace, || async {
+        let was_closed = self.inner.gate.closed().is_some();
+        let outcome = settle(&self.inner.gate, key.clone(), master.0, state, grace, || async {
             self.rotate_master_key().await.map(|(_, to)| to.0)
         })
-        .await
+        .await;
+        self.audit_outcome(&key, &outcome, was_closed).await;
+        outcome
+    }
+
+    /// Records what a key check found, when it matters: a revoked key seen
+    /// (and what followed), a destroyed key seen the first time.
+    async fn audit_outcome(&self, key: &str, outcome: &RefreshOutcome, was_closed: bool) {
+        match outcome {
+            RefreshOutcome::Rotated { from, state, to } => {
+                self.audit_key(
+                    "key revoked seen",
+                    format!("{key}: {from} is {state} on the key server; replaced by {to}"),
+                )
+                .await
+            }
+            RefreshOutcome::RotationFailed { from, error } => {
+                self.audit_key(
+                    "key revoked seen",
+                    format!("{key}: {from} is revoked; its replacement failed (retried): {error}"),
+                )
+                .await
+            }
+            RefreshOutcome::Destroyed { .. } if !was_closed => {
+                self.audit_key(
+                    "key destroyed seen",
+                    format!("{key} is destroyed on the key server: its data is unreadable"),
+                )
+                .await
+            }
+            _ => {}
+        }
+    }
+
+    /// Audits a key operation of the server itself.
+    pub(crate) async fn audit_key(&self, event: &str, detail: String) {
+        self.audit(AuditEvent::new(event, "sealdb", detail)).await;
     }
 
     /// Encrypted tables whose current key version is older than `period`
@@ -546,7 +666,7 @@ impl Store {
             .ok_or_else(|| StorageError::NoSuchTable(name.to_owned()))?;
         self.inner.gate.check(name)?;
         table.check_keys()?;
-        if table.encryption == Encryption::None {
+        if table.encryption() == Encryption::None {
             return Err(StorageError::Schema {
                 table: name.to_owned(),
                 detail: "it is stored without encryption (encryption = 'none'), so it has no key to rotate".into(),
@@ -588,7 +708,7 @@ impl Store {
                 .await
                 .map_err(|e| StorageError::Internal(format!("wrapping the table key: {e}")))??
             }
-            _ => wrap_key(&lock(&self.inner.ring).key, &key, &aad)?,
+            _ => Vec::new(),
         };
         let mut state = self.inner.catalog.lock().await;
         if current(&state) != Some((latest, kp.clone(), kek.clone())) {
@@ -597,6 +717,12 @@ impl Store {
                 detail: "its keys changed meanwhile (another rotation); try again".into(),
             });
         }
+        // Wrapped by the key ring under the catalog lock, which
+        // `ALTER SYSTEM REKEY` holds while it replaces the ring.
+        let wrapped = match (&kp, &kek) {
+            (Some(_), Some(_)) => wrapped,
+            _ => wrap_key(&lock(&self.inner.ring).key, &key, &aad)?,
+        };
         let id = table.id;
         let created = now_unix();
         crate::crash_point("table-key-rotation:before-catalog");
@@ -615,6 +741,11 @@ impl Store {
         lock(&table.keys).push((version, Arc::new(key)));
         crate::crash_point("table-key-rotation:after-catalog");
         info!(table = %name, version, "table key rotated: new data goes under version {version}");
+        self.audit_key(
+            "table key rotated",
+            format!("table {name}: version {version} created; new data goes under it"),
+        )
+        .await;
         Ok(version)
     }
 
@@ -646,10 +777,12 @@ impl Store {
             let (store, provider_name, asked) = (self.clone(), kp.provider.clone(), MasterKeyId(kek.clone()));
             let state =
                 ask_state(move || store.resolve(&provider_name)?.state(&asked).map_err(StorageError::from)).await;
-            let outcome = settle(&table.key_gate, key, kek.clone(), state, grace, || {
+            let was_closed = table.key_gate.closed().is_some();
+            let outcome = settle(&table.key_gate, key.clone(), kek.clone(), state, grace, || {
                 self.replace_table_kek(&table, &kp, &kek)
             })
             .await;
+            self.audit_outcome(&key, &outcome, was_closed).await;
             if outcome != (RefreshOutcome::Active { recovered: false }) {
                 out.push((name, outcome));
             }
@@ -750,6 +883,14 @@ impl Store {
             lock(&table.keys).push(newest);
         }
         info!(table = %table.name, from = %old, to = %kek, version = next, "the table's key was revoked on the key server: its versions are re-wrapped under a new key, and new data goes under version {next}");
+        self.audit_key(
+            "table key replaced",
+            format!(
+                "table {}: its key {old} was revoked on the key server; new key {kek}, new version {next}",
+                table.name
+            ),
+        )
+        .await;
         Ok(kek)
     }
 
@@ -915,6 +1056,7 @@ impl Store {
         unpublished: bool,
         key_provider: Option<TableKeyProvider>,
     ) -> Result<Arc<Table>, StorageError> {
+        let key_provider_name = key_provider.as_ref().map(|kp| kp.provider.clone());
         // The id is taken under the catalog lock; a key-server round trip
         // for the table's own key happens outside it.
         let id = {
@@ -928,10 +1070,8 @@ impl Store {
         };
         let key = Key256::random()?;
         let (wrapped, kek) = match &key_provider {
-            None => {
-                let ring = lock(&self.inner.ring);
-                (wrap_key(&ring.key, &key, &table_key_aad(id, 1))?, None)
-            }
+            // Wrapped by the key ring below, under the catalog lock.
+            None => (Vec::new(), None),
             Some(kp) => {
                 let (store, kp, table, k) = (self.clone(), kp.clone(), name.to_owned(), key.clone());
                 let (kek, mut wrapped) = tokio::task::spawn_blocking(move || {
@@ -960,6 +1100,10 @@ impl Store {
             }
             return Err(StorageError::TableExists(name.to_owned()));
         }
+        let wrapped = match key_provider {
+            None => wrap_key(&lock(&self.inner.ring).key, &key, &table_key_aad(id, 1))?,
+            Some(_) => wrapped,
+        };
         let meta = TableMeta {
             id,
             name: name.to_owned(),
@@ -992,6 +1136,17 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), table.clone());
+        self.audit_key(
+            "table key created",
+            format!(
+                "table {name}: version 1{}",
+                match &key_provider_name {
+                    Some(p) => format!(", wrapped by its own key in {p}"),
+                    None => String::new(),
+                }
+            ),
+        )
+        .await;
         Ok(table)
     }
 
@@ -1038,6 +1193,18 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         table.forget_keys();
+        self.audit_key(
+            "table keys destroyed",
+            format!(
+                "table {name} dropped: its table keys left the catalog{}",
+                if queued {
+                    "; its keys on the key server are queued for destruction"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await;
         let data = table.snapshot();
         for s in &data.segments {
             s.mark_obsolete();
@@ -1083,6 +1250,11 @@ impl Store {
             match result {
                 Ok(()) => {
                     info!(table = %key.table, key = %key.id, provider = %key.provider, "destroyed the dropped table's key on the key server");
+                    self.audit_key(
+                        "key destroyed",
+                        format!("key {} of table {} destroyed in {}", key.id, key.table, key.provider),
+                    )
+                    .await;
                     done.push(key.clone());
                 }
                 Err(e) => {
@@ -1130,7 +1302,7 @@ impl Store {
             let table = &pending.table;
             self.inner.gate.check(&table.name)?;
             table.check_keys()?;
-            let key = match table.encryption {
+            let key = match table.encryption() {
                 Encryption::Aes256Gcm => {
                     let (version, key) = table.writing_key()?;
                     FrameKey::Table { version, key }
@@ -1268,7 +1440,7 @@ impl Store {
                     state.body.next_file_id += 1;
                     id
                 };
-                let key = match table.encryption {
+                let key = match table.encryption() {
                     Encryption::Aes256Gcm => Some(table.writing_key()?),
                     Encryption::None => None,
                 };
@@ -1381,87 +1553,9 @@ impl Store {
             if merging.is_empty() {
                 continue;
             }
-            let key = match table.encryption {
-                Encryption::Aes256Gcm => Some(table.writing_key()?),
-                Encryption::None => None,
-            };
-            let mut sources = Vec::with_capacity(merging.len());
-            for s in &merging {
-                let data_key = match s.meta.key_version {
-                    0 => None,
-                    _ => Some(table.data_key(s)?),
-                };
-                sources.push((s.clone(), data_key));
-            }
-            let id = {
-                let mut state = self.inner.catalog.lock().await;
-                let id = state.body.next_file_id;
-                state.body.next_file_id += 1;
-                id
-            };
-            let deleted = data.deleted.clone();
-            let dir = self.inner.dir.clone();
-            let table_id = table.id;
-            let (segment, dropped) = tokio::task::spawn_blocking(move || {
-                let mut batches = Vec::new();
-                let mut dropped = RoaringTreemap::new();
-                for (s, data_key) in &sources {
-                    for batch in segment::read_all(&s.path, &s.display, table_id, &s.meta, data_key.as_deref())? {
-                        if let Some(ids) = crate::table::rowids(&batch) {
-                            dropped.extend(ids.values().iter().copied().filter(|id| deleted.contains(*id)));
-                        }
-                        let kept = without_deleted(&batch, &deleted)?;
-                        if kept.num_rows() > 0 {
-                            batches.push(kept);
-                        }
-                    }
-                }
-                let segment = if batches.is_empty() {
-                    None
-                } else {
-                    let meta = segment::write(
-                        &dir,
-                        table_id,
-                        id,
-                        &batches,
-                        key.as_ref().map(|(v, k)| (*v, k.as_ref())),
-                    )?;
-                    Some(Arc::new(Segment::new(&dir, table_id, meta)))
-                };
-                Ok::<_, StorageError>((segment, dropped))
-            })
-            .await
-            .map_err(|e| StorageError::Internal(format!("compaction: {e}")))??;
-            let mut state = self.inner.catalog.lock().await;
-            let mut segments: Vec<crate::catalog::SegmentMeta> = table
-                .segment_metas()
-                .into_iter()
-                .filter(|m| !merging.iter().any(|s| s.meta.id == m.id))
-                .collect();
-            if let Some(s) = &segment {
-                segments.push(s.meta.clone());
-            }
-            if !state.body.tables.iter().any(|m| m.id == table.id) {
-                // Dropped meanwhile: its keys are gone, and so goes the new file.
-                if let Some(s) = &segment {
-                    s.mark_obsolete();
-                }
+            let Some(dropped) = self.rewrite_segments(&table, &merging, |_| Ok(())).await? else {
                 continue;
-            }
-            let still_deleted = &*table.snapshot().deleted - &dropped;
-            self.persist(&mut state, |body| {
-                if let Some(meta) = body.tables.iter_mut().find(|m| m.id == table.id) {
-                    meta.segments = segments;
-                    meta.deleted = serialize_bitmap(&still_deleted)?;
-                }
-                Ok(())
-            })
-            .await?;
-            drop(state);
-            for s in &merging {
-                s.mark_obsolete();
-            }
-            table.install(&[], &merging, segment.into_iter().collect(), Some(&dropped));
+            };
             merged_total += merging.len();
             info!(
                 table = %table.name,
@@ -1471,6 +1565,104 @@ impl Store {
             );
         }
         Ok(merged_total)
+    }
+
+    /// Rewrites `merging` (segments of `table`) as one new segment under a
+    /// fresh data key and the table's current encryption and key version,
+    /// leaving deleted rows out. The catalog names the new segment (and
+    /// whatever `also` changes) before the old files go; readers still
+    /// using old files keep them until they finish. `None` when the table
+    /// was dropped meanwhile; otherwise the deleted row ids left out.
+    /// The caller holds the checkpoint lock.
+    async fn rewrite_segments(
+        &self,
+        table: &Arc<Table>,
+        merging: &[Arc<Segment>],
+        also: impl FnOnce(&mut CatalogBody) -> Result<(), StorageError>,
+    ) -> Result<Option<RoaringTreemap>, StorageError> {
+        let data = table.snapshot();
+        let key = match table.encryption() {
+            Encryption::Aes256Gcm => Some(table.writing_key()?),
+            Encryption::None => None,
+        };
+        let mut sources = Vec::with_capacity(merging.len());
+        for s in merging {
+            let data_key = match s.meta.key_version {
+                0 => None,
+                _ => Some(table.data_key(s)?),
+            };
+            sources.push((s.clone(), data_key));
+        }
+        let id = {
+            let mut state = self.inner.catalog.lock().await;
+            let id = state.body.next_file_id;
+            state.body.next_file_id += 1;
+            id
+        };
+        let deleted = data.deleted.clone();
+        let dir = self.inner.dir.clone();
+        let table_id = table.id;
+        let (segment, dropped) = tokio::task::spawn_blocking(move || {
+            let mut batches = Vec::new();
+            let mut dropped = RoaringTreemap::new();
+            for (s, data_key) in &sources {
+                for batch in segment::read_all(&s.path, &s.display, table_id, &s.meta, data_key.as_deref())? {
+                    if let Some(ids) = crate::table::rowids(&batch) {
+                        dropped.extend(ids.values().iter().copied().filter(|id| deleted.contains(*id)));
+                    }
+                    let kept = without_deleted(&batch, &deleted)?;
+                    if kept.num_rows() > 0 {
+                        batches.push(kept);
+                    }
+                }
+            }
+            let segment = if batches.is_empty() {
+                None
+            } else {
+                let meta = segment::write(
+                    &dir,
+                    table_id,
+                    id,
+                    &batches,
+                    key.as_ref().map(|(v, k)| (*v, k.as_ref())),
+                )?;
+                Some(Arc::new(Segment::new(&dir, table_id, meta)))
+            };
+            Ok::<_, StorageError>((segment, dropped))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("rewriting segments: {e}")))??;
+        let mut state = self.inner.catalog.lock().await;
+        let mut segments: Vec<crate::catalog::SegmentMeta> = table
+            .segment_metas()
+            .into_iter()
+            .filter(|m| !merging.iter().any(|s| s.meta.id == m.id))
+            .collect();
+        if let Some(s) = &segment {
+            segments.push(s.meta.clone());
+        }
+        if !state.body.tables.iter().any(|m| m.id == table.id) {
+            // Dropped meanwhile: its keys are gone, and so goes the new file.
+            if let Some(s) = &segment {
+                s.mark_obsolete();
+            }
+            return Ok(None);
+        }
+        let still_deleted = &*table.snapshot().deleted - &dropped;
+        self.persist(&mut state, |body| {
+            if let Some(meta) = body.tables.iter_mut().find(|m| m.id == table.id) {
+                meta.segments = segments;
+                meta.deleted = serialize_bitmap(&still_deleted)?;
+            }
+            also(body)
+        })
+        .await?;
+        drop(state);
+        for s in merging {
+            s.mark_obsolete();
+        }
+        table.install(&[], merging, segment.into_iter().collect(), Some(&dropped));
+        Ok(Some(dropped))
     }
 
     fn release_memory(&self, bytes: u64) {
@@ -1503,10 +1695,11 @@ impl Store {
         let mut header = state.header.clone();
         header_change(&mut header);
         header.generation = body.generation;
-        catalog::write(&self.inner.dir, &header, &body, &self.inner.catalog_key)?;
+        catalog::write(&self.inner.dir, &header, &body, &lock(&self.inner.catalog_key))?;
         *lock(&self.inner.published) = Arc::new(Published {
             header: header.clone(),
             tables: body.tables.clone(),
+            jobs: body.jobs.clone(),
         });
         state.body = body;
         state.header = header;
@@ -1669,6 +1862,20 @@ pub(crate) fn open_catalog(catalog_path: &Path, provider: &dyn KeyProvider) -> R
     Ok((header, body, (master, ring_key, ring), system))
 }
 
+const RETIRED_SYSTEM_AAD: &[u8] = b"sealdb retired system key";
+
+/// The system key `current`, then the earlier ones the catalog keeps.
+pub(crate) fn system_keys(ring: &AeadKey, current: &Key256, body: &CatalogBody) -> Result<Vec<Key256>, StorageError> {
+    let mut out = vec![current.clone()];
+    for retired in &body.retired_system_keys {
+        out.push(
+            unwrap_key(ring, &retired.wrapped, RETIRED_SYSTEM_AAD)
+                .map_err(|_| StorageError::integrity(CATALOG_FILE, "an earlier system key failed authentication"))?,
+        );
+    }
+    Ok(out)
+}
+
 /// One log file read during recovery or verification.
 pub(crate) struct ScannedLog {
     pub path: PathBuf,
@@ -1692,7 +1899,7 @@ pub(crate) struct LogScan {
 pub(crate) fn scan_log(
     dir: &Path,
     body: &CatalogBody,
-    system: &Key256,
+    systems: &[Key256],
     key_of: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
 ) -> Result<LogScan, StorageError> {
     let files = wal::list_log_files(dir)?;
@@ -1721,7 +1928,7 @@ pub(crate) fn scan_log(
                 detail: "the log has a gap here; it was deleted, or the catalog is an older copy".into(),
             });
         }
-        let contents = wal::read_log_file(path, &display, system, key_of)?;
+        let contents = wal::read_log_file(path, &display, systems, key_of)?;
         if contents.header.seq != *seq {
             return Err(StorageError::integrity(&display, "its header names another log file"));
         }

@@ -57,7 +57,9 @@ pub struct Table {
     pub(crate) name: String,
     schema: SchemaRef,
     stored_schema: SchemaRef,
-    pub(crate) encryption: Encryption,
+    /// Whether new segments are encrypted (`ALTER TABLE t SET (encryption
+    /// = ...)` changes it; older segments say for themselves).
+    encrypted: std::sync::atomic::AtomicBool,
     /// Unwrapped table key versions, oldest first.
     pub(crate) keys: Mutex<Vec<(u32, Arc<Key256>)>>,
     pub(crate) data: ArcSwap<TableData>,
@@ -86,7 +88,7 @@ impl Table {
             name,
             schema,
             stored_schema,
-            encryption,
+            encrypted: std::sync::atomic::AtomicBool::new(encryption == Encryption::Aes256Gcm),
             keys: Mutex::new(Vec::new()),
             data: ArcSwap::from_pointee(TableData::default()),
             apply: Mutex::new(()),
@@ -126,7 +128,28 @@ impl Table {
 
     /// How its segments are encrypted.
     pub fn encryption(&self) -> Encryption {
-        self.encryption
+        if self.encrypted.load(std::sync::atomic::Ordering::Acquire) {
+            Encryption::Aes256Gcm
+        } else {
+            Encryption::None
+        }
+    }
+
+    pub(crate) fn set_encryption(&self, encryption: Encryption) {
+        self.encrypted.store(
+            encryption == Encryption::Aes256Gcm,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// Whether `segment` is stored otherwise than new segments would be:
+    /// under an older key version, or encrypted when the table is not (or
+    /// the reverse). `ALTER TABLE t REKEY` rewrites these.
+    pub fn is_stale(&self, segment: &Segment) -> bool {
+        match self.encryption() {
+            Encryption::None => segment.meta.key_version != 0,
+            Encryption::Aes256Gcm => segment.meta.key_version != self.key_version(),
+        }
     }
 
     /// The committed data now.

@@ -138,7 +138,31 @@ pub fn verify_with(
         }
     }
     let key_of = |table_id: u64, version: u32| keys.get(&(table_id, version)).cloned();
-    match scan_log(dir, &body, &system, &key_of) {
+    let systems = match crate::store::system_keys(&ring, &system, &body) {
+        Ok(k) => k,
+        Err(e) => {
+            report.problems.push(e);
+            return report;
+        }
+    };
+    match crate::audit::read(dir, &systems) {
+        Ok(log) => {
+            for p in log.problems {
+                report
+                    .problems
+                    .push(StorageError::integrity(crate::audit::AUDIT_DIR, p));
+            }
+            if !log.records.is_empty() {
+                report.checked.push(format!(
+                    "{} ({} records, hash chain intact)",
+                    crate::audit::AUDIT_DIR,
+                    log.records.len()
+                ));
+            }
+        }
+        Err(e) => report.problems.push(e),
+    }
+    match scan_log(dir, &body, &systems, &key_of) {
         Ok(scan) => {
             for f in &scan.files {
                 if f.contents.torn_tail {

@@ -125,6 +125,8 @@ enum Request {
     },
     Rotate {
         catalog_generation: u64,
+        /// A new system key for the new file and those after it.
+        system: Option<Key256>,
         reply: oneshot::Sender<Result<Rotated, StorageError>>,
     },
 }
@@ -202,10 +204,17 @@ impl LogWriter {
 
     /// Starts a new file whose header names `catalog_generation`.
     pub async fn rotate(&self, catalog_generation: u64) -> Result<Rotated, StorageError> {
+        self.rotate_with(catalog_generation, None).await
+    }
+
+    /// As [`Self::rotate`]; with `system`, the new file and every later
+    /// one are under that system key (`ALTER SYSTEM REKEY`).
+    pub async fn rotate_with(&self, catalog_generation: u64, system: Option<Key256>) -> Result<Rotated, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Rotate {
                 catalog_generation,
+                system,
                 reply,
             })
             .map_err(|_| StorageError::LogClosed("the log writer has stopped".into()))?;
@@ -244,11 +253,12 @@ impl WriterState {
                     Request::Commit { frames, reply } => commits.push((frames, reply)),
                     Request::Rotate {
                         catalog_generation,
+                        system,
                         reply,
                     } => {
                         self.write_group(std::mem::take(&mut commits));
                         self.catalog_generation = self.catalog_generation.max(catalog_generation);
-                        let _ = reply.send(self.rotate());
+                        let _ = reply.send(self.rotate(system));
                     }
                 }
             }
@@ -256,11 +266,11 @@ impl WriterState {
         }
     }
 
-    fn rotate(&mut self) -> Result<Rotated, StorageError> {
+    fn rotate(&mut self, system: Option<Key256>) -> Result<Rotated, StorageError> {
         if let Some(reason) = &self.closed {
             return Err(StorageError::LogClosed(reason.clone()));
         }
-        self.open_file(self.next_seq())?;
+        self.open_file_under(self.next_seq(), system)?;
         Ok(Rotated {
             boundary_lsn: self.next_lsn - 1,
             seq: self.seq,
@@ -393,6 +403,16 @@ impl WriterState {
     }
 
     fn open_file(&mut self, seq: u64) -> Result<(), StorageError> {
+        self.open_file_under(seq, None)
+    }
+
+    /// Begins file `seq`, under `system` when given (the old file's link
+    /// frame stays under the old key).
+    fn open_file_under(&mut self, seq: u64, system: Option<Key256>) -> Result<(), StorageError> {
+        let new_header_key = match &system {
+            Some(k) => Some(header_key(k)?),
+            None => None,
+        };
         std::fs::create_dir_all(&self.dir).map_err(StorageError::io("creating", &self.dir))?;
         let path = self.path(seq);
         // With an old file, its last frame (lsn `next_lsn`) links it to this one.
@@ -404,9 +424,11 @@ impl WriterState {
         header.extend_from_slice(&seq.to_le_bytes());
         header.extend_from_slice(&first_lsn.to_le_bytes());
         header.extend_from_slice(&self.catalog_generation.to_le_bytes());
-        let tag = self
-            .header_key
-            .seal_in_place(nonce_from_counter(seq), &header, &mut [0u8; 0])?;
+        let tag = new_header_key.as_ref().unwrap_or(&self.header_key).seal_in_place(
+            nonce_from_counter(seq),
+            &header,
+            &mut [0u8; 0],
+        )?;
         header.extend_from_slice(&tag);
         let mut options = OpenOptions::new();
         // Append mode: after a failed write is cut back with set_len, the next
@@ -445,6 +467,10 @@ impl WriterState {
             }
         }
         self.file = Some(file);
+        if let (Some(system), Some(key)) = (system, new_header_key) {
+            self.system = system;
+            self.header_key = key;
+        }
         self.seq = seq;
         self.next_lsn = first_lsn;
         self.written = HEADER_LEN as u64;
@@ -652,7 +678,7 @@ pub struct LogFileContents {
 pub fn read_log_file(
     path: &Path,
     display: &str,
-    system: &Key256,
+    systems: &[Key256],
     table_key: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
 ) -> Result<LogFileContents, StorageError> {
     let mut bytes = Vec::new();
@@ -677,10 +703,21 @@ pub fn read_log_file(
         first_lsn: le_u64(&bytes[20..28]),
         catalog_generation: le_u64(&bytes[28..36]),
     };
-    let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
-    header_key(system)?
-        .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
-        .map_err(|_| bad("the header failed authentication (altered, or from another data directory)".into()))?;
+    // The system key now, or an earlier one an `ALTER SYSTEM REKEY` in
+    // progress still keeps: the one that authenticates the header.
+    let mut system = None;
+    for candidate in systems {
+        let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
+        if header_key(candidate)?
+            .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
+            .is_ok()
+        {
+            system = Some(candidate);
+            break;
+        }
+    }
+    let system = system
+        .ok_or_else(|| bad("the header failed authentication (altered, or from another data directory)".into()))?;
     let mut keys: HashMap<(u64, u32), AeadKey> = HashMap::new();
     let mut at = HEADER_LEN;
     let mut next_lsn = header.first_lsn;

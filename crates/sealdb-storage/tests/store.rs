@@ -617,3 +617,242 @@ async fn a_second_process_cannot_open_a_data_directory_in_use() {
     drop(store);
     open(dir.path()).unwrap();
 }
+
+/// Segments of `t` and the key version of each.
+fn segment_versions(store: &Store, table: &str) -> Vec<u32> {
+    let t = store.table(table).unwrap();
+    t.snapshot().segments.iter().map(|s| s.meta.key_version).collect()
+}
+
+#[tokio::test]
+async fn rekey_rewrites_every_file_under_the_current_version_and_destroys_the_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.create_table("t", schema(), Encryption::Aes256Gcm).await.unwrap();
+    for round in 0..3 {
+        insert(&store, "t", rows(round * 10..round * 10 + 10, "r")).await;
+        store.checkpoint().await.unwrap();
+        store.rotate_table_key("t").await.unwrap();
+    }
+    // Rows in the log under version 4, then deleted ones.
+    insert(&store, "t", rows(30..40, "log")).await;
+    let t = store.table("t").unwrap();
+    let mut del = RoaringTreemap::new();
+    del.insert(5);
+    let mut tx = Transaction::new();
+    tx.write(&t, store.options().lock_timeout).await.unwrap().delete(&del);
+    store.commit(tx).await.unwrap();
+    let expected: Vec<i64> = (0..40).filter(|i| *i != 5).collect();
+    assert_eq!(segment_versions(&store, "t"), vec![1, 2, 3]);
+    let share = |store: &Store| store.table_summaries()[0].current_key_share;
+    assert_eq!(share(&store), 0.0);
+
+    let job = store.rekey_table("t").await.unwrap();
+    assert!(job.bytes_total > 0);
+    let done = store.wait_for_job(job.id).await.unwrap();
+    assert_eq!(done.state, sealdb_storage::JobState::Done, "{:?}", done.error);
+    assert_eq!(done.bytes_done, done.bytes_total);
+    assert_eq!(done.destroyed_versions, vec![1, 2, 3]);
+    assert!(segment_versions(&store, "t").iter().all(|v| *v == 4));
+    assert_eq!(share(&store), 1.0);
+    assert_eq!(ids(&store, "t"), expected);
+    let versions: Vec<u32> = store
+        .key_records()
+        .into_iter()
+        .filter(|k| k.scope == "table t")
+        .map(|k| k.version)
+        .collect();
+    assert_eq!(versions, vec![4], "older versions are destroyed");
+    drop(t);
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "t"), expected);
+    drop(store);
+    let report = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn set_encryption_stores_new_data_so_at_once_and_converts_old_data_through_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        provider(dir.path()),
+        StoreOptions {
+            rekey: sealdb_storage::RekeyOptions {
+                max_bytes_per_sec: 0,
+                keep_old_keys: true,
+            },
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .0;
+    store.create_table("p", schema(), Encryption::None).await.unwrap();
+    insert(&store, "p", rows(0..20, "plain")).await;
+    store.checkpoint().await.unwrap();
+    assert_eq!(segment_versions(&store, "p"), vec![0]);
+
+    let job = store.set_table_encryption("p", Encryption::Aes256Gcm).await.unwrap();
+    let done = store.wait_for_job(job.id).await.unwrap();
+    assert_eq!(done.state, sealdb_storage::JobState::Done, "{:?}", done.error);
+    assert_eq!(segment_versions(&store, "p"), vec![1]);
+    insert(&store, "p", rows(20..30, "new")).await;
+    store.checkpoint().await.unwrap();
+    assert_eq!(segment_versions(&store, "p"), vec![1, 1], "new data is encrypted");
+    let marker_free = |dir: &Path| {
+        all_files(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .all(|p| !String::from_utf8_lossy(&std::fs::read(p).unwrap()).contains("plain-1"))
+    };
+    assert!(marker_free(dir.path()), "no segment holds the rows in the clear");
+
+    store.rotate_table_key("p").await.unwrap();
+    let job = store.rekey_table("p").await.unwrap();
+    let done = store.wait_for_job(job.id).await.unwrap();
+    assert!(done.destroyed_versions.is_empty(), "keep-old-keys keeps them");
+    assert_eq!(store.key_records().iter().filter(|k| k.scope == "table p").count(), 2);
+
+    let job = store.set_table_encryption("p", Encryption::None).await.unwrap();
+    store.wait_for_job(job.id).await.unwrap();
+    assert!(segment_versions(&store, "p").iter().all(|v| *v == 0));
+    assert_eq!(ids(&store, "p"), (0..30).collect::<Vec<_>>());
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.table("p").unwrap().encryption(), Encryption::None);
+    assert_eq!(ids(&store, "p"), (0..30).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn the_rekey_throttle_spreads_the_rewrite_over_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        provider(dir.path()),
+        StoreOptions {
+            rekey: sealdb_storage::RekeyOptions {
+                max_bytes_per_sec: 1,
+                keep_old_keys: false,
+            },
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .0;
+    store.create_table("t", schema(), Encryption::Aes256Gcm).await.unwrap();
+    for round in 0..2 {
+        insert(&store, "t", rows(round * 10..round * 10 + 10, "r")).await;
+        store.checkpoint().await.unwrap();
+    }
+    store.rotate_table_key("t").await.unwrap();
+    let job = store.rekey_table("t").await.unwrap();
+    // At one byte per second the step (both small files together) is
+    // followed by a pause of thousands of seconds before the job may end.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let now = store.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    assert_eq!(now.state, sealdb_storage::JobState::Running);
+    assert_eq!(now.bytes_done, now.bytes_total, "{now:?}");
+    assert_eq!(segment_versions(&store, "t"), vec![2]);
+    assert_eq!(
+        store.key_records().iter().filter(|k| k.scope == "table t").count(),
+        2,
+        "the older version stays until the job ends"
+    );
+}
+
+#[tokio::test]
+async fn system_rekey_rewrites_the_catalog_log_and_audit_log_under_new_keys() {
+    let dir = with_segment_and_log().await;
+    let store = open(dir.path()).unwrap();
+    store.rotate_table_key("public.t").await.unwrap();
+    let system_before: Vec<_> = store
+        .key_records()
+        .into_iter()
+        .filter(|k| k.scope != "master")
+        .map(|k| (k.scope, k.wrapped_sha256))
+        .collect();
+    let logs_before = sealdb_storage::internal::log_files(dir.path());
+    store.rekey_system().await.unwrap();
+    insert(&store, "public.t", rows(60..70, "after")).await;
+    let system_after: Vec<_> = store
+        .key_records()
+        .into_iter()
+        .filter(|k| k.scope != "master")
+        .map(|k| (k.scope, k.wrapped_sha256))
+        .collect();
+    assert_eq!(system_before.len(), system_after.len());
+    for (before, after) in system_before.iter().zip(&system_after) {
+        assert_ne!(before.1, after.1, "{} is wrapped anew", before.0);
+    }
+    let logs_after = sealdb_storage::internal::log_files(dir.path());
+    assert!(
+        logs_after.iter().all(|f| !logs_before.contains(f)),
+        "no log file from before is left: {logs_before:?} {logs_after:?}"
+    );
+    let audit = store.audit_log().unwrap();
+    assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+    assert!(audit.records.iter().any(|r| r.event == "system rekey done"));
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "public.t"), (0..70).collect::<Vec<_>>());
+    assert_eq!(store.audit_log().unwrap().records.len(), audit.records.len());
+    drop(store);
+    let report = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn verify_finds_an_audit_record_removed_or_edited_even_by_someone_holding_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store.create_table("a", schema(), Encryption::Aes256Gcm).await.unwrap();
+    store.rotate_table_key("a").await.unwrap();
+    store.rotate_master_key().await.unwrap();
+    store.drop_table("a").await.unwrap();
+    let records = store.audit_log().unwrap().records;
+    let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "table key created",
+            "table key rotated",
+            "master key rotated",
+            "table keys destroyed"
+        ]
+    );
+    drop(store);
+    let clean = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert!(
+        clean.checked.iter().any(|c| c.contains("4 records, hash chain intact")),
+        "{:?}",
+        clean.checked
+    );
+
+    let damaged = |edit: fn(&mut Vec<sealdb_storage::AuditRecord>)| {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        sealdb_storage::internal::rewrite_audit_log(copy.path(), provider(copy.path()).as_ref(), edit).unwrap();
+        let report = sealdb_storage::verify(copy.path(), provider(copy.path()).as_ref());
+        report
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let removed = damaged(|r| {
+        r.remove(1);
+    });
+    assert!(removed.contains("records 2 to 2 are missing"), "{removed}");
+    let edited = damaged(|r| r[1].detail = "nothing happened".into());
+    assert!(edited.contains("record 3 does not follow"), "{edited}");
+    let renumbered = damaged(|r| {
+        r.remove(1);
+        for (i, rec) in r.iter_mut().enumerate() {
+            rec.number = i as u64 + 1;
+        }
+    });
+    assert!(renumbered.contains("record 2 does not follow"), "{renumbered}");
+}

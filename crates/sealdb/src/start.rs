@@ -153,6 +153,13 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let store_dir = data.clone();
     let options = sealdb_storage::StoreOptions {
         providers: Some(Arc::new(crate::keys::TableProviders::new(opener))),
+        rekey: sealdb_storage::RekeyOptions {
+            max_bytes_per_sec: match &settings.rekey_max_bytes_per_sec {
+                Some(text) => sealdb_config::parse_byte_size("rekey-max-bytes-per-sec", text)?,
+                None => sealdb_storage::RekeyOptions::default().max_bytes_per_sec,
+            },
+            keep_old_keys: settings.keep_old_keys.unwrap_or(false),
+        },
         ..sealdb_storage::StoreOptions::default()
     };
     let (store, recovery) =
@@ -178,6 +185,8 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
         ),
         Err(e) => return Err(e).context("the start-up checkpoint failed"),
     }
+    // A REKEY a stop or a crash interrupted carries on where it was.
+    store.resume_jobs();
     let background = store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_CHECK_INTERVAL);

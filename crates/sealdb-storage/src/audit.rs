@@ -1,0 +1,473 @@
+//! The audit log: logins, changes of users and grants, key operations.
+//!
+//! ```text
+//! audit/<seq>.audit   16 hex digits; a new file at every start and after ALTER SYSTEM REKEY
+//! header  magic "SEALAUD1" 8 | seq u64 | tag 16     (AES-256-GCM over nothing, key HKDF(system key, "audit header"), AAD: the 16 bytes before it)
+//! record  len u32 | !len u32 | number u64 | ciphertext | tag 16
+//!         key HKDF(system key, "audit <seq>"), nonce: the number, AAD: seq and number
+//! ```
+//!
+//! Each record's plaintext is JSON holding its number, its time, what
+//! happened, and `prev`, the SHA-256 of the plaintext of the record before
+//! it. Numbers run on across files. [`read`] checks that every record
+//! authenticates, that the numbers have no gap and that every `prev`
+//! matches: a record removed, edited or put back out of order, even by
+//! someone holding the keys, breaks the chain where it happened, which
+//! `sealdb verify` reports. Every record is fsynced before the action it
+//! records is acknowledged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sealdb_crypto::{AeadKey, Key256, derive_key, nonce_from_counter, sha256};
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+
+/// The audit log's directory in the data directory.
+pub const AUDIT_DIR: &str = "audit";
+const MAGIC: &[u8; 8] = b"SEALAUD1";
+const HEADER_FIELDS_LEN: usize = 16;
+const HEADER_LEN: usize = HEADER_FIELDS_LEN + 16;
+const RECORD_MAX: usize = 1 << 20;
+
+/// What happened, as the caller tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// `login`, `login failed`, `create user`, `grant`, `master key rotated`, ...
+    pub event: String,
+    /// Who (the session's user, or `sealdb` for the server itself).
+    pub user: String,
+    /// Everything else: client address, auth method, TLS version and
+    /// cipher, certificate subject, key ids. Never a secret.
+    pub detail: String,
+}
+
+impl AuditEvent {
+    /// A new event.
+    pub fn new(event: impl Into<String>, user: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            event: event.into(),
+            user: user.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// One record as stored and read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1, 2, ... with no gap.
+    pub number: u64,
+    /// Unix milliseconds.
+    pub time_unix_ms: u64,
+    /// What happened.
+    pub event: String,
+    /// Who.
+    pub user: String,
+    /// The rest.
+    pub detail: String,
+    /// SHA-256 (hex) of the previous record's plaintext; empty for the first.
+    pub prev: String,
+}
+
+/// The audit log read back, with what is wrong with it.
+#[derive(Debug, Default)]
+pub struct AuditLog {
+    /// Every record that authenticated, in order.
+    pub records: Vec<AuditRecord>,
+    /// Breaks of the chain and records that failed authentication.
+    pub problems: Vec<String>,
+}
+
+fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, b"audit header")?))
+}
+
+fn record_key(system: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, format!("audit {seq}").as_bytes())?))
+}
+
+fn record_ad(seq: u64, number: u64) -> [u8; 16] {
+    let mut ad = [0u8; 16];
+    ad[..8].copy_from_slice(&seq.to_le_bytes());
+    ad[8..].copy_from_slice(&number.to_le_bytes());
+    ad
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The audit files of `dir`, oldest first.
+pub fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let audit = dir.join(AUDIT_DIR);
+    let entries = match std::fs::read_dir(&audit) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("listing", &audit)(e)),
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seq = u64::from_str_radix(name.strip_suffix(".audit")?, 16).ok()?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:016x}.audit")
+}
+
+/// Appends records, each durable before [`AuditWriter::append`] returns.
+pub(crate) struct AuditWriter {
+    dir: PathBuf,
+    system: Key256,
+    file: File,
+    seq: u64,
+    key: AeadKey,
+    next_number: u64,
+    last_hash: String,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditWriter {
+    /// Reads the existing log (checking it with `keys`, the system key
+    /// first), then begins a new file under `keys[0]` that continues the
+    /// chain.
+    pub(crate) fn open(dir: &Path, keys: &[Key256]) -> Result<Self, StorageError> {
+        // A crash while appending leaves a partial record at the end of the
+        // newest file (never acknowledged): cut it off, so that the file,
+        // no longer the newest once this one begins, reads whole.
+        if let Some((seq, path)) = list_files(dir)?.pop() {
+            let shown = format!("{AUDIT_DIR}/{}", file_name(seq));
+            let whole = whole_len(&path, &shown, seq, keys)?;
+            let len = std::fs::metadata(&path)
+                .map_err(StorageError::io("reading", &path))?
+                .len();
+            if let Some(whole) = whole.filter(|w| *w < len) {
+                tracing::warn!(file = %shown, "the audit file ended in a partial record (a crash while writing it); cut it off");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| {
+                        f.set_len(whole)?;
+                        f.sync_all()
+                    })
+                    .map_err(StorageError::io("truncating", &path))?;
+            }
+        }
+        let existing = read(dir, keys)?;
+        if let Some(problem) = existing.problems.first() {
+            return Err(StorageError::integrity(
+                AUDIT_DIR,
+                format!(
+                    "the audit log is damaged: {problem}; nothing was changed. Run sealdb verify, keep the damaged file for investigation, and move it out of {AUDIT_DIR}/ to start"
+                ),
+            ));
+        }
+        let (next_number, last_hash) = existing.chain_end();
+        let next_seq = list_files(dir)?.last().map(|(s, _)| s + 1).unwrap_or(1);
+        let system = keys
+            .first()
+            .cloned()
+            .ok_or_else(|| StorageError::Internal("the audit log needs a key".into()))?;
+        let (file, key) = begin_file(dir, &system, next_seq)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            system,
+            file,
+            seq: next_seq,
+            key,
+            next_number,
+            last_hash,
+        })
+    }
+
+    /// Appends one record and fsyncs it.
+    pub(crate) fn append(&mut self, event: &AuditEvent) -> Result<AuditRecord, StorageError> {
+        let record = AuditRecord {
+            number: self.next_number,
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            event: event.event.clone(),
+            user: event.user.clone(),
+            detail: event.detail.clone(),
+            prev: self.last_hash.clone(),
+        };
+        let plain = serde_json::to_vec(&record).map_err(|e| StorageError::Internal(format!("audit record: {e}")))?;
+        let frame = seal_record(&self.key, self.seq, record.number, &plain)?;
+        let path = self.dir.join(AUDIT_DIR).join(file_name(self.seq));
+        self.file
+            .write_all(&frame)
+            .and_then(|()| self.file.sync_data())
+            .map_err(StorageError::io("writing", &path))?;
+        self.next_number += 1;
+        self.last_hash = hex(&sha256(&plain));
+        Ok(record)
+    }
+
+    /// Continues in a new file under `system` (after `ALTER SYSTEM REKEY`).
+    pub(crate) fn switch_key(&mut self, system: &Key256) -> Result<(), StorageError> {
+        let (file, key) = begin_file(&self.dir, system, self.seq + 1)?;
+        self.file = file;
+        self.key = key;
+        self.seq += 1;
+        self.system = system.clone();
+        Ok(())
+    }
+
+    /// Rewrites every file older than the current one under the current
+    /// key, each replaced atomically (after `ALTER SYSTEM REKEY`).
+    pub(crate) fn rewrite_older(&self, keys: &[Key256]) -> Result<usize, StorageError> {
+        let mut rewritten = 0;
+        for (seq, path) in list_files(&self.dir)? {
+            if seq >= self.seq {
+                continue;
+            }
+            let display = format!("{AUDIT_DIR}/{}", file_name(seq));
+            let (plains, problems) = read_file(&path, &display, seq, keys, false)?;
+            if let Some(p) = problems.first() {
+                return Err(StorageError::integrity(&display, p.clone()));
+            }
+            let header_key = header_key(&self.system)?;
+            let key = record_key(&self.system, seq)?;
+            let mut bytes = header(&header_key, seq)?;
+            for (number, plain) in plains {
+                bytes.extend_from_slice(&seal_record(&key, seq, number, &plain)?);
+            }
+            sealdb_kms::replace_file_durably(&path, &bytes).map_err(StorageError::io("writing", &path))?;
+            rewritten += 1;
+        }
+        Ok(rewritten)
+    }
+}
+
+impl AuditLog {
+    /// The number the next record gets and the hash it must name.
+    fn chain_end(&self) -> (u64, String) {
+        match self.records.last() {
+            Some(r) => {
+                let plain = serde_json::to_vec(r).unwrap_or_default();
+                (r.number + 1, hex(&sha256(&plain)))
+            }
+            None => (1, String::new()),
+        }
+    }
+}
+
+fn header(key: &AeadKey, seq: u64) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&seq.to_le_bytes());
+    let tag = key.seal_in_place(nonce_from_counter(seq), &out, &mut [0u8; 0])?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+fn seal_record(key: &AeadKey, seq: u64, number: u64, plain: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let mut sealed = plain.to_vec();
+    let tag = key.seal_in_place(nonce_from_counter(number), &record_ad(seq, number), &mut sealed)?;
+    sealed.extend_from_slice(&tag);
+    let len = u32::try_from(sealed.len()).map_err(|_| StorageError::Internal("audit record too long".into()))?;
+    let mut out = Vec::with_capacity(16 + sealed.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<(File, AeadKey), StorageError> {
+    let audit = dir.join(AUDIT_DIR);
+    std::fs::create_dir_all(&audit).map_err(StorageError::io("creating", &audit))?;
+    let path = audit.join(file_name(seq));
+    let mut options = OpenOptions::new();
+    options.append(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let bytes = header(&header_key(system)?, seq)?;
+    let file = options
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(f)
+        })
+        .map_err(StorageError::io("creating", &path))?;
+    sealdb_kms::fsync_dir(&audit).map_err(StorageError::io("syncing", &audit))?;
+    Ok((file, record_key(system, seq)?))
+}
+
+/// Reads one file: (number, plaintext) of each record that authenticated,
+/// and problems. A torn last record (a crash while appending it: never
+/// acknowledged) is not a problem.
+fn read_file(
+    path: &Path,
+    display: &str,
+    seq: u64,
+    keys: &[Key256],
+    newest: bool,
+) -> Result<(Vec<(u64, Vec<u8>)>, Vec<String>), StorageError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(StorageError::io("reading", path))?;
+    let mut problems = Vec::new();
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC || bytes[8..16] != seq.to_le_bytes() {
+        problems.push(format!(
+            "{display}: not an audit file of this sequence (bad magic, number or length)"
+        ));
+        return Ok((Vec::new(), problems));
+    }
+    let mut chosen = None;
+    for system in keys {
+        let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
+        if header_key(system)?
+            .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
+            .is_ok()
+        {
+            chosen = Some(record_key(system, seq)?);
+            break;
+        }
+    }
+    let Some(key) = chosen else {
+        problems.push(format!(
+            "{display}: the header failed authentication (altered, or from another data directory)"
+        ));
+        return Ok((Vec::new(), problems));
+    };
+    let mut out = Vec::new();
+    let mut at = HEADER_LEN;
+    // Only the newest file may end in a partial record (a crash while
+    // appending it); older files were complete when the next one began.
+    let torn = |at: usize| format!("{display}: cut short at byte {at} (records removed)");
+    while at < bytes.len() {
+        if bytes.len() - at < 16 {
+            if !newest {
+                problems.push(torn(at));
+            }
+            break;
+        }
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let check = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if check != !len || len as usize > RECORD_MAX {
+            problems.push(format!("{display}: damaged record length at byte {at}"));
+            break;
+        }
+        let number = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or([0; 8]));
+        let end = at + 16 + len as usize;
+        if end > bytes.len() {
+            if !newest {
+                problems.push(torn(at));
+            }
+            break;
+        }
+        let mut sealed = bytes[at + 16..end].to_vec();
+        match key.open_in_place(nonce_from_counter(number), &record_ad(seq, number), &mut sealed) {
+            Ok(n) => {
+                sealed.truncate(n);
+                out.push((number, sealed));
+            }
+            Err(_) => problems.push(format!("{display}: record {number} failed authentication (altered)")),
+        }
+        at = end;
+    }
+    Ok((out, problems))
+}
+
+/// The length of the whole records of the file at `path` (read as the
+/// newest file), or `None` when it has problems beyond a partial end.
+fn whole_len(path: &Path, display: &str, seq: u64, keys: &[Key256]) -> Result<Option<u64>, StorageError> {
+    let (records, problems) = read_file(path, display, seq, keys, true)?;
+    if !problems.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        HEADER_LEN as u64 + records.iter().map(|(_, p)| 16 + p.len() as u64 + 16).sum::<u64>(),
+    ))
+}
+
+/// Reads and checks the whole audit log of `dir` with `keys` (each file
+/// opens with one of them).
+pub fn read(dir: &Path, keys: &[Key256]) -> Result<AuditLog, StorageError> {
+    let mut log = AuditLog::default();
+    let mut expected_number = None;
+    let mut prev_hash = String::new();
+    let files = list_files(dir)?;
+    let last = files.last().map(|(seq, _)| *seq);
+    for (seq, path) in files {
+        let display = format!("{AUDIT_DIR}/{}", file_name(seq));
+        let (records, problems) = read_file(&path, &display, seq, keys, Some(seq) == last)?;
+        log.problems.extend(problems);
+        for (number, plain) in records {
+            let record: AuditRecord = match serde_json::from_slice(&plain) {
+                Ok(r) => r,
+                Err(e) => {
+                    log.problems
+                        .push(format!("{display}: record {number} is not a record: {e}"));
+                    continue;
+                }
+            };
+            if record.number != number {
+                log.problems.push(format!(
+                    "{display}: record {number} says it is number {} (altered)",
+                    record.number
+                ));
+            }
+            if let Some(expected) = expected_number
+                && number != expected
+            {
+                log.problems.push(format!(
+                    "{display}: records {expected} to {} are missing (removed); the hash chain breaks before record {number}",
+                    number.saturating_sub(1)
+                ));
+            } else if expected_number.is_some() && record.prev != prev_hash {
+                log.problems.push(format!(
+                    "{display}: record {number} does not follow the record before it (hash chain broken: a record was edited or replaced)"
+                ));
+            }
+            expected_number = Some(number + 1);
+            prev_hash = hex(&sha256(&plain));
+            log.records.push(record);
+        }
+    }
+    Ok(log)
+}
+
+/// Rewrites the audit log of `dir` with `edit` applied to its records,
+/// each sealed correctly under `system`: what someone holding the keys
+/// could do. For tests of [`read`]'s chain checks only.
+pub(crate) fn rewrite_for_test(
+    dir: &Path,
+    system: &Key256,
+    edit: impl FnOnce(&mut Vec<AuditRecord>),
+) -> Result<(), StorageError> {
+    let mut records = read(dir, std::slice::from_ref(system))?.records;
+    edit(&mut records);
+    for (_, path) in list_files(dir)? {
+        std::fs::remove_file(&path).map_err(StorageError::io("removing", &path))?;
+    }
+    let key = record_key(system, 1)?;
+    let mut bytes = header(&header_key(system)?, 1)?;
+    for r in &records {
+        let plain = serde_json::to_vec(r).map_err(|e| StorageError::Internal(e.to_string()))?;
+        bytes.extend_from_slice(&seal_record(&key, 1, r.number, &plain)?);
+    }
+    let path = dir.join(AUDIT_DIR).join(file_name(1));
+    sealdb_kms::replace_file_durably(&path, &bytes).map_err(StorageError::io("writing", &path))
+}
