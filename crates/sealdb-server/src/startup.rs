@@ -139,7 +139,45 @@ impl StartupHandler {
         }
     }
 
-    fn establish<C: ClientInfo>(&self, client: &C, auth_method: &str, cert: Option<&ClientCertificate>) {
+    /// Appends a login (or a refused one, with `refused` saying why) to the
+    /// audit log: user, client address, auth method, TLS version and
+    /// cipher, certificate subject. Durable before the client is answered.
+    async fn audit_login<C: ClientInfo>(
+        &self,
+        client: &C,
+        auth_method: &str,
+        subject: Option<&str>,
+        refused: Option<&str>,
+    ) {
+        let Some(store) = self.engine.store() else {
+            return;
+        };
+        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        let tls = client.session_extensions().get::<ConnectionTls>();
+        let mut detail = format!(
+            "client {}, auth {auth_method}, {}",
+            client.socket_addr(),
+            match &tls {
+                Some(t) => format!("TLS {} {}", t.version, t.cipher),
+                None => "no TLS".to_owned(),
+            }
+        );
+        if let Some(subject) = subject {
+            detail.push_str(&format!(", certificate \"{subject}\""));
+        }
+        let event = match refused {
+            Some(why) => {
+                detail.push_str(&format!(": {why}"));
+                "login failed"
+            }
+            None => "login",
+        };
+        store.audit(sealdb_storage::AuditEvent::new(event, user, detail)).await;
+    }
+
+    async fn establish<C: ClientInfo>(&self, client: &C, auth_method: &str, cert: Option<&ClientCertificate>) {
+        self.audit_login(client, auth_method, cert.map(|c| c.info.subject.as_str()), None)
+            .await;
         let metadata = client.metadata();
         let user = metadata.get(METADATA_USER).cloned().unwrap_or_default();
         let tls = client
@@ -153,6 +191,7 @@ impl StartupHandler {
                     issuer: c.info.issuer.clone(),
                     serial: c.info.serial.clone(),
                     not_after: c.info.not_after_text(),
+                    not_after_unix: c.info.not_after.unix_timestamp(),
                 }),
             });
         let id = self.state.new_session_id();
@@ -179,6 +218,35 @@ impl StartupHandler {
 #[async_trait]
 impl pgwire::api::auth::StartupHandler for StartupHandler {
     async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let step = match &message {
+            PgWireFrontendMessage::Startup(_) => Some(if client.client_certificates().is_some_and(|c| !c.is_empty()) {
+                "certificate"
+            } else {
+                "none"
+            }),
+            PgWireFrontendMessage::PasswordMessageFamily(_) => Some("scram-sha-256"),
+            _ => None,
+        };
+        let result = self.startup_step(client, message).await;
+        if let (Err(e), Some(method)) = (&result, step) {
+            let subject = client
+                .session_extensions()
+                .get::<VerifiedCertificate>()
+                .map(|c| c.0.info.subject.clone());
+            self.audit_login(client, method, subject.as_deref(), Some(&e.to_string()))
+                .await;
+        }
+        result
+    }
+}
+
+impl StartupHandler {
+    async fn startup_step<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -223,7 +291,7 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                         Err(fatal("28000", message))
                     }
                     AuthPlan::Certificate => {
-                        self.establish(client, "certificate", cert.as_ref());
+                        self.establish(client, "certificate", cert.as_ref()).await;
                         self.driver.complete_authentication(client, None).await
                     }
                     AuthPlan::Password(_) => {
@@ -238,7 +306,7 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                         match self.driver.begin_authentication(client, scram.create()).await? {
                             AuthOutcome::InProgress => Ok(()),
                             AuthOutcome::Authenticated { final_message, .. } => {
-                                self.establish(client, "scram-sha-256", None);
+                                self.establish(client, "scram-sha-256", None).await;
                                 self.driver.complete_authentication(client, final_message).await
                             }
                         }
@@ -250,7 +318,8 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
                     AuthOutcome::InProgress => Ok(()),
                     AuthOutcome::Authenticated { final_message, .. } => {
                         let cert = client.session_extensions().get::<VerifiedCertificate>();
-                        self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0));
+                        self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0))
+                            .await;
                         self.driver.complete_authentication(client, final_message).await
                     }
                 }

@@ -46,6 +46,8 @@ pub struct ServerSettings {
     pub queries: sealdb_sql::executor::QueryExecutor,
     /// Opens key providers for `ALTER SYSTEM SET key_provider`.
     pub key_admin: Option<Arc<dyn sealdb_sql::KeyAdmin>>,
+    /// `key-rotation-period`, as written and parsed.
+    pub key_rotation_period: Option<(String, Duration)>,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -169,6 +171,14 @@ impl ServerHooks for ServerState {
 
     fn key_admin(&self) -> Option<Arc<dyn sealdb_sql::KeyAdmin>> {
         self.settings.key_admin.clone()
+    }
+
+    fn pki_db_client_auth(&self) -> bool {
+        self.settings.pki_db_client_auth
+    }
+
+    fn key_rotation_period(&self) -> Option<(String, Duration)> {
+        self.settings.key_rotation_period.clone()
     }
 
     fn reload_tls(&self) -> Result<(), String> {

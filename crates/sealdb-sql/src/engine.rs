@@ -68,6 +68,8 @@ pub struct ClientCertSummary {
     pub serial: String,
     /// Expiry, `YYYY-MM-DD HH:MM:SS UTC`.
     pub not_after: String,
+    /// Expiry, Unix seconds.
+    pub not_after_unix: i64,
 }
 
 /// Who a session is and how it connected; fixed at login.
@@ -264,6 +266,11 @@ pub struct QueryMemory {
 }
 
 impl Engine {
+    /// The store tables, users and grants are kept in, if any.
+    pub fn store(&self) -> Option<&sealdb_storage::Store> {
+        self.durable.as_ref().map(|d| &d.store)
+    }
+
     /// The store, or a clear refusal for a server that keeps no data on
     /// disk, which `why` completes.
     fn durable_or(&self, why: &str) -> Result<&Durable, SqlError> {
@@ -1130,6 +1137,7 @@ impl Engine {
             None
         };
         let before = mutates.then(|| self.access.export());
+        let audit = statement.audit_summary();
         let output = self.apply_security(session, statement, &me).await;
         if let Some(before) = before {
             match &output {
@@ -1140,6 +1148,9 @@ impl Engine {
                     let _ = self.access.restore(&before);
                 }
             }
+        }
+        if let (Ok(_), Some((event, detail)), Some(store)) = (&output, audit, self.store()) {
+            store.audit(sealdb_storage::AuditEvent::new(event, me, detail)).await;
         }
         output
     }

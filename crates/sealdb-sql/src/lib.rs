@@ -25,6 +25,7 @@ pub mod executor;
 mod privileges;
 pub mod security;
 pub mod spill;
+pub mod status;
 mod storage_table;
 mod sys;
 

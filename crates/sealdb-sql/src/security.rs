@@ -118,6 +118,79 @@ pub enum SecurityStatement {
     Rollback,
 }
 
+impl SecurityStatement {
+    /// What the audit log records of this statement once it succeeded:
+    /// event and detail (never a password). `None` for statements that
+    /// change no user, grant, role or key.
+    pub fn audit_summary(&self) -> Option<(&'static str, String)> {
+        let list = |v: &[String]| v.join(", ");
+        let privileges = |p: &[Privilege]| p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ");
+        let target = |t: &Target| match t {
+            Target::Tables(names) => list(names),
+            Target::AllTables => "ALL TABLES".to_owned(),
+        };
+        let options = |o: &Options| {
+            let mut parts = Vec::new();
+            match &o.password {
+                Some(Some(_)) => parts.push("password set".to_owned()),
+                Some(None) => parts.push("password removed".to_owned()),
+                None => {}
+            }
+            if let Some(r) = &o.require {
+                parts.push(format!("require {r}"));
+            }
+            if let Some(su) = o.superuser {
+                parts.push(if su { "superuser" } else { "nosuperuser" }.to_owned());
+            }
+            if let Some(login) = o.login {
+                parts.push(if login { "login" } else { "nologin" }.to_owned());
+            }
+            parts.join(", ")
+        };
+        Some(match self {
+            Self::CreateUser {
+                name,
+                login,
+                options: o,
+            } => (
+                if *login { "create user" } else { "create role" },
+                format!("{name}: {}", options(o)),
+            ),
+            Self::AlterUser { name, options: o } => ("alter user", format!("{name}: {}", options(o))),
+            Self::DropUser { names, .. } => ("drop user", list(names)),
+            Self::Grant {
+                privileges: p,
+                target: t,
+                grantees,
+            } => (
+                "grant",
+                format!("{} on {} to {}", privileges(p), target(t), list(grantees)),
+            ),
+            Self::Revoke {
+                privileges: p,
+                target: t,
+                grantees,
+            } => (
+                "revoke",
+                format!("{} on {} from {}", privileges(p), target(t), list(grantees)),
+            ),
+            Self::GrantRole { role, members } => ("grant role", format!("{role} to {}", list(members))),
+            Self::RevokeRole { role, members } => ("revoke role", format!("{role} from {}", list(members))),
+            Self::ReloadTls => ("reload tls", String::new()),
+            Self::RotateMasterKey => ("key statement", "ALTER SYSTEM ROTATE MASTER KEY".to_owned()),
+            Self::RotateTableKey { table } => ("key statement", format!("ALTER TABLE {table} ROTATE KEY")),
+            Self::RekeyTable { table } => ("key statement", format!("ALTER TABLE {table} REKEY")),
+            Self::SetTableEncryption { table, encryption } => (
+                "key statement",
+                format!("ALTER TABLE {table} SET (encryption = '{encryption}')"),
+            ),
+            Self::RekeySystem => ("key statement", "ALTER SYSTEM REKEY".to_owned()),
+            Self::SetKeyProvider(name) => ("key statement", format!("ALTER SYSTEM SET key_provider = '{name}'")),
+            _ => return None,
+        })
+    }
+}
+
 /// What a grant is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -43,6 +43,14 @@ pub trait ServerHooks: Send + Sync + Debug {
     fn key_admin(&self) -> Option<Arc<dyn KeyAdmin>> {
         None
     }
+    /// `pki-db-client-auth = true`.
+    fn pki_db_client_auth(&self) -> bool {
+        false
+    }
+    /// `key-rotation-period`, as written and parsed.
+    fn key_rotation_period(&self) -> Option<(String, std::time::Duration)> {
+        None
+    }
 }
 
 /// Opens key providers for `ALTER SYSTEM SET key_provider` and records the
@@ -505,15 +513,58 @@ pub(crate) fn register(
     )?;
 
     add(
+        "audit_log",
+        vec![
+            Field::new("record", DataType::Int64, false),
+            timestamp("time"),
+            text("event"),
+            text("user_name"),
+            text("detail"),
+            text("prev_sha256"),
+        ],
+        Box::new(|c: &SysContext| {
+            let log = match c.store {
+                Some(store) => store.audit_log().map_err(|e| DataFusionError::External(Box::new(e)))?,
+                None => sealdb_storage::AuditLog::default(),
+            };
+            if let Some(problem) = log.problems.first() {
+                return Err(DataFusionError::Execution(format!(
+                    "the audit log is damaged: {problem}; run sealdb verify"
+                )));
+            }
+            let rows = log.records;
+            Ok(vec![
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|r| i64::try_from(r.number).unwrap_or(i64::MAX))
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter()
+                            .map(|r| i64::try_from(r.time_unix_ms).unwrap_or(i64::MAX).saturating_mul(1000))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                strings(rows.iter().map(|r| Some(r.event.clone()))),
+                strings(rows.iter().map(|r| Some(r.user.clone()))),
+                strings(rows.iter().map(|r| Some(r.detail.clone()))),
+                strings(rows.iter().map(|r| Some(r.prev.clone()))),
+            ])
+        }),
+    )?;
+
+    add(
         "security_status",
         vec![text("severity"), text("finding"), text("detail"), text("fix")],
         Box::new(|c: &SysContext| {
-            let rows = findings(c);
+            let rows = crate::status::findings(&status_inputs(c));
             Ok(vec![
-                strings(rows.iter().map(|r| Some(r.0.to_owned()))),
-                strings(rows.iter().map(|r| Some(r.1.to_owned()))),
-                strings(rows.iter().map(|r| Some(r.2.clone()))),
-                strings(rows.iter().map(|r| Some(r.3.to_owned()))),
+                strings(rows.iter().map(|r| Some(r.severity.to_owned()))),
+                strings(rows.iter().map(|r| Some(r.finding.to_owned()))),
+                strings(rows.iter().map(|r| Some(r.detail.clone()))),
+                strings(rows.iter().map(|r| Some(r.fix.clone()))),
             ])
         }),
     )?;
@@ -525,80 +576,47 @@ fn kmip_hosts(c: &SysContext) -> Vec<sealdb_kms::ProviderHost> {
     c.store.map(|s| s.provider().hosts()).unwrap_or_default()
 }
 
-/// Days before expiry from which a certificate is reported.
-const CERTIFICATE_WARNING_DAYS: i64 = 30;
-
-/// What weakens this installation: severity, finding, detail, fix.
-fn findings(c: &SysContext) -> Vec<(&'static str, &'static str, String, &'static str)> {
-    let mut out = Vec::new();
-    if c.hooks.plaintext_allowed() {
-        out.push((
-            "high",
-            "plaintext allowed",
-            "clients may connect without TLS".to_owned(),
-            "set ssl-mode = required",
-        ));
+/// What `sys.security_status` is made from, live.
+fn status_inputs(c: &SysContext) -> crate::status::StatusInputs {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let period = c.hooks.key_rotation_period();
+    crate::status::StatusInputs {
+        plaintext_allowed: c.hooks.plaintext_allowed(),
+        master_key_unprotected: c.store.is_some_and(|s| !s.provider().protected_at_rest()),
+        users: c.access.users(),
+        pki_db_client_auth: c.hooks.pki_db_client_auth(),
+        certificates: c.hooks.certificates(),
+        session_certificates: c
+            .hooks
+            .sessions()
+            .iter()
+            .filter_map(|s| {
+                let cert = s.tls.as_ref()?.client_cert.as_ref()?;
+                Some(crate::status::SessionCertificate {
+                    user: s.user.clone(),
+                    subject: cert.subject.clone(),
+                    days_left: (cert.not_after_unix - now).div_euclid(86_400),
+                })
+            })
+            .collect(),
+        tables: c.store.map(Store::table_summaries).unwrap_or_default(),
+        jobs: c.store.map(Store::jobs).unwrap_or_default(),
+        due_for_rotation: match (&period, c.store) {
+            (Some((_, every)), Some(store)) => store.tables_due_for_rotation(*every),
+            _ => Vec::new(),
+        },
+        key_rotation_period: period,
+        kmip_hosts: kmip_hosts(c),
+        audit: match c.store {
+            Some(store) => crate::status::AuditState {
+                off: !store.audit_enabled(),
+                failures: store.audit_failures(),
+                damaged: None,
+            },
+            None => crate::status::AuditState::default(),
+        },
     }
-    if c.store.is_some_and(|s| !s.provider().protected_at_rest()) {
-        out.push((
-            "high",
-            "master key unprotected on local disk",
-            "DATA/keystore/master.keys holds the master key unsealed (mode 0600)".to_owned(),
-            "set keystore-password-file or SEALDB_KEYSTORE_PASSWORD (or use a KMIP key provider) and restart",
-        ));
-    }
-    for u in c.access.users() {
-        if u.login && u.require == sealdb_auth::Requirement::None {
-            out.push((
-                "medium",
-                "user without REQUIRE SSL",
-                format!("user \"{}\" may log in over any connection the server accepts", u.name),
-                "ALTER USER name REQUIRE SSL (or REQUIRE X509)",
-            ));
-        }
-    }
-    for table in c.store.map(Store::table_summaries).unwrap_or_default() {
-        if table.encryption == sealdb_storage::Encryption::None {
-            out.push((
-                "medium",
-                "unencrypted table",
-                format!(
-                    "table public.{} was created WITH (encryption = 'none'): its segment files are stored in the clear (checked by SHA-256 only)",
-                    table.name
-                ),
-                "copy it into a table created WITH (encryption = 'aes-256-gcm') and drop it",
-            ));
-        }
-    }
-    for host in kmip_hosts(c).into_iter().filter(|h| h.status == "unreachable") {
-        out.push((
-            "medium",
-            "kmip host unreachable",
-            format!(
-                "key server {} of [kmip_hosts.{}] failed its last request: {}",
-                host.host,
-                host.group,
-                host.error.unwrap_or_default()
-            ),
-            "check that the key server runs and is reachable with this node's certificate; sealdb uses the next host of the group meanwhile",
-        ));
-    }
-    for cert in c.hooks.certificates() {
-        if cert.days_left < 0 {
-            out.push((
-                "high",
-                "certificate expired",
-                format!("{} ({}) expired {} days ago", cert.path, cert.subject, -cert.days_left),
-                "replace the file and run ALTER SYSTEM RELOAD TLS",
-            ));
-        } else if cert.days_left <= CERTIFICATE_WARNING_DAYS {
-            out.push((
-                "medium",
-                "certificate expires soon",
-                format!("{} ({}) expires in {} days", cert.path, cert.subject, cert.days_left),
-                "replace the file and run ALTER SYSTEM RELOAD TLS",
-            ));
-        }
-    }
-    out
 }

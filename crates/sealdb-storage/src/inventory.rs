@@ -47,6 +47,8 @@ pub struct TableSummary {
     pub encryption: Encryption,
     /// Current table-key version.
     pub key_version: u32,
+    /// When that version was created, Unix seconds.
+    pub key_created_unix: u64,
     /// Creation time, Unix seconds.
     pub created_unix: u64,
     /// Rows, less deleted ones (an estimate while deletions are pending).
@@ -153,11 +155,52 @@ pub(crate) fn table_summary(meta: &TableMeta, table: &Arc<Table>) -> TableSummar
         name: meta.name.clone(),
         encryption: table.encryption(),
         key_version,
+        key_created_unix: meta.keys.last().map(|k| k.created_unix).unwrap_or(meta.created_unix),
         created_unix: meta.created_unix,
         rows: data.live_rows(),
         segments: data.segments.len(),
         bytes_on_disk,
         bytes_in_memory: data.chunks.iter().map(|c| c.batch.get_array_memory_size() as u64).sum(),
+        current_key_share: if bytes_on_disk == 0 {
+            1.0
+        } else {
+            current as f64 / bytes_on_disk as f64
+        },
+    }
+}
+
+/// A table's summary from its catalog entry alone (no rows in memory
+/// counted): for `sealdb status` on a directory it does not open.
+pub(crate) fn summary_from_catalog(meta: &TableMeta) -> TableSummary {
+    let key_version = meta.keys.last().map(|k| k.version).unwrap_or(0);
+    let bytes_on_disk: u64 = meta.segments.iter().map(|s| s.bytes).sum();
+    let current: u64 = meta
+        .segments
+        .iter()
+        .filter(|s| match meta.encryption {
+            Encryption::None => s.key_version == 0,
+            Encryption::Aes256Gcm => s.key_version == key_version,
+        })
+        .map(|s| s.bytes)
+        .sum();
+    let deleted = roaring::RoaringTreemap::deserialize_from(&meta.deleted[..])
+        .map(|d| d.len())
+        .unwrap_or(0);
+    TableSummary {
+        name: meta.name.clone(),
+        encryption: meta.encryption,
+        key_version,
+        key_created_unix: meta.keys.last().map(|k| k.created_unix).unwrap_or(meta.created_unix),
+        created_unix: meta.created_unix,
+        rows: meta
+            .segments
+            .iter()
+            .map(|s| s.rows)
+            .sum::<u64>()
+            .saturating_sub(deleted),
+        segments: meta.segments.len(),
+        bytes_on_disk,
+        bytes_in_memory: 0,
         current_key_share: if bytes_on_disk == 0 {
             1.0
         } else {

@@ -86,6 +86,39 @@ pub fn key_inventory(
     }))
 }
 
+/// What `sealdb status` reads of a data directory without opening it:
+/// safe while a server runs (every file read is replaced atomically or
+/// only appended to).
+#[derive(Debug)]
+pub struct Inspection {
+    /// Tables as of the last catalog write (rows in memory not counted).
+    pub tables: Vec<TableSummary>,
+    /// Rekey jobs.
+    pub jobs: Vec<JobMeta>,
+    /// Sections of upper layers (`access`: users and grants).
+    pub sections: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The audit log, read back and checked.
+    pub audit: AuditLog,
+}
+
+/// Reads [`Inspection`] from `dir` with one call to `provider`.
+pub fn inspect(dir: &std::path::Path, provider: &dyn sealdb_kms::KeyProvider) -> Result<Inspection, StorageError> {
+    let (_, body, (_, ring, _), system) = store::open_catalog(&dir.join(CATALOG_FILE), provider)?;
+    let systems = store::system_keys(&ring, &system, &body)?;
+    let audit = audit::read(dir, &systems)?;
+    Ok(Inspection {
+        tables: body
+            .tables
+            .iter()
+            .filter(|t| !t.unpublished)
+            .map(inventory::summary_from_catalog)
+            .collect(),
+        jobs: body.jobs,
+        sections: body.sections,
+        audit,
+    })
+}
+
 /// Test hook for crash tests: in a debug build, the process ends here at
 /// once, as `kill -9` would end it at this instant, when the environment
 /// variable `SEALDB_CRASH_AT` names `point`. Release builds ignore it.

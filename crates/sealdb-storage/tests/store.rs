@@ -747,18 +747,16 @@ async fn the_rekey_throttle_spreads_the_rewrite_over_time() {
     }
     store.rotate_table_key("t").await.unwrap();
     let job = store.rekey_table("t").await.unwrap();
-    // At one byte per second the step (both small files together) is
-    // followed by a pause of thousands of seconds before the job may end.
+    // At one byte per second a step is one file, followed by a pause of
+    // thousands of seconds: one file is rewritten, the other is not yet.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let now = store.jobs().into_iter().find(|j| j.id == job.id).unwrap();
     assert_eq!(now.state, sealdb_storage::JobState::Running);
-    assert_eq!(now.bytes_done, now.bytes_total, "{now:?}");
-    assert_eq!(segment_versions(&store, "t"), vec![2]);
-    assert_eq!(
-        store.key_records().iter().filter(|k| k.scope == "table t").count(),
-        2,
-        "the older version stays until the job ends"
-    );
+    assert!(now.bytes_done > 0 && now.bytes_done < now.bytes_total, "{now:?}");
+    let mut versions = segment_versions(&store, "t");
+    versions.sort();
+    assert_eq!(versions, vec![1, 2]);
+    assert!(store.table_summaries()[0].current_key_share < 1.0);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod cert;
 mod keys;
 mod kms;
 mod start;
+mod status;
 mod verify;
 
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ enum Command {
     /// Authenticate every file of a data directory (server stopped): the
     /// catalog, every segment, the whole log. Exit status 0 only when all is sound.
     Verify(Box<verify::VerifyArgs>),
+    /// The security findings of sys.security_status, from the config file,
+    /// certificates and catalog (server running or not). Exit status 1 when
+    /// a finding is of high severity.
+    Status(Box<status::StatusArgs>),
 }
 
 /// `--data` and `--config`, shared by commands.
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Start(args) => start::run(*args),
         Command::Cert(c) => cert::run(c),
         Command::Verify(args) => verify::run(*args),
+        Command::Status(args) => status::run(*args),
         Command::Kms(c) => kms::run(c),
     };
     match result {

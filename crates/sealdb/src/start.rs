@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::Common;
 
 /// The bootstrap administrator.
-const ADMIN: &str = "admin";
+pub(crate) const ADMIN: &str = "admin";
 const DEFAULT_PORT: u16 = 5433;
 const DEFAULT_MAX_CONNECTIONS: u32 = 200;
 const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -146,6 +146,13 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
         },
         queries,
         key_admin: Some(key_admin),
+        key_rotation_period: match &settings.key_rotation_period {
+            Some(text) => Some((
+                text.clone(),
+                sealdb_config::parse_duration("key-rotation-period", text)?,
+            )),
+            None => None,
+        },
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.
@@ -160,6 +167,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             },
             keep_old_keys: settings.keep_old_keys.unwrap_or(false),
         },
+        audit: settings.audit_log.unwrap_or_default() == sealdb_config::OnOff::On,
         ..sealdb_storage::StoreOptions::default()
     };
     let (store, recovery) =
@@ -462,7 +470,7 @@ pub(crate) fn store_password(
     Ok(Zeroizing::new(password))
 }
 
-fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
+pub(crate) fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFiles> {
     let identity = match (&settings.ssl_keystore, &settings.ssl_cert) {
         (Some(_), Some(_)) => bail!("set either ssl-keystore or ssl-cert/ssl-private-key, not both"),
         (Some(path), None) => {

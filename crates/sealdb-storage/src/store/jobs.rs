@@ -44,7 +44,7 @@ impl Default for RekeyOptions {
 pub const DEFAULT_REKEY_BYTES_PER_SEC: u64 = 32 << 20;
 
 /// Bytes of old segments rewritten in one step (one new segment, one
-/// catalog write).
+/// catalog write), at most; with a throttle, at most one second's worth.
 const STEP_BYTES: u64 = 32 << 20;
 
 /// Finished jobs kept for `sys.jobs`.
@@ -244,7 +244,7 @@ impl Store {
             let began = Instant::now();
             let step = {
                 let _one = self.inner.checkpoint.lock().await;
-                let plan = step_plan(&table);
+                let plan = step_plan(&table, self.step_bytes());
                 if plan.is_empty() {
                     None
                 } else {
@@ -294,7 +294,7 @@ impl Store {
         // checkpoint the log files that held them are gone.
         self.checkpoint_now().await?;
         let _one = self.inner.checkpoint.lock().await;
-        if !step_plan(table).is_empty() {
+        if !step_plan(table, self.step_bytes()).is_empty() {
             // A rotation meanwhile made files stale again: another round.
             return Ok(false);
         }
@@ -375,14 +375,23 @@ impl Store {
     }
 }
 
+impl Store {
+    fn step_bytes(&self) -> u64 {
+        match self.inner.options.rekey.max_bytes_per_sec {
+            0 => STEP_BYTES,
+            rate => rate.min(STEP_BYTES),
+        }
+    }
+}
+
 /// The next stale segments of `table` to rewrite together: oldest first,
-/// about [`STEP_BYTES`] at a time (at least one).
-fn step_plan(table: &Table) -> Vec<Arc<Segment>> {
+/// about `step` bytes at a time (at least one segment).
+fn step_plan(table: &Table, step: u64) -> Vec<Arc<Segment>> {
     let data = table.snapshot();
     let mut plan = Vec::new();
     let mut bytes = 0;
     for s in data.segments.iter().filter(|s| table.is_stale(s)) {
-        if !plan.is_empty() && bytes + s.meta.bytes > STEP_BYTES {
+        if !plan.is_empty() && bytes + s.meta.bytes > step {
             break;
         }
         bytes += s.meta.bytes;
