@@ -994,3 +994,60 @@ fn a_master_key_revoked_while_sealdb_was_stopped_is_named_at_start() {
     );
     assert!(!e.contains("failed authentication"), "{e}");
 }
+
+/// A table's key destroyed on the key server in the middle of its REKEY:
+/// the job stops with the key named (`sys.jobs` says failed, why, and how
+/// far it got), the table is refused from then on, and the other tables
+/// read and write on.
+#[test]
+fn a_key_destroyed_in_the_middle_of_a_rekey_stops_the_job_naming_the_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let certs = certs(keys.path());
+    let kmip = KmipServer::start(keys.path(), &certs);
+    let operator = Operator::new(&certs, &[kmip.host()]);
+    let cfg = config_with(keys.path(), &certs, &[kmip.host()], "wrap", &["--key-cache-ms", "300"]);
+    local_master(&cfg);
+    // About one segment every two seconds.
+    let server = TestServer::start(&["--config", &cfg, "--rekey-max-bytes-per-sec", "700"]);
+    let admin = server.admin();
+    psql(
+        &admin,
+        "CREATE TABLE cards (n BIGINT NOT NULL) WITH (key_provider = 'kmip:hsm')",
+    )
+    .expect_ok();
+    psql(&admin, "CREATE TABLE other (n BIGINT NOT NULL)").expect_ok();
+    for batch in 0..4 {
+        psql(
+            &admin,
+            &format!("INSERT INTO cards SELECT value FROM generate_series({}, {})", batch * 100, batch * 100 + 99),
+        )
+        .expect_ok();
+        psql(&admin, "CHECKPOINT").expect_ok();
+    }
+    psql(&admin, "ALTER TABLE cards ROTATE KEY").expect_ok();
+    let kek = table_kek(&admin, "cards");
+    psql(&admin, "ALTER TABLE cards REKEY").expect_ok();
+    assert!(
+        wait_for(std::time::Duration::from_secs(20), || {
+            psql(&admin, "SELECT bytes_done > 0 FROM sys.jobs WHERE job_id = 1").expect_ok() == "t\n"
+        }),
+        "the job made no progress"
+    );
+    operator.revoke(&kek, true);
+    operator.destroy(&kek);
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || {
+            psql(&admin, "SELECT state FROM sys.jobs WHERE job_id = 1").expect_ok() == "failed\n"
+        }),
+        "the job did not stop: {}",
+        psql(&admin, "SELECT * FROM sys.jobs").expect_ok()
+    );
+    let job = psql(&admin, "SELECT bytes_done < bytes_total, error FROM sys.jobs WHERE job_id = 1").expect_ok();
+    assert!(job.starts_with("t|") && job.contains(&kek) && job.contains("destroyed"), "{job}");
+    psql(&admin, "SELECT count(*) FROM cards").expect_err("58000");
+    psql(&admin, "INSERT INTO other VALUES (1)").expect_ok();
+    assert_eq!(psql(&admin, "SELECT count(*) FROM other").expect_ok(), "1\n");
+    let log = psql(&admin, "SELECT event FROM sys.audit_log WHERE event LIKE 'rekey%' OR event LIKE 'key%seen'").expect_ok();
+    assert!(log.contains("rekey started") && log.contains("rekey failed"), "{log}");
+    drop(kmip);
+}

@@ -60,7 +60,7 @@ impl Store {
             let table = s.table(&name).ok_or_else(|| StorageError::NoSuchTable(name.clone()))?;
             s.inner.gate.check(&name)?;
             table.check_keys()?;
-            let job = s.start_job(&table).await?;
+            let job = s.start_job(&table, None).await?;
             s.spawn_job(job.id);
             Ok(job)
         })
@@ -84,33 +84,10 @@ impl Store {
                     detail: "it has no key to encrypt with".into(),
                 });
             }
-            {
-                let mut state = s.inner.catalog.lock().await;
-                let id = table.id;
-                let own_keys = state
-                    .body
-                    .tables
-                    .iter()
-                    .any(|m| m.id == id && m.key_provider.is_some());
-                if own_keys && encryption == Encryption::None {
-                    return Err(StorageError::Schema {
-                        table: name.clone(),
-                        detail: "its keys live on a key server (key_provider), and encryption = 'none' would leave them unused; copy it into a table created WITH (encryption = 'none') instead".into(),
-                    });
-                }
-                s.persist(&mut state, |body| {
-                    if let Some(meta) = body.tables.iter_mut().find(|m| m.id == id) {
-                        meta.encryption = encryption;
-                    }
-                    Ok(())
-                })
-                .await?;
-                table.set_encryption(encryption);
-            }
+            let job = s.start_job(&table, Some(encryption)).await?;
             crate::crash_point("set-encryption:after-catalog");
             info!(table = %name, "encryption set to {}: new data is stored so now", encryption.as_str());
             s.audit_key("table encryption set", format!("table {name}: encryption = '{}'", encryption.as_str())).await;
-            let job = s.start_job(&table).await?;
             s.spawn_job(job.id);
             Ok(job)
         })
@@ -142,31 +119,55 @@ impl Store {
         }
     }
 
-    /// Records a running job for `table`, or returns the one running.
-    async fn start_job(&self, table: &Arc<Table>) -> Result<JobMeta, StorageError> {
+    /// Records a running job for `table` (or returns the one running), in
+    /// the same catalog write as a change of its encryption to `encryption`.
+    async fn start_job(&self, table: &Arc<Table>, encryption: Option<Encryption>) -> Result<JobMeta, StorageError> {
         let mut state = self.inner.catalog.lock().await;
-        if let Some(job) = state
+        let id = table.id;
+        if encryption == Some(Encryption::None)
+            && state.body.tables.iter().any(|m| m.id == id && m.key_provider.is_some())
+        {
+            return Err(StorageError::Schema {
+                table: table.name.clone(),
+                detail: "its keys live on a key server (key_provider), and encryption = 'none' would leave them unused; copy it into a table created WITH (encryption = 'none') instead".into(),
+            });
+        }
+        let running = state
             .body
             .jobs
             .iter()
-            .find(|j| j.table_id == table.id && j.state == JobState::Running)
-        {
+            .find(|j| j.table_id == id && j.state == JobState::Running)
+            .cloned();
+        if let (Some(job), None) = (&running, encryption) {
             return Ok(job.clone());
         }
+        let target = encryption.unwrap_or(table.encryption());
+        let version = table.key_version();
+        let stale = |s: &Segment| match target {
+            Encryption::None => s.meta.key_version != 0,
+            Encryption::Aes256Gcm => s.meta.key_version != version,
+        };
         let data = table.snapshot();
-        let bytes_total = data
-            .segments
-            .iter()
-            .filter(|s| table.is_stale(s))
-            .map(|s| s.meta.bytes)
-            .sum();
+        let bytes_total = data.segments.iter().filter(|s| stale(s)).map(|s| s.meta.bytes).sum();
+        if let Some(job) = running {
+            // A job runs already: it follows the new encryption as it goes.
+            self.persist(&mut state, |body| {
+                if let Some(meta) = body.tables.iter_mut().find(|m| m.id == id) {
+                    meta.encryption = target;
+                }
+                Ok(())
+            })
+            .await?;
+            table.set_encryption(target);
+            return Ok(job);
+        }
         let job = JobMeta {
             id: state.body.jobs.iter().map(|j| j.id).max().unwrap_or(0) + 1,
             kind: JobKind::RekeyTable,
             table_id: table.id,
             table: table.name.clone(),
-            target_version: match table.encryption() {
-                Encryption::Aes256Gcm => table.key_version(),
+            target_version: match target {
+                Encryption::Aes256Gcm => version,
                 Encryption::None => 0,
             },
             state: JobState::Running,
@@ -179,6 +180,9 @@ impl Store {
         };
         let added = job.clone();
         self.persist(&mut state, |body| {
+            if let Some(meta) = body.tables.iter_mut().find(|m| m.id == id) {
+                meta.encryption = target;
+            }
             body.jobs.push(added);
             let finished = body.jobs.iter().filter(|j| j.state != JobState::Running).count();
             let mut excess = finished.saturating_sub(FINISHED_JOBS_KEPT);
@@ -190,6 +194,8 @@ impl Store {
             Ok(())
         })
         .await?;
+        table.set_encryption(target);
+        drop(state);
         info!(table = %table.name, job = job.id, "rekey started: {bytes_total} bytes to rewrite");
         self.audit_key(
             "rekey started",
