@@ -311,7 +311,7 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_rotation_period: Option<String>,
-    /// Bytes of old files ALTER TABLE ... REKEY rewrites per second, at most, e.g. "64MB" (0: no limit) [default: 32MB].
+    /// Bytes of old files ALTER TABLE ... REKEY rewrites per second, at most, e.g. "64MB" (0: no limit) [default: 8MB].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rekey_max_bytes_per_sec: Option<String>,
