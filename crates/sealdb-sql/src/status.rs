@@ -285,3 +285,91 @@ pub fn findings(i: &StatusInputs) -> Vec<Finding> {
     out.sort_by_key(|f| rank(f.severity));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, encryption: Encryption, share: f64) -> TableSummary {
+        TableSummary {
+            name: name.into(),
+            encryption,
+            key_version: 2,
+            key_created_unix: 0,
+            created_unix: 0,
+            rows: 1,
+            segments: 1,
+            bytes_on_disk: 10,
+            bytes_in_memory: 0,
+            current_key_share: share,
+        }
+    }
+
+    fn names(f: &[Finding]) -> Vec<(&'static str, &'static str)> {
+        f.iter().map(|f| (f.severity, f.finding)).collect()
+    }
+
+    #[test]
+    fn a_clean_installation_has_only_the_rotation_period_hint() {
+        let found = findings(&StatusInputs::default());
+        assert_eq!(names(&found), [("low", "no key rotation period")]);
+        let found = findings(&StatusInputs {
+            key_rotation_period: Some(("90d".into(), Duration::from_secs(90 * 86_400))),
+            ..StatusInputs::default()
+        });
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn each_weakness_is_a_finding_with_its_fix() {
+        let mut clerk = User {
+            name: "clerk".into(),
+            password: None,
+            require: Requirement::Ssl,
+            superuser: false,
+            login: true,
+            member_of: Default::default(),
+            created: std::time::SystemTime::UNIX_EPOCH,
+        };
+        clerk.password = Some(sealdb_auth::ScramVerifier::new("pw", 4096));
+        let found = findings(&StatusInputs {
+            users: vec![clerk],
+            pki_db_client_auth: true,
+            session_certificates: vec![SessionCertificate {
+                user: "clerk".into(),
+                subject: "CN=clerk".into(),
+                days_left: 3,
+            }],
+            tables: vec![
+                table("old", Encryption::Aes256Gcm, 0.5),
+                table("bare", Encryption::None, 1.0),
+            ],
+            key_rotation_period: Some(("90d".into(), Duration::from_secs(90 * 86_400))),
+            due_for_rotation: vec![("old".into(), Duration::from_secs(100 * 86_400))],
+            audit: AuditState {
+                off: true,
+                failures: 2,
+                damaged: Some("audit/1.audit: record 3 does not follow".into()),
+            },
+            ..StatusInputs::default()
+        });
+        let got = names(&found);
+        for want in [
+            ("high", "audit records lost"),
+            ("high", "audit log damaged"),
+            ("medium", "audit log off"),
+            ("low", "password kept although certificates authenticate"),
+            ("medium", "client certificate expires soon"),
+            ("medium", "old key versions still in use"),
+            ("medium", "unencrypted table"),
+            ("medium", "key older than the rotation period"),
+        ] {
+            assert!(got.contains(&want), "{want:?} missing from {got:?}");
+        }
+        assert!(!got.iter().any(|(_, f)| *f == "user without REQUIRE SSL"));
+        let fixes: Vec<&str> = found.iter().map(|f| f.fix.as_str()).collect();
+        assert!(fixes.contains(&"ALTER USER clerk PASSWORD NULL"), "{fixes:?}");
+        assert!(fixes.contains(&"ALTER TABLE old REKEY"), "{fixes:?}");
+        assert!(found.windows(2).all(|w| (w[0].severity == "high") >= (w[1].severity == "high")));
+    }
+}
