@@ -370,6 +370,10 @@ mod tests {
         let fixes: Vec<&str> = found.iter().map(|f| f.fix.as_str()).collect();
         assert!(fixes.contains(&"ALTER USER clerk PASSWORD NULL"), "{fixes:?}");
         assert!(fixes.contains(&"ALTER TABLE old REKEY"), "{fixes:?}");
-        assert!(found.windows(2).all(|w| (w[0].severity == "high") >= (w[1].severity == "high")));
+        assert!(
+            found
+                .windows(2)
+                .all(|w| (w[0].severity == "high") >= (w[1].severity == "high"))
+        );
     }
 }

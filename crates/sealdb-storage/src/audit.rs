@@ -313,6 +313,9 @@ fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<(File, AeadKey), 
     Ok((file, record_key(system, seq)?))
 }
 
+/// (number, plaintext) of each record that authenticated, and problems.
+type FileRecords = (Vec<(u64, Vec<u8>)>, Vec<String>);
+
 /// Reads one file: (number, plaintext) of each record that authenticated,
 /// and problems. A torn last record (a crash while appending it: never
 /// acknowledged) is not a problem.
@@ -322,7 +325,7 @@ fn read_file(
     seq: u64,
     keys: &[Key256],
     newest: bool,
-) -> Result<(Vec<(u64, Vec<u8>)>, Vec<String>), StorageError> {
+) -> Result<FileRecords, StorageError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))

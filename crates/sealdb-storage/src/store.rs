@@ -271,7 +271,19 @@ impl Store {
 
         report.removed_files.extend(remove_orphans(dir, &body)?);
         let audit = if options.audit {
-            Some(std::sync::Mutex::new(AuditWriter::open(dir, &systems)?))
+            let mut writer = AuditWriter::open(dir, &systems)?;
+            if report.created {
+                writer.append(&AuditEvent::new(
+                    "master key created",
+                    "sealdb",
+                    format!(
+                        "master key {} in {}; new key-ring and system keys",
+                        header.master_id,
+                        provider.name()
+                    ),
+                ))?;
+            }
+            Some(std::sync::Mutex::new(writer))
         } else {
             None
         };

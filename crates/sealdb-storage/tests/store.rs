@@ -813,6 +813,7 @@ async fn verify_finds_an_audit_record_removed_or_edited_even_by_someone_holding_
     assert_eq!(
         events,
         [
+            "master key created",
             "table key created",
             "table key rotated",
             "master key rotated",
@@ -823,7 +824,7 @@ async fn verify_finds_an_audit_record_removed_or_edited_even_by_someone_holding_
     let clean = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
     assert!(clean.problems.is_empty(), "{:?}", clean.problems);
     assert!(
-        clean.checked.iter().any(|c| c.contains("4 records, hash chain intact")),
+        clean.checked.iter().any(|c| c.contains("5 records, hash chain intact")),
         "{:?}",
         clean.checked
     );
@@ -841,16 +842,16 @@ async fn verify_finds_an_audit_record_removed_or_edited_even_by_someone_holding_
             .join("\n")
     };
     let removed = damaged(|r| {
-        r.remove(1);
+        r.remove(2);
     });
-    assert!(removed.contains("records 2 to 2 are missing"), "{removed}");
-    let edited = damaged(|r| r[1].detail = "nothing happened".into());
-    assert!(edited.contains("record 3 does not follow"), "{edited}");
+    assert!(removed.contains("records 3 to 3 are missing"), "{removed}");
+    let edited = damaged(|r| r[2].detail = "nothing happened".into());
+    assert!(edited.contains("record 4 does not follow"), "{edited}");
     let renumbered = damaged(|r| {
-        r.remove(1);
+        r.remove(2);
         for (i, rec) in r.iter_mut().enumerate() {
             rec.number = i as u64 + 1;
         }
     });
-    assert!(renumbered.contains("record 2 does not follow"), "{renumbered}");
+    assert!(renumbered.contains("record 3 does not follow"), "{renumbered}");
 }

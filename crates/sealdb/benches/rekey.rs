@@ -128,7 +128,11 @@ fn main() {
         let took = load(&admin, &name, &data);
         let bytes = bytes_on_disk(&admin, &name) as f64;
         loads.push(bytes / took.as_secs_f64());
-        println!("  load  {name}: {:.2} s, {:.1} MB on disk", took.as_secs_f64(), bytes / 1e6);
+        println!(
+            "  load  {name}: {:.2} s, {:.1} MB on disk",
+            took.as_secs_f64(),
+            bytes / 1e6
+        );
         for _ in 0..2 {
             let took = rekey(&admin, &name, Duration::from_millis(10));
             rekeys.push(bytes / took.as_secs_f64());

@@ -221,7 +221,10 @@ fn a_crash_during_a_rekey_resumes_the_job_and_loses_nothing() {
         ("rekey:after-step", "ALTER TABLE t REKEY"),
         ("rekey:before-finish", "ALTER TABLE t REKEY"),
         ("rekey:after-finish", "ALTER TABLE t REKEY"),
-        ("set-encryption:after-catalog", "ALTER TABLE t SET (encryption = 'none')"),
+        (
+            "set-encryption:after-catalog",
+            "ALTER TABLE t SET (encryption = 'none')",
+        ),
         ("system-rekey:before-catalog", "ALTER SYSTEM REKEY"),
         ("system-rekey:after-catalog", "ALTER SYSTEM REKEY"),
         ("system-rekey:after-checkpoint", "ALTER SYSTEM REKEY"),
@@ -264,7 +267,10 @@ fn a_crash_during_a_rekey_resumes_the_job_and_loses_nothing() {
                 if state == "done\n" {
                     break;
                 }
-                assert!(std::time::Instant::now() < deadline, "{point}: the job did not resume: {state}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{point}: the job did not resume: {state}"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
             assert_eq!(

@@ -1019,7 +1019,11 @@ fn a_key_destroyed_in_the_middle_of_a_rekey_stops_the_job_naming_the_key() {
     for batch in 0..4 {
         psql(
             &admin,
-            &format!("INSERT INTO cards SELECT value FROM generate_series({}, {})", batch * 100, batch * 100 + 99),
+            &format!(
+                "INSERT INTO cards SELECT value FROM generate_series({}, {})",
+                batch * 100,
+                batch * 100 + 99
+            ),
         )
         .expect_ok();
         psql(&admin, "CHECKPOINT").expect_ok();
@@ -1042,12 +1046,23 @@ fn a_key_destroyed_in_the_middle_of_a_rekey_stops_the_job_naming_the_key() {
         "the job did not stop: {}",
         psql(&admin, "SELECT * FROM sys.jobs").expect_ok()
     );
-    let job = psql(&admin, "SELECT bytes_done < bytes_total, error FROM sys.jobs WHERE job_id = 1").expect_ok();
-    assert!(job.starts_with("t|") && job.contains(&kek) && job.contains("destroyed"), "{job}");
+    let job = psql(
+        &admin,
+        "SELECT bytes_done < bytes_total, error FROM sys.jobs WHERE job_id = 1",
+    )
+    .expect_ok();
+    assert!(
+        job.starts_with("t|") && job.contains(&kek) && job.contains("destroyed"),
+        "{job}"
+    );
     psql(&admin, "SELECT count(*) FROM cards").expect_err("58000");
     psql(&admin, "INSERT INTO other VALUES (1)").expect_ok();
     assert_eq!(psql(&admin, "SELECT count(*) FROM other").expect_ok(), "1\n");
-    let log = psql(&admin, "SELECT event FROM sys.audit_log WHERE event LIKE 'rekey%' OR event LIKE 'key%seen'").expect_ok();
+    let log = psql(
+        &admin,
+        "SELECT event FROM sys.audit_log WHERE event LIKE 'rekey%' OR event LIKE 'key%seen'",
+    )
+    .expect_ok();
     assert!(log.contains("rekey started") && log.contains("rekey failed"), "{log}");
     drop(kmip);
 }

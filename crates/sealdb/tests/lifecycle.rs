@@ -17,7 +17,9 @@ fn wait_for_job(admin: &str, id: u32) -> String {
     loop {
         let row = psql(
             admin,
-            &format!("SELECT state, bytes_done, bytes_total, destroyed_key_versions, error FROM sys.jobs WHERE job_id = {id}"),
+            &format!(
+                "SELECT state, bytes_done, bytes_total, destroyed_key_versions, error FROM sys.jobs WHERE job_id = {id}"
+            ),
         )
         .expect_ok();
         if !row.starts_with("running") {
@@ -80,13 +82,17 @@ fn rekey_runs_online_while_rows_are_inserted_updated_and_deleted_and_loses_none(
     }
     psql(&admin, "ALTER TABLE m ROTATE KEY").expect_ok();
     psql(&admin, "ALTER TABLE m REKEY").expect_ok();
-    let share = psql(&admin, "SELECT current_key_share FROM sys.tables WHERE table_name = 'public.m'").expect_ok();
+    let share = psql(
+        &admin,
+        "SELECT current_key_share FROM sys.tables WHERE table_name = 'public.m'",
+    )
+    .expect_ok();
     assert!(share.trim().parse::<f64>().unwrap() < 1.0, "{share}");
 
     // While the job runs: one insert, one update and one delete a round.
     let mut rounds_while_running = 0;
-    let mut next = 10_000i64;
     for round in 0..200i64 {
+        let next = 10_000 + round;
         let running = psql(&admin, "SELECT state FROM sys.jobs WHERE job_id = 1").expect_ok() == "running\n";
         if !running {
             break;
@@ -106,12 +112,14 @@ fn rekey_runs_online_while_rows_are_inserted_updated_and_deleted_and_loses_none(
             *v += 1;
         }
         model.remove(&delete);
-        next += 1;
     }
     let job = wait_for_job(&admin, 1);
     assert!(job.starts_with("done|"), "{job}");
     assert!(job.contains("|1|"), "version 1 destroyed: {job}");
-    assert!(rounds_while_running >= 3, "the rewrite was too quick to overlap writes: {rounds_while_running} rounds");
+    assert!(
+        rounds_while_running >= 3,
+        "the rewrite was too quick to overlap writes: {rounds_while_running} rounds"
+    );
 
     let expected: String = model.iter().map(|(id, v)| format!("{id}|{v}\n")).collect();
     let seen = psql(&admin, "SELECT id, v FROM m ORDER BY id").expect_ok();
@@ -122,11 +130,19 @@ fn rekey_runs_online_while_rows_are_inserted_updated_and_deleted_and_loses_none(
         "no row lost or duplicated"
     );
     assert_eq!(
-        psql(&admin, "SELECT current_key_share FROM sys.tables WHERE table_name = 'public.m'").expect_ok(),
+        psql(
+            &admin,
+            "SELECT current_key_share FROM sys.tables WHERE table_name = 'public.m'"
+        )
+        .expect_ok(),
         "1.0\n"
     );
     assert_eq!(
-        psql(&admin, "SELECT version FROM sys.encryption_keys WHERE scope = 'table public.m'").expect_ok(),
+        psql(
+            &admin,
+            "SELECT version FROM sys.encryption_keys WHERE scope = 'table public.m'"
+        )
+        .expect_ok(),
         "2\n",
         "the older version is destroyed"
     );
@@ -142,14 +158,21 @@ fn set_encryption_converts_a_plaintext_table_and_back() {
     let server = TestServer::start(&[]);
     let admin = server.admin();
     let data = server.data.clone();
-    psql(&admin, "CREATE TABLE p (id BIGINT, note TEXT) WITH (encryption = 'none')").expect_ok();
+    psql(
+        &admin,
+        "CREATE TABLE p (id BIGINT, note TEXT) WITH (encryption = 'none')",
+    )
+    .expect_ok();
     psql(
         &admin,
         "INSERT INTO p SELECT value, 'clear-marker-' || value FROM generate_series(1, 100)",
     )
     .expect_ok();
     psql(&admin, "CHECKPOINT").expect_ok();
-    assert!(!files_containing(&data, "clear-marker-").is_empty(), "a plaintext segment holds the marker");
+    assert!(
+        !files_containing(&data, "clear-marker-").is_empty(),
+        "a plaintext segment holds the marker"
+    );
     let findings = psql(&admin, "SELECT finding FROM sys.security_status").expect_ok();
     assert!(findings.contains("unencrypted table"), "{findings}");
 
@@ -198,13 +221,20 @@ fn system_rekey_replaces_the_ring_and_system_keys_online() {
     for (b, a) in before.lines().zip(after.lines()) {
         assert_ne!(b, a, "every wrapped key changes");
     }
-    let events = psql(&admin, "SELECT event FROM sys.audit_log WHERE event LIKE 'system rekey%'").expect_ok();
+    let events = psql(
+        &admin,
+        "SELECT event FROM sys.audit_log WHERE event LIKE 'system rekey%'",
+    )
+    .expect_ok();
     assert_eq!(events, "system rekey done\n");
     let dir = server.crash();
     let (ok, out) = sealdb_verify(&dir.path().join("data"), &[]);
     assert!(ok, "{out}");
     let server = TestServer::start_in(dir, &[]);
-    assert_eq!(psql(&server.admin(), "SELECT n FROM s ORDER BY n").expect_ok(), "1\n2\n3\n4\n");
+    assert_eq!(
+        psql(&server.admin(), "SELECT n FROM s ORDER BY n").expect_ok(),
+        "1\n2\n3\n4\n"
+    );
 }
 
 #[test]
@@ -212,7 +242,11 @@ fn the_audit_log_records_logins_user_changes_and_key_operations_and_verify_check
     let server = TestServer::start(&[]);
     let admin = server.admin();
     let secret = "audit-secret-pw-1";
-    psql(&admin, &format!("CREATE USER clerk WITH PASSWORD '{secret}' REQUIRE SSL")).expect_ok();
+    psql(
+        &admin,
+        &format!("CREATE USER clerk WITH PASSWORD '{secret}' REQUIRE SSL"),
+    )
+    .expect_ok();
     psql(&admin, "CREATE TABLE ledger (n INT)").expect_ok();
     psql(&admin, "GRANT SELECT ON ledger TO clerk").expect_ok();
     psql_pw(&server.password_conn("clerk"), "wrong-password", "SELECT 1").expect_err("password authentication failed");
@@ -221,7 +255,11 @@ fn the_audit_log_records_logins_user_changes_and_key_operations_and_verify_check
     psql(&admin, "ALTER SYSTEM ROTATE MASTER KEY").expect_ok();
     psql(&admin, "DROP USER clerk").expect_ok();
 
-    let log = psql(&admin, "SELECT event, user_name, detail FROM sys.audit_log ORDER BY record").expect_ok();
+    let log = psql(
+        &admin,
+        "SELECT event, user_name, detail FROM sys.audit_log ORDER BY record",
+    )
+    .expect_ok();
     let has = |event: &str, user: &str, detail: &str| {
         log.lines()
             .any(|l| l.starts_with(&format!("{event}|{user}|")) && l.contains(detail))
@@ -234,7 +272,10 @@ fn the_audit_log_records_logins_user_changes_and_key_operations_and_verify_check
     assert!(has("login", "clerk", "auth scram-sha-256, TLS"), "{log}");
     assert!(has("table key created", "sealdb", "table ledger"), "{log}");
     assert!(has("table key rotated", "sealdb", "table ledger: version 2"), "{log}");
-    assert!(has("master key rotated", "sealdb", "the key ring is re-wrapped"), "{log}");
+    assert!(
+        has("master key rotated", "sealdb", "the key ring is re-wrapped"),
+        "{log}"
+    );
     assert!(has("drop user", "admin", "clerk"), "{log}");
     assert!(!log.contains(secret), "no password in the audit log");
     let chain = psql(
@@ -246,7 +287,10 @@ fn the_audit_log_records_logins_user_changes_and_key_operations_and_verify_check
 
     let dir = server.stop();
     let data = dir.path().join("data");
-    assert!(files_containing(&data, "login failed").is_empty(), "the audit log is encrypted");
+    assert!(
+        files_containing(&data, "login failed").is_empty(),
+        "the audit log is encrypted"
+    );
     let (ok, out) = sealdb_verify(&data, &[]);
     assert!(ok && out.contains("hash chain intact"), "{out}");
 
@@ -282,11 +326,21 @@ fn a_default_installation_with_a_passphrase_has_no_high_finding_and_sealdb_statu
     psql(&admin, "ALTER TABLE o ROTATE KEY").expect_ok();
     psql(&admin, "CREATE TABLE bare (n INT) WITH (encryption = 'none')").expect_ok();
     let live = psql(&admin, "SELECT severity, finding, fix FROM sys.security_status").expect_ok();
-    assert!(live.contains("medium|old key versions still in use|ALTER TABLE o REKEY"), "{live}");
-    assert!(live.contains("medium|unencrypted table|ALTER TABLE bare SET (encryption = 'aes-256-gcm')"), "{live}");
+    assert!(
+        live.contains("medium|old key versions still in use|ALTER TABLE o REKEY"),
+        "{live}"
+    );
+    assert!(
+        live.contains("medium|unencrypted table|ALTER TABLE bare SET (encryption = 'aes-256-gcm')"),
+        "{live}"
+    );
     let (ok, out) = sealdb_status(&server.data, &env);
     assert!(ok, "{out}");
-    for finding in ["old key versions still in use", "unencrypted table", "user without REQUIRE SSL"] {
+    for finding in [
+        "old key versions still in use",
+        "unencrypted table",
+        "user without REQUIRE SSL",
+    ] {
         assert!(out.contains(finding), "sealdb status misses {finding}: {out}");
     }
     psql(&admin, "ALTER TABLE o REKEY").expect_ok();
@@ -297,5 +351,8 @@ fn a_default_installation_with_a_passphrase_has_no_high_finding_and_sealdb_statu
     // Without the passphrase the master key sits unsealed: high, exit 1.
     let plain = TestServer::start(&[]);
     let (ok, out) = sealdb_status(&plain.data, &[]);
-    assert!(!ok && out.contains("HIGH    master key unprotected on local disk"), "{out}");
+    assert!(
+        !ok && out.contains("HIGH    master key unprotected on local disk"),
+        "{out}"
+    );
 }

@@ -76,9 +76,7 @@ impl Store {
     pub async fn set_table_encryption(&self, name: &str, encryption: Encryption) -> Result<JobMeta, StorageError> {
         let name = name.to_owned();
         self.detached(move |s| async move {
-            let table = s
-                .table(&name)
-                .ok_or_else(|| StorageError::NoSuchTable(name.clone()))?;
+            let table = s.table(&name).ok_or_else(|| StorageError::NoSuchTable(name.clone()))?;
             s.inner.gate.check(&name)?;
             table.check_keys()?;
             if encryption == Encryption::Aes256Gcm && table.key(table.key_version()).is_none() {
@@ -90,7 +88,11 @@ impl Store {
             let job = s.start_job(&table, Some(encryption)).await?;
             crate::crash_point("set-encryption:after-catalog");
             info!(table = %name, "encryption set to {}: new data is stored so now", encryption.as_str());
-            s.audit_key("table encryption set", format!("table {name}: encryption = '{}'", encryption.as_str())).await;
+            s.audit_key(
+                "table encryption set",
+                format!("table {name}: encryption = '{}'", encryption.as_str()),
+            )
+            .await;
             s.spawn_job(job.id);
             Ok(job)
         })
