@@ -128,7 +128,8 @@ fn file_name(seq: u64) -> String {
 pub(crate) struct AuditWriter {
     dir: PathBuf,
     system: Key256,
-    file: File,
+    /// `None` until the file could be created (a disk full at start).
+    file: Option<File>,
     seq: u64,
     key: AeadKey,
     next_number: u64,
@@ -184,7 +185,17 @@ impl AuditWriter {
             .first()
             .cloned()
             .ok_or_else(|| StorageError::Internal("the audit log needs a key".into()))?;
-        let (file, key) = begin_file(dir, &system, next_seq)?;
+        // A full disk must not keep the server from starting: the file is
+        // begun by the first record once space returns.
+        let file = match begin_file(dir, &system, next_seq) {
+            Ok(file) => Some(file),
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!("{e}; audit records fail until space returns");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let key = record_key(&system, next_seq)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             system,
@@ -212,10 +223,30 @@ impl AuditWriter {
         let plain = serde_json::to_vec(&record).map_err(|e| StorageError::Internal(format!("audit record: {e}")))?;
         let frame = seal_record(&self.key, self.seq, record.number, &plain)?;
         let path = self.dir.join(AUDIT_DIR).join(file_name(self.seq));
-        self.file
-            .write_all(&frame)
-            .and_then(|()| self.file.sync_data())
-            .map_err(StorageError::io("writing", &path))?;
+        if self.file.is_none() {
+            self.file = Some(begin_file(&self.dir, &self.system, self.seq)?);
+        }
+        let written = match self.file.as_mut() {
+            Some(file) => file.write_all(&frame).and_then(|()| file.sync_data()),
+            None => Ok(()),
+        };
+        if let Err(e) = written {
+            // Cut back to the last whole record, so the next one follows it.
+            if let Some(file) = self.file.as_mut() {
+                let whole = whole_len(
+                    &path,
+                    &path.display().to_string(),
+                    self.seq,
+                    std::slice::from_ref(&self.system),
+                )
+                .ok()
+                .flatten();
+                if let Some(len) = whole {
+                    let _ = file.set_len(len);
+                }
+            }
+            return Err(StorageError::io("writing", &path)(e));
+        }
         self.next_number += 1;
         self.last_hash = hex(&sha256(&plain));
         Ok(record)
@@ -223,9 +254,9 @@ impl AuditWriter {
 
     /// Continues in a new file under `system` (after `ALTER SYSTEM REKEY`).
     pub(crate) fn switch_key(&mut self, system: &Key256) -> Result<(), StorageError> {
-        let (file, key) = begin_file(&self.dir, system, self.seq + 1)?;
-        self.file = file;
-        self.key = key;
+        let file = begin_file(&self.dir, system, self.seq + 1)?;
+        self.file = Some(file);
+        self.key = record_key(system, self.seq + 1)?;
         self.seq += 1;
         self.system = system.clone();
         Ok(())
@@ -292,7 +323,7 @@ fn seal_record(key: &AeadKey, seq: u64, number: u64, plain: &[u8]) -> Result<Vec
     Ok(out)
 }
 
-fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<(File, AeadKey), StorageError> {
+fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<File, StorageError> {
     let audit = dir.join(AUDIT_DIR);
     std::fs::create_dir_all(&audit).map_err(StorageError::io("creating", &audit))?;
     let path = audit.join(file_name(seq));
@@ -301,16 +332,19 @@ fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<(File, AeadKey), 
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let bytes = header(&header_key(system)?, seq)?;
-    let file = options
-        .open(&path)
-        .and_then(|mut f| {
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            Ok(f)
-        })
-        .map_err(StorageError::io("creating", &path))?;
+    let file = match options.open(&path).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        Ok(f)
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(StorageError::io("creating", &path)(e));
+        }
+    };
     sealdb_kms::fsync_dir(&audit).map_err(StorageError::io("syncing", &audit))?;
-    Ok((file, record_key(system, seq)?))
+    Ok(file)
 }
 
 /// (number, plaintext) of each record that authenticated, and problems.
@@ -319,13 +353,7 @@ type FileRecords = (Vec<(u64, Vec<u8>)>, Vec<String>);
 /// Reads one file: (number, plaintext) of each record that authenticated,
 /// and problems. A torn last record (a crash while appending it: never
 /// acknowledged) is not a problem.
-fn read_file(
-    path: &Path,
-    display: &str,
-    seq: u64,
-    keys: &[Key256],
-    newest: bool,
-) -> Result<FileRecords, StorageError> {
+fn read_file(path: &Path, display: &str, seq: u64, keys: &[Key256], newest: bool) -> Result<FileRecords, StorageError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))

@@ -356,3 +356,28 @@ fn a_default_installation_with_a_passphrase_has_no_high_finding_and_sealdb_statu
         "{out}"
     );
 }
+
+#[test]
+fn keep_old_keys_keeps_the_older_versions_after_a_rekey() {
+    let server = TestServer::start(&["--keep-old-keys"]);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE k (n INT)").expect_ok();
+    psql(&admin, "INSERT INTO k VALUES (1), (2)").expect_ok();
+    psql(&admin, "CHECKPOINT").expect_ok();
+    psql(&admin, "ALTER TABLE k ROTATE KEY").expect_ok();
+    psql(&admin, "ALTER TABLE k REKEY").expect_ok();
+    let job = wait_for_job(&admin, 1);
+    assert!(job.starts_with("done|"), "{job}");
+    assert_eq!(
+        psql(
+            &admin,
+            "SELECT version, state FROM sys.encryption_keys WHERE scope = 'table public.k' ORDER BY version"
+        )
+        .expect_ok(),
+        "1|deactivated\n2|active\n"
+    );
+    assert_eq!(
+        psql(&admin, "SELECT current_key_share FROM sys.tables").expect_ok(),
+        "1.0\n"
+    );
+}
