@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""sealdb side by side with PostgreSQL 15 (TLS) and DuckDB (encrypted), one run.
+
+Started by `bench/compare` (which installs what it needs). Loads TPC-H at
+the given scale factors into sealdb encrypted, sealdb with
+`default-table-encryption = none`, PostgreSQL 15 with `ssl = on`, and a
+DuckDB file encrypted with AES-GCM; runs the 22 TPC-H queries (sealdb and
+PostgreSQL through psycopg over verified TLS, DuckDB in process), compares
+every result across systems, and writes a Markdown report. Every server it
+starts listens on 127.0.0.1 and is stopped by PID, also when the run fails.
+"""
+
+import argparse
+import datetime
+import decimal
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
+
+# TPC-H tables, in load order, with their columns.
+SCHEMA = {
+    "region": "r_regionkey INT NOT NULL, r_name TEXT NOT NULL, r_comment TEXT NOT NULL",
+    "nation": "n_nationkey INT NOT NULL, n_name TEXT NOT NULL, n_regionkey INT NOT NULL, n_comment TEXT NOT NULL",
+    "part": "p_partkey BIGINT NOT NULL, p_name TEXT NOT NULL, p_mfgr TEXT NOT NULL, p_brand TEXT NOT NULL, "
+    "p_type TEXT NOT NULL, p_size INT NOT NULL, p_container TEXT NOT NULL, p_retailprice DECIMAL(15,2) NOT NULL, "
+    "p_comment TEXT NOT NULL",
+    "supplier": "s_suppkey BIGINT NOT NULL, s_name TEXT NOT NULL, s_address TEXT NOT NULL, s_nationkey INT NOT NULL, "
+    "s_phone TEXT NOT NULL, s_acctbal DECIMAL(15,2) NOT NULL, s_comment TEXT NOT NULL",
+    "partsupp": "ps_partkey BIGINT NOT NULL, ps_suppkey BIGINT NOT NULL, ps_availqty INT NOT NULL, "
+    "ps_supplycost DECIMAL(15,2) NOT NULL, ps_comment TEXT NOT NULL",
+    "customer": "c_custkey BIGINT NOT NULL, c_name TEXT NOT NULL, c_address TEXT NOT NULL, c_nationkey INT NOT NULL, "
+    "c_phone TEXT NOT NULL, c_acctbal DECIMAL(15,2) NOT NULL, c_mktsegment TEXT NOT NULL, c_comment TEXT NOT NULL",
+    "orders": "o_orderkey BIGINT NOT NULL, o_custkey BIGINT NOT NULL, o_orderstatus TEXT NOT NULL, "
+    "o_totalprice DECIMAL(15,2) NOT NULL, o_orderdate DATE NOT NULL, o_orderpriority TEXT NOT NULL, "
+    "o_clerk TEXT NOT NULL, o_shippriority INT NOT NULL, o_comment TEXT NOT NULL",
+    "lineitem": "l_orderkey BIGINT NOT NULL, l_partkey BIGINT NOT NULL, l_suppkey BIGINT NOT NULL, "
+    "l_linenumber INT NOT NULL, l_quantity DECIMAL(15,2) NOT NULL, l_extendedprice DECIMAL(15,2) NOT NULL, "
+    "l_discount DECIMAL(15,2) NOT NULL, l_tax DECIMAL(15,2) NOT NULL, l_returnflag TEXT NOT NULL, "
+    "l_linestatus TEXT NOT NULL, l_shipdate DATE NOT NULL, l_commitdate DATE NOT NULL, "
+    "l_receiptdate DATE NOT NULL, l_shipinstruct TEXT NOT NULL, l_shipmode TEXT NOT NULL, l_comment TEXT NOT NULL",
+}
+
+SYSTEMS = ["sealdb", "sealdb-plain", "postgres", "duckdb"]
+
+
+def log(msg):
+    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def queries(sf):
+    text = (ROOT / "bench" / "tpch" / "queries.sql").read_text()
+    text = text.replace("{q11_fraction}", repr(0.0001 / sf))
+    out = {}
+    parts = re.split(r"^-- Q(\d+)\s*$", text, flags=re.M)
+    for i in range(1, len(parts), 2):
+        out[int(parts[i])] = parts[i + 1].strip().rstrip(";")
+    assert sorted(out) == list(range(1, 23)), sorted(out)
+    return out
+
+
+def generate(tool, sf, out):
+    """TPC-H tables as `|`-separated text (tpchgen-cli, the tpchgen crates)."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(tool), "tbl", "-s", str(sf), "--output-dir", str(out)], check=True)
+    files = {}
+    for table in SCHEMA:
+        path = out / f"{table}.tbl"
+        assert path.exists(), f"tpchgen-cli wrote no {path}"
+        # dbgen's format ends every line with `|`; COPY and DuckDB read it without.
+        clean = out / f"{table}.txt"
+        with open(path, "rb") as src, open(clean, "wb") as dst:
+            for line in src:
+                dst.write(line[:-2] + b"\n" if line.endswith(b"|\n") else line)
+        path.unlink()
+        files[table] = clean
+    return files
+
+
+def copy_rows(cursor, sql, path):
+    """Streams a file into COPY ... FROM STDIN."""
+    with cursor.copy(sql) as copy, open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            copy.write(chunk)
+
+
+class Server:
+    """A server process started here, stopped by PID."""
+
+    def __init__(self, name, proc, conninfo, pid_of=None):
+        self.name = name
+        self.proc = proc
+        self.conninfo = conninfo
+        self.pid_of = pid_of
+
+    def pid(self):
+        return self.pid_of() if self.pid_of else self.proc.pid
+
+    def connect(self):
+        return psycopg.connect(self.conninfo, autocommit=True)
+
+    def peak_rss_kib(self):
+        """VmHWM of the server and its children (PostgreSQL's backends)."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        total = 0
+        pids = [pid]
+        try:
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            pids += [int(c) for c in children]
+        except OSError:
+            pass
+        for p in pids:
+            try:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+
+def start_sealdb(work, name, extra):
+    data = work / name
+    port = free_port()
+    out = open(work / f"{name}.out", "w")
+    err = open(work / f"{name}.err", "w")
+    proc = subprocess.Popen(
+        [str(ROOT / "target" / "release" / "sealdb"), "start", "--data", str(data), "--port", str(port),
+         "--max-connections", "1000", *extra],
+        stdout=out, stderr=err, env={**os.environ, "SEALDB_LOG": "warn"}, start_new_session=True)
+    deadline = time.time() + 60
+    while "listening" not in (work / f"{name}.out").read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{name} did not start: {(work / f'{name}.err').read_text()}")
+        time.sleep(0.1)
+    certs = data / "certs"
+    conninfo = (f"host=localhost port={port} user=admin dbname=sealdb sslmode=verify-full "
+                f"sslrootcert={certs}/ca.crt sslcert={certs}/client.admin.crt sslkey={certs}/client.admin.key")
+    return Server(name, proc, conninfo)
+
+
+def run_as_postgres(args, **kw):
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "postgres", "--", *args]
+    return subprocess.run(args, check=True, **kw)
+
+
+def start_postgres(work, certs):
+    pgdata = work / "pg"
+    pgdata.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres")
+        shutil.chown(pgdata, "postgres")
+    run_as_postgres([str(PG_BIN / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres"],
+                    stdout=subprocess.DEVNULL)
+    for f in ["node.crt", "node.key", "ca.crt"]:
+        shutil.copy(certs / f, pgdata / f)
+        if os.geteuid() == 0:
+            shutil.chown(pgdata / f, "postgres")
+    os.chmod(pgdata / "node.key", 0o600)
+    port = free_port()
+    with open(pgdata / "postgresql.conf", "a") as conf:
+        conf.write(f"""
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{pgdata}'
+ssl = on
+ssl_cert_file = 'node.crt'
+ssl_key_file = 'node.key'
+ssl_ca_file = 'ca.crt'
+max_connections = 200
+shared_buffers = '2GB'
+max_parallel_workers_per_gather = 2
+""")
+    cmd = [str(PG_BIN / "postgres"), "-D", str(pgdata)]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    log_file = open(work / "pg.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=log_file, start_new_session=True)
+    conninfo = f"host=localhost port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={certs}/ca.crt"
+    deadline = time.time() + 60
+    while True:
+        try:
+            psycopg.connect(conninfo).close()
+            break
+        except psycopg.OperationalError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start: {(work / 'pg.log').read_text()}")
+            time.sleep(0.2)
+
+    def postmaster():
+        try:
+            return int((pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    return Server("postgres", proc, conninfo, postmaster)
+
+
+def stop(server):
+    pid = server.pid()
+    if pid is None:
+        return
+    try:
+        # PostgreSQL: fast shutdown (SIGINT); sealdb: as a crash would, its log is durable.
+        os.kill(pid, signal.SIGINT if server.name == "postgres" else signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(pid, signal.SIGKILL)
+
+
+def load_server(server, files):
+    with server.connect() as conn, conn.cursor() as cur:
+        for table, columns in SCHEMA.items():
+            cur.execute(f"CREATE TABLE {table} ({columns})")
+        start = time.perf_counter()
+        for table, path in files.items():
+            copy_rows(cur, f"COPY {table} FROM STDIN WITH (DELIMITER '|')", path)
+        took = time.perf_counter() - start
+        if server.name.startswith("sealdb"):
+            cur.execute("CHECKPOINT")
+        else:
+            cur.execute("ANALYZE")
+    return took
+
+
+def load_duckdb(path, key, files):
+    conn = duckdb.connect()
+    conn.execute("LOAD httpfs")
+    conn.execute(f"ATTACH '{path}' AS tpch (ENCRYPTION_KEY '{key}', ENCRYPTION_CIPHER 'GCM')")
+    conn.execute("USE tpch")
+    for table, columns in SCHEMA.items():
+        conn.execute(f"CREATE TABLE {table} ({columns})")
+    start = time.perf_counter()
+    for table, path_ in files.items():
+        conn.execute(f"COPY {table} FROM '{path_}' (DELIMITER '|', HEADER false, QUOTE '')")
+    conn.execute("CHECKPOINT tpch")
+    return conn, time.perf_counter() - start
+
+
+def normalize(rows):
+    """Rows compared across systems: numbers to 2 decimal places (DECIMAL
+    averages and float averages differ past that), text stripped, dates as
+    ISO text; sorted, so ties under ORDER BY may come in any order."""
+    out = []
+    for row in rows:
+        norm = []
+        for v in row:
+            if isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool):
+                f = float(v)
+                norm.append("NaN" if math.isnan(f) else f"{round(f, 2):.2f}")
+            elif isinstance(v, (datetime.date, datetime.datetime)):
+                norm.append(v.isoformat()[:10])
+            elif v is None:
+                norm.append("NULL")
+            else:
+                norm.append(str(v).strip())
+        out.append(tuple(norm))
+    return sorted(out)
+
+
+def run_query(kind, conn, sql):
+    start = time.perf_counter()
+    if kind == "duckdb":
+        rows = conn.execute(sql).fetchall()
+    else:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            rows = cur.fetchall()
+    return time.perf_counter() - start, rows
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0]
+    if not values:
+        return float("nan")
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def machine():
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1048576:.1f} GiB"
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), {mem} RAM"
+
+
+def versions():
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    pg = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"sealdb": f"sealdb at {rev}", "postgres": pg, "duckdb": f"DuckDB {duckdb.__version__}"}
+
+
+def run_scale(sf, args, tool, work, report):
+    log(f"scale factor {sf}: generating data")
+    files = generate(tool, sf, work / f"data-sf{sf}")
+    qs = queries(sf)
+    servers = {}
+    results = {"load": {}, "times": {}, "errors": {}, "mismatch": {}, "rss": {}}
+    try:
+        servers["sealdb"] = start_sealdb(work, f"sealdb-sf{sf}", [])
+        servers["sealdb-plain"] = start_sealdb(work, f"sealdb-plain-sf{sf}", ["--default-table-encryption", "none"])
+        # PostgreSQL serves sealdb's node certificate, so that clients verify both the same way.
+        servers["postgres"] = start_postgres(Path(tempfile.mkdtemp(dir=work)), work / f"sealdb-sf{sf}" / "certs")
+        conns = {}
+        for name, server in servers.items():
+            log(f"loading {name}")
+            results["load"][name] = load_server(server, files)
+            conns[name] = server.connect()
+        log("loading duckdb (encrypted)")
+        conns["duckdb"], results["load"]["duckdb"] = load_duckdb(work / f"tpch-sf{sf}.duckdb", "bench-key-" + str(os.getpid()),
+                                                                 files)
+        for q in range(1, 23):
+            for name in SYSTEMS:
+                kind = "duckdb" if name == "duckdb" else "pg"
+                times = []
+                try:
+                    _, rows = run_query(kind, conns[name], qs[q])  # warm-up, and the result compared
+                    for _ in range(args.rounds):
+                        t, _ = run_query(kind, conns[name], qs[q])
+                        times.append(t)
+                except Exception as e:  # noqa: BLE001 - every failure is reported, per system and query
+                    results["errors"][(name, q)] = (str(e).strip().splitlines() or [repr(e)])[0][:200]
+                    continue
+                results["times"][(name, q)] = statistics.median(times)
+                results.setdefault("rows", {})[(name, q)] = normalize(rows)
+            ref = results.get("rows", {}).get(("postgres", q))
+            for name in SYSTEMS:
+                got = results.get("rows", {}).get((name, q))
+                if got is not None and ref is not None and got != ref:
+                    results["mismatch"][(name, q)] = f"{len(got)} rows vs PostgreSQL's {len(ref)}"
+            log(f"Q{q}: " + ", ".join(
+                f"{n} {results['times'][(n, q)] * 1000:.0f} ms" if (n, q) in results["times"] else f"{n} failed"
+                for n in SYSTEMS))
+        for name, server in servers.items():
+            results["rss"][name] = server.peak_rss_kib()
+    finally:
+        for server in servers.values():
+            stop(server)
+    report.append((sf, results))
+
+
+def write_report(path, args, report):
+    v = versions()
+    lines = [
+        "# sealdb compared: PostgreSQL 15 (TLS) and DuckDB (encrypted)",
+        "",
+        f"- Machine: {machine()}",
+        f"- Versions: {v['sealdb']}; {v['postgres']}; {v['duckdb']}",
+        f"- Command: `{' '.join(sys.argv_for_report)}`",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Each query: one warm-up run (its result is compared), then the median of {args.rounds} timed run(s).",
+        "- PostgreSQL gets the same tables without indexes or keys (sealdb has none yet), then ANALYZE.",
+        "- sealdb and PostgreSQL are queried through psycopg over TLS with sslmode=verify-full; DuckDB in process.",
+        "",
+    ]
+    failed = False
+    for sf, r in report:
+        lines += [f"## Scale factor {sf}", "", "| | sealdb | sealdb plain | PostgreSQL 15 | DuckDB |", "|---|---|---|---|---|"]
+        lines.append("| load (COPY, s) | " + " | ".join(
+            f"{r['load'][n]:.2f}" if n in r["load"] else "-" for n in SYSTEMS) + " |")
+        lines.append("| peak RSS (MiB) | " + " | ".join(
+            f"{r['rss'][n] / 1024:.0f}" if r["rss"].get(n) else "in process" for n in SYSTEMS) + " |")
+        lines += ["", "| query | sealdb (ms) | sealdb plain (ms) | PostgreSQL (ms) | DuckDB (ms) | t(plain) / t(sealdb) | t(PG) / t(sealdb) | t(sealdb) / t(DuckDB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for q in range(1, 23):
+            cells = []
+            for n in SYSTEMS:
+                if (n, q) in r["errors"]:
+                    cells.append("cannot run")
+                elif (n, q) in r["mismatch"]:
+                    cells.append("MISMATCH")
+                    failed = True
+                else:
+                    cells.append(f"{r['times'][(n, q)] * 1000:.1f}")
+            t = r["times"]
+
+            def ratio(a, b):
+                if (a, q) in t and (b, q) in t and t[(b, q)] > 0:
+                    return f"{t[(a, q)] / t[(b, q)]:.2f}"
+                return "-"
+            lines.append(f"| Q{q} | " + " | ".join(cells) + f" | {ratio('sealdb-plain', 'sealdb')} | "
+                         f"{ratio('postgres', 'sealdb')} | {ratio('sealdb', 'duckdb')} |")
+        common = [q for q in range(1, 23) if all((n, q) in r["times"] for n in SYSTEMS)]
+        g = {n: geomean([r["times"][(n, q)] for q in common]) for n in SYSTEMS}
+        lines += ["", f"Geometric mean over the {len(common)} queries every system ran:", "",
+                  f"- sealdb encrypted: {g['sealdb'] * 1000:.1f} ms; plain: {g['sealdb-plain'] * 1000:.1f} ms; "
+                  f"PostgreSQL: {g['postgres'] * 1000:.1f} ms; DuckDB: {g['duckdb'] * 1000:.1f} ms",
+                  f"- PostgreSQL / sealdb: **{g['postgres'] / g['sealdb']:.2f}x** (goal: 5x at scale factor 1)",
+                  f"- sealdb / DuckDB: **{g['sealdb'] / g['duckdb']:.2f}** (goal: within 2x)",
+                  f"- sealdb plain / sealdb encrypted: **{g['sealdb-plain'] / g['sealdb']:.3f}** (goal: 0.95 or more on every query)",
+                  ""]
+        if r["errors"]:
+            lines += ["Queries a system cannot run yet:", ""]
+            lines += [f"- {n} Q{q}: {e}" for (n, q), e in sorted(r["errors"].items())]
+            lines.append("")
+        if r["mismatch"]:
+            lines += ["Results that differ from PostgreSQL's (an error, not a figure):", ""]
+            lines += [f"- {n} Q{q}: {m}" for (n, q), m in sorted(r["mismatch"].items())]
+            lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return failed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sf", type=float, nargs="+", default=[1.0], help="scale factors (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per query (median)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "REPORT.md")
+    parser.add_argument("--tpchgen", type=Path, required=True, help="the tpchgen-cli binary")
+    args = parser.parse_args()
+    shown = []
+    skip = False
+    for a in sys.argv[1:]:
+        if skip or a == "--tpchgen":
+            skip = not skip
+            continue
+        shown.append(a)
+    sys.argv_for_report = ["bench/compare", *shown]
+    duckdb.connect().execute("LOAD httpfs")  # DuckDB writes encrypted files only with it
+    report = []
+    with tempfile.TemporaryDirectory(prefix="sealdb-compare-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        for sf in args.sf:
+            run_scale(sf, args, args.tpchgen, work, report)
+    failed = write_report(args.out, args, report)
+    log(f"report: {args.out}")
+    if failed:
+        log("some results differ across systems: see the report")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
