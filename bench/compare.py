@@ -171,7 +171,7 @@ def start_sealdb(work, name, extra):
     out = open(work / f"{name}.out", "w")
     err = open(work / f"{name}.err", "w")
     proc = subprocess.Popen(
-        [str(ROOT / "target" / "release" / "sealdb"), "start", "--data", str(data), "--port", str(port),
+        [os.environ.get("SEALDB_BIN", str(ROOT / "target" / "release" / "sealdb")), "start", "--data", str(data), "--port", str(port),
          "--max-connections", "1000", *extra],
         stdout=out, stderr=err, env={**os.environ, "SEALDB_LOG": "warn"}, start_new_session=True)
     deadline = time.time() + 60
@@ -472,6 +472,57 @@ def write_report(path, args, report):
     return failed
 
 
+def plot(out_dir, report):
+    """PNG plots next to the report: per-query bars for each scale factor,
+    and, with several scale factors, the geometric mean against the scale
+    factor. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"sealdb": "sealdb (encrypted)", "sealdb-plain": "sealdb (plain)", "postgres": "PostgreSQL 15 (TLS)",
+              "duckdb": "DuckDB (encrypted, in process)"}
+    names = []
+    for sf, r in report:
+        fig, ax = plt.subplots(figsize=(14, 5))
+        width = 0.2
+        for i, n in enumerate(SYSTEMS):
+            xs = [q + (i - 1.5) * width for q in range(1, 23)]
+            ys = [r["times"].get((n, q), float("nan")) * 1000 for q in range(1, 23)]
+            ax.bar(xs, ys, width, label=labels[n])
+        ax.set_yscale("log")
+        ax.set_xticks(range(1, 23), [f"Q{q}" for q in range(1, 23)])
+        ax.set_ylabel("median time (ms, log scale; lower is better)")
+        ax.set_title(f"TPC-H at scale factor {sf}")
+        ax.legend()
+        fig.tight_layout()
+        name = f"queries-sf{sf}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    if len(report) > 1:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for n in SYSTEMS:
+            xs, ys = [], []
+            for sf, r in report:
+                common = [q for q in range(1, 23) if all((m, q) in r["times"] for m in SYSTEMS)]
+                xs.append(sf)
+                ys.append(geomean([r["times"][(n, q)] for q in common]) * 1000)
+            ax.plot(xs, ys, marker="o", label=labels[n])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("scale factor")
+        ax.set_ylabel("geometric mean of the 22 queries (ms)")
+        ax.set_title("How query time grows with data")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "scaling.png", dpi=100)
+        plt.close(fig)
+        names.append("scaling.png")
+    return names
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sf", type=float, nargs="+", default=[1.0], help="scale factors (default 1)")
@@ -494,7 +545,11 @@ def main():
         os.chmod(work, 0o755)
         for sf in args.sf:
             run_scale(sf, args, args.tpchgen, work, report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figures = plot(args.out.parent, report)
     failed = write_report(args.out, args, report)
+    with open(args.out, "a") as f:
+        f.write("\n## Plots\n\n" + "".join(f"![{n}]({n})\n\n" for n in figures))
     log(f"report: {args.out}")
     if failed:
         log("some results differ across systems: see the report")
