@@ -38,7 +38,10 @@ fn the_comparison_harness_runs_end_to_end_at_tiny_scale_factors() {
         assert!(text.contains(needle), "the report lacks {needle}:\n{text}");
     }
     assert!(!text.contains("MISMATCH"), "{text}");
-    assert!(!text.contains("cannot run"), "every system runs all 22 queries:\n{text}");
+    assert!(
+        !text.contains("cannot run"),
+        "every system runs all 22 queries:\n{text}"
+    );
     for png in ["queries-sf0.01.png", "queries-sf0.02.png", "scaling.png"] {
         let bytes = std::fs::read(out.path().join(png)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
