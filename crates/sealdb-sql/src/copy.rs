@@ -7,11 +7,48 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::SqlError;
 
 /// Rows parsed before they are converted and added to the transaction.
 const BATCH_ROWS: usize = 8192;
+
+/// A `COPY` statement with the boolean values PostgreSQL accepts for its
+/// options (`on`, `off`, `yes`, `no`, `1`, `0`: pgbench -i sends
+/// `WITH (freeze on)`) spelt `true` or `false`, which is all the SQL parser
+/// takes; `None` when there is nothing to respell.
+pub(crate) fn with_sql_booleans(sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut out = String::with_capacity(sql.len());
+    let mut changed = false;
+    let mut previous: Option<&Token> = None;
+    for token in &tokens {
+        let after_option = matches!(previous, Some(Token::Word(w)) if ["FREEZE", "HEADER"].iter().any(|o| w.value.eq_ignore_ascii_case(o)));
+        let respelt = match token {
+            Token::Word(w) if after_option && w.quote_style.is_none() => match w.value.to_ascii_lowercase().as_str() {
+                "on" | "yes" => Some("true"),
+                "off" | "no" => Some("false"),
+                _ => None,
+            },
+            Token::Number(n, _) if after_option && n == "1" => Some("true"),
+            Token::Number(n, _) if after_option && n == "0" => Some("false"),
+            _ => None,
+        };
+        match respelt {
+            Some(word) => {
+                out.push_str(word);
+                changed = true;
+            }
+            None => out.push_str(&token.to_string()),
+        }
+        if !matches!(token, Token::Whitespace(_)) {
+            previous = Some(token);
+        }
+    }
+    changed.then_some(out)
+}
 
 /// Text or CSV, with their options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +125,10 @@ impl CopyFormat {
                 CopyOption::Header(h) => format.header = *h,
                 CopyOption::Quote(c) => format.quote = ascii(*c, "quote")?,
                 CopyOption::Escape(c) => format.escape = ascii(*c, "escape")?,
+                // FREEZE (pgbench -i sends it) marks PostgreSQL's heap rows
+                // as visible to every later snapshot; rows sealdb commits
+                // already are.
+                CopyOption::Freeze(_) => {}
                 CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
                 other => return Err(SqlError::NotSupported(format!("COPY option {other}"))),
             }
@@ -548,6 +589,23 @@ pub fn data_row_fields(body: &[u8], count: usize) -> Vec<Option<&[u8]>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn postgresql_booleans_of_copy_options_are_respelt_for_the_parser() {
+        assert_eq!(
+            super::with_sql_booleans("copy t from stdin with (freeze on)").as_deref(),
+            Some("copy t from stdin with (freeze true)")
+        );
+        assert_eq!(
+            super::with_sql_booleans("COPY t FROM STDIN (FORMAT csv, HEADER 0, FREEZE OFF)").as_deref(),
+            Some("COPY t FROM STDIN (FORMAT csv, HEADER false, FREEZE false)")
+        );
+        // Names and strings are left alone.
+        assert_eq!(
+            super::with_sql_booleans("COPY \"on\" (header) FROM STDIN WITH (NULL 'on')"),
+            None
+        );
+    }
+
     use std::sync::Arc;
 
     use super::*;

@@ -86,9 +86,21 @@ pub(crate) fn take_table_options(statement: &mut Statement) -> Result<TableOptio
                 }
                 namespace = Some(raw.clone());
             }
+            // PostgreSQL's fill factor leaves room in heap pages for
+            // updates in place (pgbench -i sets it). Segments are written
+            // once and never updated in place, so any valid value means the
+            // same; an invalid one is refused as PostgreSQL refuses it.
+            "fillfactor" => match raw.parse::<u8>() {
+                Ok(10..=100) => {}
+                _ => {
+                    return Err(SqlError::InvalidValue(format!(
+                        "invalid value for table option fillfactor: '{raw}'; use a whole number from 10 to 100"
+                    )));
+                }
+            },
             _ => {
                 return Err(SqlError::InvalidValue(format!(
-                    "unknown table option \"{name}\"; known options: encryption, key_provider, key_namespace"
+                    "unknown table option \"{name}\"; known options: encryption, key_provider, key_namespace, fillfactor"
                 )));
             }
         }

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, Statement};
+use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, ObjectType, Statement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
@@ -606,7 +606,11 @@ impl Engine {
             return self.execute_security(session, statement).await;
         }
         if starts_with_keyword(sql, "copy") {
-            let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+            let respelt = crate::copy::with_sql_booleans(sql);
+            let mut statements = self
+                .parser
+                .parse(respelt.as_deref().unwrap_or(sql))
+                .map_err(|e| SqlError::Syntax(e.to_string()))?;
             if let [Statement::Copy { .. }] = statements.as_slice()
                 && let Some(Statement::Copy {
                     source,
@@ -651,6 +655,15 @@ impl Engine {
                 tag: "SELECT",
             });
         }
+        if (starts_with_keyword(sql, "drop") || starts_with_keyword(sql, "truncate"))
+            && let Some(each) = self.one_object_each(session, sql)?
+        {
+            let mut last = Output::Empty;
+            for piece in each {
+                last = Box::pin(self.execute_one(session, &piece)).await?;
+            }
+            return Ok(last);
+        }
         let (plan, options) = self.plan(session, sql).await?;
         if !returns_rows(&plan) {
             return self.run_plan(session, plan, options).await;
@@ -669,6 +682,58 @@ impl Engine {
             schema,
             batches,
             tag: "SELECT",
+        })
+    }
+
+    /// `DROP TABLE a, b` and `TRUNCATE a, b` (pgbench -i sends both) as one
+    /// statement per table, or `None` for any other statement. The tables
+    /// of a `DROP` without `IF EXISTS` must all exist before any goes. The
+    /// truncations join one transaction, so in autocommit they commit
+    /// together at the statement's end.
+    fn one_object_each(&self, session: &SqlSession, sql: &str) -> Result<Option<Vec<String>>, SqlError> {
+        let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+        let Some(statement) = statements.pop().filter(|_| statements.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(match &statement {
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                names,
+                if_exists,
+                ..
+            } if names.len() > 1 => {
+                if !if_exists {
+                    for name in names {
+                        if !session.ctx.table_exist(name.to_string().as_str())? {
+                            return Err(SqlError::UndefinedTable(format!("table \"{name}\" does not exist")));
+                        }
+                    }
+                }
+                Some(
+                    names
+                        .iter()
+                        .map(|name| {
+                            let mut one = statement.clone();
+                            if let Statement::Drop { names, .. } = &mut one {
+                                *names = vec![name.clone()];
+                            }
+                            one.to_string()
+                        })
+                        .collect(),
+                )
+            }
+            Statement::Truncate(truncate) if truncate.table_names.len() > 1 => Some(
+                truncate
+                    .table_names
+                    .iter()
+                    .map(|target| {
+                        let mut one = truncate.clone();
+                        one.table_names = vec![target.clone()];
+                        Statement::Truncate(one).to_string()
+                    })
+                    .collect(),
+            ),
+            _ => None,
         })
     }
 
@@ -1384,6 +1449,27 @@ impl Engine {
                 }
                 Output::Command {
                     tag: "CHECKPOINT".into(),
+                    rows: None,
+                }
+            }
+            SecurityStatement::Vacuum { tables } => {
+                admin_only("run VACUUM")?;
+                if session.block != Block::None {
+                    return Err(SqlError::ActiveTransaction(
+                        "VACUUM cannot run inside a transaction block; COMMIT or ROLLBACK first".into(),
+                    ));
+                }
+                for name in &tables {
+                    if !session.ctx.table_exist(name.as_str())? {
+                        return Err(SqlError::UndefinedTable(format!("relation \"{name}\" does not exist")));
+                    }
+                }
+                if let Some(durable) = &self.durable {
+                    durable.store.checkpoint().await?;
+                    durable.store.compact().await?;
+                }
+                Output::Command {
+                    tag: "VACUUM".into(),
                     rows: None,
                 }
             }

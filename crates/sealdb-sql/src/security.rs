@@ -99,6 +99,12 @@ pub enum SecurityStatement {
     SetKeyProvider(String),
     /// `CHECKPOINT`: flush rows held in memory and the log into segments.
     Checkpoint,
+    /// `VACUUM [FULL] [FREEZE] [VERBOSE] [ANALYZE] [(options)] [table, ...]`:
+    /// a checkpoint, then the compaction of segments made of deleted rows.
+    Vacuum {
+        /// The tables named, as written; none means every table.
+        tables: Vec<String>,
+    },
     /// `DEALLOCATE [PREPARE] {name | ALL}`: drivers (psycopg) send it after
     /// a rollback. Protocol-level statements are replaced when prepared
     /// again under the same name, so it has nothing to free.
@@ -412,6 +418,30 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
         Some("CHECKPOINT") => {
             p.pos += 1;
             SecurityStatement::Checkpoint
+        }
+        Some("VACUUM") => {
+            p.pos += 1;
+            // PostgreSQL's options tune its own heap; sealdb's segments are
+            // written once, so each of them means the same here.
+            if p.eat_token(&Token::LParen) {
+                while !p.eat_token(&Token::RParen) {
+                    if p.peek(0).is_none() {
+                        return Err(p.unexpected("')' closing the VACUUM options"));
+                    }
+                    p.pos += 1;
+                }
+            }
+            for word in ["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE"] {
+                p.eat_word(word);
+            }
+            let mut tables = Vec::new();
+            if p.peek(0).is_some() {
+                tables.push(p.qualified("a table name")?);
+                while p.eat_token(&Token::Comma) {
+                    tables.push(p.qualified("a table name")?);
+                }
+            }
+            SecurityStatement::Vacuum { tables }
         }
         Some("DEALLOCATE") => {
             p.pos += 1;

@@ -37,6 +37,7 @@ use datafusion::config::{ConfigOptions, EncryptionFactoryOptions, TableParquetOp
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
@@ -61,12 +62,14 @@ use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::encryption::decrypt::FileDecryptionProperties;
 use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
@@ -296,8 +299,27 @@ impl Default for SegmentKeys {
 /// segment (tens to hundreds of KiB).
 const FOOTER_CACHE_ENTRIES: usize = 4096;
 
-/// Decrypted footers by object-store path, with the segment they belong to.
-type FooterCache = HashMap<String, (Weak<Segment>, Arc<ParquetMetaData>)>;
+/// Decrypted footers by object-store path.
+type FooterCache = HashMap<String, Footer>;
+
+/// A segment's decrypted footer, and the statistics the planner reads from
+/// it (row counts, sizes, min/max and null counts of each column), made the
+/// first time a scan asks.
+struct Footer {
+    segment: Weak<Segment>,
+    metadata: Arc<ParquetMetaData>,
+    statistics: Option<Arc<Statistics>>,
+}
+
+impl fmt::Debug for Footer {
+    // Not the metadata: it holds the file's decryptor.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Footer")
+            .field("row_groups", &self.metadata.num_row_groups())
+            .field("statistics", &self.statistics.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 /// A segment being read, and its table; weak so that the registry keeps
 /// neither alive (the scans do).
@@ -330,7 +352,45 @@ impl SegmentKeys {
 
     /// Drops cached footers of segments that are obsolete or gone.
     fn prune_metadata(metadata: &mut FooterCache) {
-        metadata.retain(|_, (segment, _)| segment.upgrade().is_some_and(|s| !s.is_obsolete()));
+        metadata.retain(|_, footer| footer.segment.upgrade().is_some_and(|s| !s.is_obsolete()));
+    }
+
+    /// The planner's statistics of a registered segment, from its footer
+    /// (read, decrypted and cached here the first time). `None` when the
+    /// footer cannot be read: the scan then reports why.
+    async fn statistics(&self, location: &ObjectPath, bytes: u64, schema: &SchemaRef) -> Option<Arc<Statistics>> {
+        let key = location.as_ref().to_owned();
+        let cached = {
+            let metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
+            metadata.get(&key).map(|f| (f.metadata.clone(), f.statistics.clone()))
+        };
+        let footer = match cached {
+            Some((_, Some(statistics))) => return Some(statistics),
+            Some((footer, None)) => footer,
+            None => {
+                // As the scan will read it: decrypted, with its page index.
+                let properties = self
+                    .get_file_decryption_properties(&Default::default(), location)
+                    .await
+                    .ok()?;
+                let mut options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+                if let Some(properties) = properties {
+                    options = options.with_file_decryption_properties(properties);
+                }
+                let mut file = PartitionedFile::new(key.clone(), bytes);
+                file.object_meta.location = location.clone();
+                let mut reader = self
+                    .create_reader(0, file, None, &ExecutionPlanMetricsSet::new())
+                    .ok()?;
+                reader.get_metadata(Some(&options)).await.ok()?
+            }
+        };
+        let statistics = Arc::new(DFParquetMetadata::statistics_from_parquet_metadata(&footer, schema).ok()?);
+        let mut metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = metadata.get_mut(&key) {
+            entry.statistics = Some(statistics.clone());
+        }
+        Some(statistics)
     }
 
     fn lookup(&self, location: &ObjectPath) -> Result<(Arc<Table>, Arc<Segment>)> {
@@ -417,7 +477,7 @@ impl AsyncFileReader for CachingReader {
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         let cached = {
             let metadata = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
-            metadata.get(&self.key).map(|(_, m)| m.clone())
+            metadata.get(&self.key).map(|footer| footer.metadata.clone())
         };
         async move {
             if let Some(m) = cached {
@@ -434,7 +494,14 @@ impl AsyncFileReader for CachingReader {
                         // Bounded: a burst of new segments starts it afresh.
                         metadata.clear();
                     }
-                    metadata.insert(self.key.clone(), (segment.clone(), fetched.clone()));
+                    metadata.insert(
+                        self.key.clone(),
+                        Footer {
+                            segment: segment.clone(),
+                            metadata: fetched.clone(),
+                            statistics: None,
+                        },
+                    );
                 }
             }
             Ok(fetched)
@@ -503,14 +570,16 @@ impl SealTable {
 
     /// A Parquet scan of `segments` (with the stored schema), projected to
     /// `projection` (indices into the stored schema). `filters` are given
-    /// for a scan the physical optimizer cannot push them into itself.
-    fn parquet_exec(
+    /// for a scan the physical optimizer cannot push them into itself;
+    /// `dirty` segments hold deleted rows, so their statistics are bounds.
+    async fn parquet_exec(
         &self,
         state: &dyn Session,
         segments: &[Arc<Segment>],
         projection: Vec<usize>,
         filters: &[Expr],
         limit: Option<usize>,
+        dirty: bool,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let stored = self.table.stored_schema().clone();
         let options = TableParquetOptions {
@@ -532,19 +601,28 @@ impl SealTable {
         let groups = segments.len().clamp(1, state.config().target_partitions().max(1));
         let mut files: Vec<Vec<PartitionedFile>> = (0..groups).map(|_| Vec::new()).collect();
         let mut total_rows = 0usize;
+        let mut all_statistics = Vec::with_capacity(segments.len());
         for (i, segment) in segments.iter().enumerate() {
             let location = self.keys.register(&self.table, segment)?;
+            let rows = usize::try_from(segment.meta.rows).unwrap_or(usize::MAX);
+            total_rows = total_rows.saturating_add(rows);
+            let statistics = match self.keys.statistics(&location, segment.meta.bytes, &stored).await {
+                // Deleted rows are still in the file: its figures are bounds.
+                Some(s) if dirty => Arc::new(s.as_ref().clone().to_inexact()),
+                Some(s) => s,
+                None => Arc::new(self.segment_statistics(segment, rows)),
+            };
+            all_statistics.push(statistics.clone());
             let mut file = PartitionedFile::new(location.to_string(), segment.meta.bytes);
             // Not re-parsed from the string: the path is already encoded.
             file.object_meta.location = location;
-            let rows = usize::try_from(segment.meta.rows).unwrap_or(usize::MAX);
-            total_rows = total_rows.saturating_add(rows);
-            file = file.with_statistics(Arc::new(self.segment_statistics(segment, rows)));
-            files[i % groups].push(file);
+            files[i % groups].push(file.with_statistics(statistics));
         }
+        let table_statistics = Statistics::try_merge_iter(all_statistics.iter().map(|s| s.as_ref()), &stored)
+            .unwrap_or_else(|_| Statistics::new_unknown(&stored).with_num_rows(Precision::Exact(total_rows)));
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(files.into_iter().map(FileGroup::new).collect())
-            .with_statistics(Statistics::new_unknown(&stored).with_num_rows(Precision::Exact(total_rows)))
+            .with_statistics(table_statistics)
             .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
@@ -625,7 +703,9 @@ impl TableProvider for SealTable {
         if !clean.is_empty() {
             // The optimizer pushes the filters (and dynamic filters) through
             // `SegmentScanExec` into this scan itself.
-            let exec = self.parquet_exec(state, &clean, projection.clone(), &[], limit)?;
+            let exec = self
+                .parquet_exec(state, &clean, projection.clone(), &[], limit, false)
+                .await?;
             parts.push(Arc::new(SegmentScanExec::try_new(exec, clean.into(), None)?));
         }
         if !dirty.is_empty() {
@@ -638,7 +718,7 @@ impl TableProvider for SealTable {
                 }
             };
             // No limit here: it would count rows before the deleted ones go.
-            let exec = self.parquet_exec(state, &dirty, read, filters, None)?;
+            let exec = self.parquet_exec(state, &dirty, read, filters, None, true).await?;
             let filter = DeletionFilter {
                 deletions: deletions.clone(),
                 rowid: rowid_at,
@@ -818,11 +898,24 @@ impl ExecutionPlan for SegmentScanExec {
         self.filter.is_none()
     }
 
-    #[allow(deprecated)]
-    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
-        match self.filter {
-            None => self.input.partition_statistics(partition),
-            Some(_) => Ok(Arc::new(Statistics::new_unknown(&self.schema()))),
+    // The scan's statistics (row counts and sizes), which the join planner
+    // needs to build hash tables on the smaller side: as they are, or, when
+    // deleted rows are dropped, as upper bounds of the kept columns.
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let Some(input) = input_stats.first() else {
+            return Ok(Arc::new(Statistics::new_unknown(&self.schema())));
+        };
+        match &self.filter {
+            None => Ok(input.clone()),
+            Some(f) => Ok(Arc::new(input.as_ref().clone().to_inexact().project(Some(&f.keep)))),
         }
     }
 

@@ -107,7 +107,9 @@ struct Inner {
     /// The catalog as last written, for `key_records`/`table_summaries`.
     published: std::sync::Mutex<Arc<Published>>,
     /// Jobs with a task working on them in this process.
-    running_jobs: std::sync::Mutex<HashSet<u64>>,
+    /// Jobs a task runs. Shared apart from the store, so that a task
+    /// leaves the set only after it let go of the store.
+    running_jobs: Arc<std::sync::Mutex<HashSet<u64>>>,
     /// `None` with `audit-log = off`.
     audit: Option<std::sync::Mutex<AuditWriter>>,
     /// Records that could not be written (a full disk), since start.
@@ -324,7 +326,7 @@ impl Store {
                     tables: body.tables.clone(),
                     jobs: body.jobs.clone(),
                 })),
-                running_jobs: std::sync::Mutex::new(HashSet::new()),
+                running_jobs: Arc::new(std::sync::Mutex::new(HashSet::new())),
                 audit,
                 audit_failures: AtomicU64::new(0),
                 _lock: dir_lock,

@@ -213,3 +213,58 @@ fn repeated_statements_see_new_rows_new_tables_the_clock_and_revoked_grants() {
     let refused = ola.query("select count(*) from c");
     assert!(refused.contains("permission denied"), "{refused}");
 }
+
+/// The statements `pgbench -i` sends: several tables in one DROP TABLE and
+/// one TRUNCATE (which commit together), PostgreSQL's fillfactor, COPY
+/// ... WITH (freeze on), and VACUUM (a checkpoint and compaction here).
+#[test]
+fn the_statements_pgbench_initialization_sends_work() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "create table a (n int) with (fillfactor=100)").expect_ok();
+    psql(
+        &admin,
+        "create table b (n int not null, filler char(84)) with (fillfactor = 90)",
+    )
+    .expect_ok();
+    psql(&admin, "create table bad (n int) with (fillfactor=5)").expect_err("from 10 to 100");
+    let out = psql_input(&admin, "copy a from stdin with (freeze on)", "1\n2\n3\n");
+    assert!(out.ok, "{}", out.stderr);
+    psql(&admin, "insert into b values (1, 'x'), (2, 'y')").expect_ok();
+    psql(&admin, "vacuum analyze a").expect_ok();
+    psql(&admin, "vacuum").expect_ok();
+    psql(&admin, "vacuum (verbose, analyze) a, b").expect_ok();
+    psql(&admin, "vacuum nosuch").expect_err("relation \"nosuch\" does not exist");
+    psql(&admin, "begin; vacuum a").expect_err("cannot run inside a transaction block");
+
+    // One TRUNCATE of two tables inside a block: both, or (rolled back) neither.
+    psql(&admin, "begin; truncate table a, b; rollback").expect_ok();
+    assert_eq!(
+        psql(&admin, "select (select count(*) from a) + (select count(*) from b)").expect_ok(),
+        "5\n"
+    );
+    psql(&admin, "truncate table a, b").expect_ok();
+    assert_eq!(
+        psql(&admin, "select (select count(*) from a) + (select count(*) from b)").expect_ok(),
+        "0\n"
+    );
+
+    // DROP TABLE of several: all must exist unless IF EXISTS; none goes otherwise.
+    psql(&admin, "drop table a, nosuch, b").expect_err("\"nosuch\" does not exist");
+    assert_eq!(psql(&admin, "select count(*) from a").expect_ok(), "0\n");
+    psql(&admin, "drop table if exists a, nosuch, b").expect_ok();
+    psql(&admin, "select count(*) from a").expect_err("a");
+    psql(&admin, "select count(*) from b").expect_err("b");
+
+    // The data that survived a VACUUM survives a restart.
+    psql(&admin, "create table c (n int)").expect_ok();
+    psql(&admin, "insert into c select value from generate_series(1, 100)").expect_ok();
+    psql(&admin, "delete from c where n > 10").expect_ok();
+    psql(&admin, "vacuum c").expect_ok();
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(
+        psql(&server.admin(), "select count(*), sum(n) from c").expect_ok(),
+        "10|55\n"
+    );
+}

@@ -117,7 +117,9 @@ impl Store {
     pub async fn wait_for_job(&self, id: u64) -> Option<JobMeta> {
         loop {
             let job = self.jobs().into_iter().find(|j| j.id == id)?;
-            if job.state != JobState::Running {
+            // Ended, and its task has let go of the store (so that dropping
+            // this handle closes the data directory).
+            if job.state != JobState::Running && !lock(&self.inner.running_jobs).contains(&id) {
                 return Some(job);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -231,7 +233,9 @@ impl Store {
                     warn!(job = id, "could not record that the rekey job failed: {again}");
                 }
             }
-            lock(&store.inner.running_jobs).remove(&id);
+            let running = store.inner.running_jobs.clone();
+            drop(store);
+            lock(&running).remove(&id);
         });
     }
 

@@ -192,6 +192,17 @@ impl TestServer {
         assert!(status.success());
     }
 
+    /// Runs `f` with the server frozen (SIGSTOP, then SIGCONT), so that it
+    /// sees what `f` does on another peer only once it is all done: an
+    /// operator's Revoke and Destroy of a key, say, which sealdb would
+    /// otherwise answer in between by moving to a new key.
+    pub fn paused<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.signal("STOP");
+        let out = f();
+        self.signal("CONT");
+        out
+    }
+
     /// Stops the server with SIGTERM and hands back its directory, so that
     /// a test can look at the files or start it again.
     pub fn stop(mut self) -> tempfile::TempDir {
