@@ -570,8 +570,7 @@ impl SealTable {
 
     /// A Parquet scan of `segments` (with the stored schema), projected to
     /// `projection` (indices into the stored schema). `filters` are given
-    /// for a scan the physical optimizer cannot push them into itself;
-    /// `dirty` segments hold deleted rows, so their statistics are bounds.
+    /// for a scan the physical optimizer cannot push them into itself.
     async fn parquet_exec(
         &self,
         state: &dyn Session,
@@ -579,7 +578,6 @@ impl SealTable {
         projection: Vec<usize>,
         filters: &[Expr],
         limit: Option<usize>,
-        dirty: bool,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let stored = self.table.stored_schema().clone();
         let options = TableParquetOptions {
@@ -606,12 +604,16 @@ impl SealTable {
             let location = self.keys.register(&self.table, segment)?;
             let rows = usize::try_from(segment.meta.rows).unwrap_or(usize::MAX);
             total_rows = total_rows.saturating_add(rows);
+            // Every figure is a bound, never an answer: an exact count or
+            // maximum would let the optimizer answer `count(*)` or `max(v)`
+            // from the footer without reading, and so without authenticating,
+            // the data pages (a damaged file would go unnoticed). Deleted
+            // rows of dirty segments are still in the file, too.
             let statistics = match self.keys.statistics(&location, segment.meta.bytes, &stored).await {
-                // Deleted rows are still in the file: its figures are bounds.
-                Some(s) if dirty => Arc::new(s.as_ref().clone().to_inexact()),
-                Some(s) => s,
-                None => Arc::new(self.segment_statistics(segment, rows)),
+                Some(s) => s.as_ref().clone().to_inexact(),
+                None => self.segment_statistics(segment, rows).to_inexact(),
             };
+            let statistics = Arc::new(statistics);
             all_statistics.push(statistics.clone());
             let mut file = PartitionedFile::new(location.to_string(), segment.meta.bytes);
             // Not re-parsed from the string: the path is already encoded.
@@ -619,7 +621,7 @@ impl SealTable {
             files[i % groups].push(file.with_statistics(statistics));
         }
         let table_statistics = Statistics::try_merge_iter(all_statistics.iter().map(|s| s.as_ref()), &stored)
-            .unwrap_or_else(|_| Statistics::new_unknown(&stored).with_num_rows(Precision::Exact(total_rows)));
+            .unwrap_or_else(|_| Statistics::new_unknown(&stored).with_num_rows(Precision::Inexact(total_rows)));
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
             .with_file_groups(files.into_iter().map(FileGroup::new).collect())
             .with_statistics(table_statistics)
@@ -703,9 +705,7 @@ impl TableProvider for SealTable {
         if !clean.is_empty() {
             // The optimizer pushes the filters (and dynamic filters) through
             // `SegmentScanExec` into this scan itself.
-            let exec = self
-                .parquet_exec(state, &clean, projection.clone(), &[], limit, false)
-                .await?;
+            let exec = self.parquet_exec(state, &clean, projection.clone(), &[], limit).await?;
             parts.push(Arc::new(SegmentScanExec::try_new(exec, clean.into(), None)?));
         }
         if !dirty.is_empty() {
@@ -718,7 +718,7 @@ impl TableProvider for SealTable {
                 }
             };
             // No limit here: it would count rows before the deleted ones go.
-            let exec = self.parquet_exec(state, &dirty, read, filters, None, true).await?;
+            let exec = self.parquet_exec(state, &dirty, read, filters, None).await?;
             let filter = DeletionFilter {
                 deletions: deletions.clone(),
                 rowid: rowid_at,
