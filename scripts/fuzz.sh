@@ -4,11 +4,19 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default: 60 s, every target)
 #
-# Needs the nightly toolchain (`rustup toolchain install nightly`) and
-# cargo-fuzz (installed here if missing). Seeds are in fuzz/corpus/TARGET
-# (committed); what a run discovers goes to fuzz/work/TARGET (not
-# committed), and a crash to fuzz/artifacts/TARGET: turn each crash into a
-# unit test next to the decoder before fixing it.
+# Targets (fuzz/fuzz_targets): the KMIP TTLV decoder and response parsers,
+# the log-file, catalog and segment decoders, the config file parser,
+# cert-user-map rules and the security statements parser.
+#
+# Runs on the machine's one (stable) toolchain with RUSTC_BOOTSTRAP=1, as
+# cargo fuzz needs unstable compiler flags; installs cargo-fuzz when
+# missing. SEALDB_FUZZ_PROFILE=dev builds without optimizations: a
+# quicker build for short runs (the test suite's), fewer executions. Seeds are in fuzz/corpus/TARGET (committed);
+# what a run discovers goes to fuzz/work/TARGET (not committed), a crash to
+# fuzz/artifacts/TARGET: turn each crash into a regression test next to
+# the decoder, then fix it. Prints one line per target (executions, corpus,
+# peak memory) and writes them to fuzz/last-run.txt; exits 1 if any target
+# crashed, leaked or timed out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -20,10 +28,33 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
+export RUSTC_BOOTSTRAP=1
+profile=()
+if [ "${SEALDB_FUZZ_PROFILE:-release}" = dev ]; then
+  profile=(--dev)
+fi
+summary=fuzz/last-run.txt
+: >"$summary"
+failed=0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/work/$t" "fuzz/corpus/$t"
-  echo "== $t: $seconds s"
-  cargo +nightly fuzz run "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -print_final_stats=1 2>&1 |
-    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ *DONE)|ERROR|panicked|SUMMARY' || true
+  log="$(mktemp)"
+  set +e
+  cargo fuzz run "${profile[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
+  status=$?
+  set -e
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
+  corpus=$(find "fuzz/work/$t" "fuzz/corpus/$t" -type f | wc -l)
+  if [ "$status" -eq 0 ]; then
+    line="$t: ${runs:-0} executions in ${seconds} s, ${corpus} inputs, peak ${rss:-?} MB, no crash"
+  else
+    failed=1
+    line="$t: FAILED (exit $status) after ${runs:-?} executions; see below and fuzz/artifacts/$t"
+    grep -E 'ERROR|panicked|SUMMARY|Test unit written|error(\[|:)' "$log" | head -20 >&2 || tail -30 "$log" >&2
+  fi
+  echo "$line" | tee -a "$summary"
+  rm -f "$log"
 done
+exit "$failed"

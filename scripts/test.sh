@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: sets up the Python test environment (psycopg) once,
-# then runs every Rust test, unit and integration, against the real binary,
-# and ends with one summary line over all test binaries.
+# runs every Rust test, unit and integration, against the real binary, then
+# a short coverage-guided fuzz run of every decoder of untrusted bytes
+# (SEALDB_FUZZ_SECONDS each, default 10; 0 skips it; an unoptimized build,
+# quicker to make), and ends with one summary line.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -14,6 +16,16 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+fuzz="skipped"
+fuzz_seconds="${SEALDB_FUZZ_SECONDS:-10}"
+if [ "$fuzz_seconds" != 0 ]; then
+  if SEALDB_FUZZ_PROFILE="${SEALDB_FUZZ_PROFILE:-dev}" ./scripts/fuzz.sh "$fuzz_seconds"; then
+    fuzz="$(wc -l <fuzz/last-run.txt) targets without a crash"
+  else
+    fuzz="FAILED"
+    [ "$status" -ne 0 ] || status=1
+  fi
+fi
 echo
-echo "summary: ${passed} passed, ${failed} failed"
+echo "summary: ${passed} passed, ${failed} failed; fuzzing: ${fuzz}"
 exit "$status"

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sealdb_kmip::Operation;
 use sealdb_kmip::message;
 use sealdb_kmip::spec::tag;
 use sealdb_kmip::ttlv::Item;
-use sealdb_kmip::Operation;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(response) = Item::decode(data) else {

@@ -108,6 +108,19 @@ impl SqlError {
     }
 }
 
+impl From<sealdb_statements::StatementError> for SqlError {
+    fn from(e: sealdb_statements::StatementError) -> Self {
+        use sealdb_statements::StatementError as E;
+        match e {
+            E::Syntax(m) => Self::Syntax(m),
+            E::NotSupported(m) => Self::NotSupported(m),
+            E::PermissionDenied(m) => Self::PermissionDenied(m),
+            // Non-exhaustive: a new kind is still a refusal of the text.
+            other => Self::Syntax(other.to_string()),
+        }
+    }
+}
+
 impl From<StorageError> for SqlError {
     fn from(e: StorageError) -> Self {
         Self::from_storage(&e)

@@ -23,7 +23,6 @@ mod engine;
 mod error;
 pub mod executor;
 mod privileges;
-pub mod security;
 pub mod spill;
 pub mod status;
 mod storage_table;
@@ -33,4 +32,6 @@ pub use engine::{
     ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, QueryMemory, SessionInfo, SqlSession, TlsSessionInfo,
 };
 pub use error::SqlError;
+/// The statements parsed before DataFusion (its own crate, free of DataFusion).
+pub use sealdb_statements as security;
 pub use sys::{CertificateRow, KeyAdmin, SERVER_VERSION, ServerHooks};

@@ -325,6 +325,13 @@ pub(crate) fn read_header(path: &Path) -> Result<(CatalogHeader, Vec<u8>, usize)
         ));
     }
     let bytes = std::fs::read(path).map_err(StorageError::io("reading", path))?;
+    let (header, at) = parse_header(&bytes)?;
+    Ok((header, bytes, at))
+}
+
+/// The header at the start of `bytes` and its length: the decoder of a
+/// catalog's unauthenticated bytes (fuzzed by `fuzz/fuzz_targets/catalog.rs`).
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<(CatalogHeader, usize), StorageError> {
     let bad = |d: &str| StorageError::integrity(CATALOG_FILE, d.to_owned());
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
         return Err(bad("not a sealdb catalog (bad magic or too short)"));
@@ -360,7 +367,7 @@ pub(crate) fn read_header(path: &Path) -> Result<(CatalogHeader, Vec<u8>, usize)
         wrapped_ring: fields[2].clone(),
         wrapped_system: fields[3].clone(),
     };
-    Ok((header, bytes, at))
+    Ok((header, at))
 }
 
 /// Opens the body that follows the header.
@@ -380,14 +387,20 @@ pub(crate) fn open_body(bytes: &[u8], header_len: usize, key: &AeadKey) -> Resul
 /// Writes the catalog durably.
 pub(crate) fn write(dir: &Path, header: &CatalogHeader, body: &CatalogBody, key: &AeadKey) -> Result<(), StorageError> {
     debug_assert_eq!(header.generation, body.generation);
-    let head = header.encode();
     let plain =
         Zeroizing::new(serde_json::to_vec(body).map_err(|e| StorageError::Internal(format!("catalog encoding: {e}")))?);
-    let sealed = key.seal_with_random_nonce(&head, &plain)?;
-    let mut file = head;
-    file.extend_from_slice(&sealed);
+    let file = encode_file(header, &plain, key)?;
     let path = dir.join(CATALOG_FILE);
     sealdb_kms::replace_file_durably(&path, &file).map_err(StorageError::io("writing", path))
+}
+
+/// A catalog file's bytes: `header`, then `plain` (the body's JSON) sealed.
+pub(crate) fn encode_file(header: &CatalogHeader, plain: &[u8], key: &AeadKey) -> Result<Vec<u8>, StorageError> {
+    let head = header.encode();
+    let sealed = key.seal_with_random_nonce(&head, plain)?;
+    let mut file = head;
+    file.extend_from_slice(&sealed);
+    Ok(file)
 }
 
 mod b64 {

@@ -136,6 +136,20 @@ impl StorageError {
         }
     }
 
+    /// Runs `decode`, a decoder of another crate (Arrow IPC, Parquet,
+    /// roaring) on bytes that passed authentication, so that a panic of
+    /// theirs on malformed bytes (fuzzing finds such) is an integrity error
+    /// naming `file`, not a crashed server. The panic's message is not
+    /// kept: it may quote the bytes.
+    pub(crate) fn contain<T>(file: &str, decode: impl FnOnce() -> Result<T, Self>) -> Result<T, Self> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+            Err(Self::integrity(
+                file,
+                "its decoder failed on bytes that passed authentication (written by a faulty or hostile writer holding the keys); restore it from a backup",
+            ))
+        })
+    }
+
     /// Whether a retry of the same statement may succeed once the cause is
     /// fixed (disk space returns, the lock is released).
     pub fn is_transient(&self) -> bool {

@@ -183,9 +183,7 @@ pub(crate) fn summary_from_catalog(meta: &TableMeta) -> TableSummary {
         })
         .map(|s| s.bytes)
         .sum();
-    let deleted = roaring::RoaringTreemap::deserialize_from(&meta.deleted[..])
-        .map(|d| d.len())
-        .unwrap_or(0);
+    let deleted = crate::store::deleted_rows(meta).map(|d| d.len()).unwrap_or(0);
     TableSummary {
         name: meta.name.clone(),
         encryption: meta.encryption,

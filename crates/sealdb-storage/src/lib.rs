@@ -23,6 +23,7 @@
 mod audit;
 mod catalog;
 mod error;
+mod fuzzing;
 mod inventory;
 mod keygate;
 mod segment;
@@ -137,6 +138,7 @@ pub fn crash_point(point: &str) {
 pub mod internal {
     use sealdb_crypto::Key256;
 
+    pub use crate::fuzzing::*;
     pub use crate::wal::{FrameKey, FrameKind, FrameSpec};
 
     /// The log files of `dir`, by name.
@@ -158,6 +160,17 @@ pub mod internal {
     ) -> Result<(), crate::StorageError> {
         let (_, _, _, system) = crate::store::open_catalog(&dir.join(crate::CATALOG_FILE), provider)?;
         crate::audit::rewrite_for_test(dir, &system, edit)
+    }
+
+    /// The plaintext JSON of the catalog of `dir`: for tests and fuzz
+    /// seeds only (it holds wrapped keys and password verifiers, never a
+    /// key in the clear).
+    pub fn catalog_body_json(
+        dir: &std::path::Path,
+        provider: &dyn sealdb_kms::KeyProvider,
+    ) -> Result<Vec<u8>, crate::StorageError> {
+        let (_, body, _, _) = crate::store::open_catalog(&dir.join(crate::CATALOG_FILE), provider)?;
+        serde_json::to_vec(&body).map_err(|e| crate::StorageError::Internal(format!("catalog encoding: {e}")))
     }
 
     /// Seals `frames` as one log file's frames, exactly as the log writer

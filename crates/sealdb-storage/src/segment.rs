@@ -105,25 +105,56 @@ pub(crate) fn write(
     table_key: Option<(u32, &Key256)>,
 ) -> Result<SegmentMeta, StorageError> {
     let display = segment_display(table_id, segment_id);
+    let (key_version, wrapped_key, dek) = match table_key {
+        Some((version, tk)) => {
+            let dek = Key256::random()?;
+            let wrapped = wrap_key(&AeadKey::new(tk), &dek, &dek_aad(table_id, segment_id, version))?;
+            (version, Some(wrapped), Some((version, dek)))
+        }
+        None => (0, None, None),
+    };
+    let (buf, rows, min_rowid, max_rowid) = encode(table_id, segment_id, batches, dek.as_ref().map(|(v, k)| (*v, k)))?;
+    let path = dir.join(&display);
+    let parent = path
+        .parent()
+        .ok_or_else(|| StorageError::Internal("segment path has no parent".into()))?;
+    std::fs::create_dir_all(parent).map_err(StorageError::io("creating", parent))?;
+    sealdb_kms::replace_file_durably(&path, &buf).map_err(StorageError::io("writing", &path))?;
+    Ok(SegmentMeta {
+        id: segment_id,
+        rows,
+        bytes: buf.len() as u64,
+        key_version,
+        wrapped_key,
+        sha256: sha256(&buf).to_vec(),
+        min_rowid,
+        max_rowid,
+    })
+}
+
+/// The bytes of segment `segment_id` of `table_id` holding `batches`,
+/// encrypted under `data_key` (with its table-key version) when given;
+/// with the row count and the row-id range.
+pub(crate) fn encode(
+    table_id: u64,
+    segment_id: u64,
+    batches: &[RecordBatch],
+    data_key: Option<(u32, &Key256)>,
+) -> Result<(Vec<u8>, u64, u64, u64), StorageError> {
+    let display = segment_display(table_id, segment_id);
     let schema = batches
         .first()
         .map(|b| b.schema())
         .ok_or_else(|| StorageError::Internal("a segment needs rows".into()))?;
     let mut props = writer_properties(&schema).map_err(|e| format_error(&display, e))?;
-    let (key_version, wrapped_key) = match table_key {
-        Some((version, tk)) => {
-            let dek = Key256::random()?;
-            let wrapped = wrap_key(&AeadKey::new(tk), &dek, &dek_aad(table_id, segment_id, version))?;
-            let encryption = FileEncryptionProperties::builder(dek.expose().to_vec())
-                .with_aad_prefix(segment_aad(table_id, segment_id, version))
-                .with_aad_prefix_storage(false)
-                .build()
-                .map_err(|e| format_error(&display, e))?;
-            props = props.with_file_encryption_properties(encryption);
-            (version, Some(wrapped))
-        }
-        None => (0, None),
-    };
+    if let Some((version, dek)) = data_key {
+        let encryption = FileEncryptionProperties::builder(dek.expose().to_vec())
+            .with_aad_prefix(segment_aad(table_id, segment_id, version))
+            .with_aad_prefix_storage(false)
+            .build()
+            .map_err(|e| format_error(&display, e))?;
+        props = props.with_file_encryption_properties(encryption);
+    }
     let mut buf = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buf, schema, Some(props.build())).map_err(|e| format_error(&display, e))?;
@@ -138,22 +169,7 @@ pub(crate) fn write(
         writer.write(batch).map_err(|e| format_error(&display, e))?;
     }
     writer.close().map_err(|e| format_error(&display, e))?;
-    let path = dir.join(&display);
-    let parent = path
-        .parent()
-        .ok_or_else(|| StorageError::Internal("segment path has no parent".into()))?;
-    std::fs::create_dir_all(parent).map_err(StorageError::io("creating", parent))?;
-    sealdb_kms::replace_file_durably(&path, &buf).map_err(StorageError::io("writing", &path))?;
-    Ok(SegmentMeta {
-        id: segment_id,
-        rows,
-        bytes: buf.len() as u64,
-        key_version,
-        wrapped_key,
-        sha256: sha256(&buf).to_vec(),
-        min_rowid: if rows == 0 { 0 } else { min_rowid },
-        max_rowid,
-    })
+    Ok((buf, rows, if rows == 0 { 0 } else { min_rowid }, max_rowid))
 }
 
 /// Parquet writer settings for a segment of `schema`: LZ4, row groups of
@@ -252,6 +268,20 @@ pub(crate) fn read_all(
     // skip some bytes (duplicated column metadata, padding) that modular
     // encryption therefore never authenticates.
     let bytes = read_whole(path, display)?;
+    let batches = StorageError::contain(display, || decode(bytes, display, table_id, meta, data_key))?;
+    check_rows(batches, display, meta)
+}
+
+/// [`read_all`] on a segment's bytes already read, without the row count
+/// check: the decoder of segment files (fuzzed by
+/// `fuzz/fuzz_targets/segment.rs`).
+pub(crate) fn decode(
+    bytes: Vec<u8>,
+    display: &str,
+    table_id: u64,
+    meta: &SegmentMeta,
+    data_key: Option<&Key256>,
+) -> Result<Vec<RecordBatch>, StorageError> {
     check_digest(&bytes, display, meta)?;
     let magic: &[u8] = if data_key.is_some() { b"PARE" } else { b"PAR1" };
     if bytes.len() < 8 || &bytes[..4] != magic || &bytes[bytes.len() - 4..] != magic {
@@ -273,6 +303,11 @@ pub(crate) fn read_all(
     for batch in reader {
         out.push(batch.map_err(|e| StorageError::integrity(display, e.to_string()))?);
     }
+    Ok(out)
+}
+
+/// Checks that `batches`, read from a segment, hold the catalog's row count.
+fn check_rows(out: Vec<RecordBatch>, display: &str, meta: &SegmentMeta) -> Result<Vec<RecordBatch>, StorageError> {
     let rows: u64 = out.iter().map(|b| b.num_rows() as u64).sum();
     if rows != meta.rows {
         return Err(StorageError::integrity(

@@ -2120,12 +2120,7 @@ fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey, resolve: &Resolve<'
         };
         lock(&table.keys).push((k.version, Arc::new(key)));
     }
-    let deleted = if meta.deleted.is_empty() {
-        RoaringTreemap::new()
-    } else {
-        RoaringTreemap::deserialize_from(meta.deleted.as_slice())
-            .map_err(|e| StorageError::integrity(CATALOG_FILE, format!("deleted rows of {}: {e}", meta.name)))?
-    };
+    let deleted = deleted_rows(meta)?;
     let segments = meta
         .segments
         .iter()
@@ -2142,6 +2137,17 @@ fn build_table(dir: &Path, meta: &TableMeta, ring: &AeadKey, resolve: &Resolve<'
     Ok(table)
 }
 
+/// The deleted row ids a table's catalog entry holds.
+pub(crate) fn deleted_rows(meta: &TableMeta) -> Result<RoaringTreemap, StorageError> {
+    if meta.deleted.is_empty() {
+        return Ok(RoaringTreemap::new());
+    }
+    StorageError::contain(CATALOG_FILE, || {
+        RoaringTreemap::deserialize_from(meta.deleted.as_slice())
+            .map_err(|e| StorageError::integrity(CATALOG_FILE, format!("deleted rows of {}: {e}", meta.name)))
+    })
+}
+
 fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::Frame>) -> Result<(), StorageError> {
     let mut per_table: BTreeMap<u64, (Vec<Arc<MemChunk>>, RoaringTreemap)> = BTreeMap::new();
     for frame in frames {
@@ -2149,9 +2155,9 @@ fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::Frame>) -> 
             continue;
         };
         let entry = per_table.entry(frame.table_id).or_default();
-        match frame.kind {
-            FrameKind::Insert => {
-                for batch in decode_ipc(&frame.payload)? {
+        match decode_payload(&frame)? {
+            Payload::Rows(batches) => {
+                for batch in batches {
                     if batch.schema().fields() != table.stored_schema().fields() {
                         return Err(StorageError::integrity(
                             LOG_DIR,
@@ -2161,24 +2167,14 @@ fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::Frame>) -> 
                     if let Some(ids) = crate::table::rowids(&batch)
                         && let Some(max) = arrow::compute::max(ids)
                     {
-                        table.next_rowid.fetch_max(max + 1, Ordering::AcqRel);
+                        table.next_rowid.fetch_max(max.saturating_add(1), Ordering::AcqRel);
                     }
                     entry.0.push(Arc::new(MemChunk { batch, lsn: frame.lsn }));
                 }
             }
-            FrameKind::Delete => {
-                let set = RoaringTreemap::deserialize_from(frame.payload.as_slice())
-                    .map_err(|e| StorageError::integrity(LOG_DIR, format!("lsn {}: {e}", frame.lsn)))?;
-                entry.1 |= set;
-            }
-            FrameKind::Next => {}
-            FrameKind::Truncate => {
-                let below = frame
-                    .payload
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| StorageError::integrity(LOG_DIR, format!("lsn {}: bad truncate record", frame.lsn)))?;
+            Payload::Deleted(set) => entry.1 |= set,
+            Payload::Link => {}
+            Payload::TruncatedBelow(below) => {
                 entry.1.insert_range(0..below);
                 table.next_rowid.fetch_max(below, Ordering::AcqRel);
             }
@@ -2258,11 +2254,88 @@ fn encode_ipc(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) -> 
     writer.into_inner().map_err(fail)
 }
 
+/// What an authenticated log frame's payload records.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// Inserted rows, with their row ids.
+    Rows(Vec<RecordBatch>),
+    /// Row ids deleted.
+    Deleted(RoaringTreemap),
+    /// Every row id below this one deleted.
+    TruncatedBelow(u64),
+    /// The link to the next file (read by the log reader itself).
+    Link,
+}
+
+/// Decodes a frame's payload; what does not decode is named by lsn.
+pub(crate) fn decode_payload(frame: &wal::Frame) -> Result<Payload, StorageError> {
+    let bad = |e: String| StorageError::integrity(LOG_DIR, format!("lsn {}: {e}", frame.lsn));
+    Ok(match frame.kind {
+        FrameKind::Insert => Payload::Rows(StorageError::contain(LOG_DIR, || decode_ipc(&frame.payload))?),
+        FrameKind::Delete => Payload::Deleted(StorageError::contain(LOG_DIR, || {
+            RoaringTreemap::deserialize_from(frame.payload.as_slice()).map_err(|e| bad(e.to_string()))
+        })?),
+        FrameKind::Truncate => {
+            let below = frame
+                .payload
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| bad("bad truncate record".into()))?;
+            // Row ids are handed out from 0 upwards one by one: no bound
+            // near the top of the range was ever written.
+            if below > ROWID_LIMIT {
+                return Err(bad(format!("truncate bound {below} is beyond any row id")));
+            }
+            Payload::TruncatedBelow(below)
+        }
+        FrameKind::Next => Payload::Link,
+    })
+}
+
+/// No row id reaches this (2^48: a million rows a second for 8 years).
+const ROWID_LIMIT: u64 = 1 << 48;
+
 fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, StorageError> {
     let fail =
         |e: arrow::error::ArrowError| StorageError::integrity(LOG_DIR, format!("authenticated rows unreadable: {e}"));
+    check_ipc_lengths(bytes)?;
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(fail)?;
     reader.map(|b| b.map_err(fail)).collect()
+}
+
+/// Checks that every length an Arrow IPC stream declares fits in the bytes
+/// there are: Arrow's reader allocates what a message says it holds before
+/// reading it, so a declared 2 GB would be allocated (found by fuzzing).
+fn check_ipc_lengths(bytes: &[u8]) -> Result<(), StorageError> {
+    let bad = |what: &str| StorageError::integrity(LOG_DIR, format!("authenticated rows unreadable: {what}"));
+    let word = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let mut len = word(at).ok_or_else(|| bad("a message length is cut short"))?;
+        at += 4;
+        if len == u32::MAX {
+            len = word(at).ok_or_else(|| bad("a message length is cut short"))?;
+            at += 4;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| bad("a message length does not fit"))?;
+        let meta = bytes
+            .get(at..)
+            .and_then(|rest| rest.get(..len))
+            .ok_or_else(|| bad("a message header is longer than the record"))?;
+        let message =
+            arrow::ipc::root_as_message(meta).map_err(|e| bad(&format!("a message header does not decode: {e}")))?;
+        at += len;
+        let body = usize::try_from(message.bodyLength()).map_err(|_| bad("a message body length is negative"))?;
+        if body > bytes.len() - at {
+            return Err(bad("a message body is longer than the record"));
+        }
+        at += body;
+    }
+    Ok(())
 }
 
 fn serialize_bitmap(set: &RoaringTreemap) -> Result<Vec<u8>, StorageError> {

@@ -418,18 +418,12 @@ impl WriterState {
         // With an old file, its last frame (lsn `next_lsn`) links it to this one.
         let linking = self.file.is_some();
         let first_lsn = if linking { self.next_lsn + 1 } else { self.next_lsn };
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&LOG_FORMAT.to_le_bytes());
-        header.extend_from_slice(&seq.to_le_bytes());
-        header.extend_from_slice(&first_lsn.to_le_bytes());
-        header.extend_from_slice(&self.catalog_generation.to_le_bytes());
-        let tag = new_header_key.as_ref().unwrap_or(&self.header_key).seal_in_place(
-            nonce_from_counter(seq),
-            &header,
-            &mut [0u8; 0],
+        let header = encode_header(
+            new_header_key.as_ref().unwrap_or(&self.header_key),
+            seq,
+            first_lsn,
+            self.catalog_generation,
         )?;
-        header.extend_from_slice(&tag);
         let mut options = OpenOptions::new();
         // Append mode: after a failed write is cut back with set_len, the next
         // write lands at the new end, not at the old cursor.
@@ -611,6 +605,36 @@ pub(crate) fn seal_frame(
     append_frame(buf, key, seq, &header, &frame.payload)
 }
 
+/// The header of log file `seq`, authenticated under `key` (the header key).
+fn encode_header(key: &AeadKey, seq: u64, first_lsn: u64, catalog_generation: u64) -> Result<Vec<u8>, StorageError> {
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&LOG_FORMAT.to_le_bytes());
+    header.extend_from_slice(&seq.to_le_bytes());
+    header.extend_from_slice(&first_lsn.to_le_bytes());
+    header.extend_from_slice(&catalog_generation.to_le_bytes());
+    let tag = key.seal_in_place(nonce_from_counter(seq), &header, &mut [0u8; 0])?;
+    header.extend_from_slice(&tag);
+    Ok(header)
+}
+
+/// A whole log file `seq` in memory, as the writer would leave it with
+/// `frames` as one commit: for tests and fuzzing.
+pub(crate) fn file_bytes(
+    system: &Key256,
+    seq: u64,
+    first_lsn: u64,
+    frames: &[FrameSpec],
+) -> Result<Vec<u8>, StorageError> {
+    let mut out = encode_header(&header_key(system)?, seq, first_lsn, 1)?;
+    let mut keys = HashMap::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let end = i + 1 == frames.len();
+        seal_frame(&mut keys, system, seq, &mut out, first_lsn + i as u64, frame, end)?;
+    }
+    Ok(out)
+}
+
 fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
     Ok(AeadKey::new(&derive_key(system, b"log header")?))
 }
@@ -685,6 +709,17 @@ pub fn read_log_file(
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(StorageError::io("reading", path))?;
+    parse_log_file(&bytes, display, systems, table_key)
+}
+
+/// [`read_log_file`] on bytes already read: the decoder of untrusted log
+/// bytes (fuzzed by `fuzz/fuzz_targets/log_file.rs`).
+pub(crate) fn parse_log_file(
+    bytes: &[u8],
+    display: &str,
+    systems: &[Key256],
+    table_key: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
+) -> Result<LogFileContents, StorageError> {
     let bad = |d: String| StorageError::integrity(display, d);
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(bad("not a sealdb log file (bad magic or truncated header)".into()));
@@ -765,7 +800,9 @@ pub fn read_log_file(
                 .filter(|p| p.len() == 8 && flags & FLAG_END != 0)
                 .ok_or_else(|| bad(format!("the link frame lsn {lsn} at byte {at} failed authentication")))?;
             continues = Some(le_u64(&payload));
-            next_lsn += 1;
+            next_lsn = next_lsn
+                .checked_add(1)
+                .ok_or_else(|| bad(format!("lsn overflows at byte {at}")))?;
             at += total;
             continue;
         }
@@ -803,7 +840,9 @@ pub fn read_log_file(
         if flags & FLAG_END != 0 {
             commits.push(std::mem::take(&mut open));
         }
-        next_lsn += 1;
+        next_lsn = next_lsn
+            .checked_add(1)
+            .ok_or_else(|| bad(format!("lsn overflows at byte {at}")))?;
         at += total;
     }
     Ok(LogFileContents {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cert;
+mod harden;
 mod keys;
 mod kms;
 mod start;
@@ -52,8 +53,10 @@ pub(crate) struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any command reads a key or a password.
+    let hardening = harden::harden();
     let result = match cli.command {
-        Command::Start(args) => start::run(*args),
+        Command::Start(args) => start::run(*args, &hardening),
         Command::Cert(c) => cert::run(c),
         Command::Verify(args) => verify::run(*args),
         Command::Status(args) => status::run(*args),

@@ -34,8 +34,14 @@ pub(crate) struct StartArgs {
 /// Query runtime threads per core (see `run`).
 const QUERY_THREADS_PER_CORE: usize = 4;
 
-pub(crate) fn run(args: StartArgs) -> Result<()> {
+pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Result<()> {
     init_logging();
+    if hardening.problems.is_empty() {
+        tracing::info!("core dumps disabled; process not dumpable");
+    }
+    for problem in &hardening.problems {
+        tracing::warn!("{problem}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

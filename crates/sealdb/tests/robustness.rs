@@ -189,3 +189,24 @@ fn a_client_over_max_connections_is_told_why() {
     });
     assert!(freed, "the slot of a closed session was not given back");
 }
+
+/// A core file would hold every key and row the server has in memory, in
+/// the clear: the server sets its core-file size limit to 0 (soft and
+/// hard, so nothing it runs can raise it again) and says so in its log.
+#[test]
+fn the_server_cannot_write_a_core_file_and_says_so() {
+    let server = TestServer::start(&[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).expect("/proc limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core limit line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    assert!(
+        server.stderr().contains("core dumps disabled; process not dumpable"),
+        "{}",
+        server.stderr()
+    );
+    still_serves(&server);
+}

@@ -2,13 +2,30 @@
 //! reload, `SHOW`, `SET` and transaction control.
 //!
 //! [`parse`] returns `Ok(None)` for anything else, which then goes to
-//! DataFusion.
+//! DataFusion. It reads text from any client, so it never panics on any
+//! input (`fuzz/fuzz_targets/statements.rs`).
+#![forbid(unsafe_code)]
 
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use sealdb_auth::{Privilege, Requirement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::SqlError;
+/// A statement that does not parse or is refused as written. Every
+/// variant maps to one SQLSTATE in `sealdb-sql`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatementError {
+    /// The statement does not parse (42601).
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// A form sealdb does not support, with what to use instead (0A000).
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// A form that no one may run, such as a password in the clear where a
+    /// certificate is required (42501).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
 
 /// A parsed security or session statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,10 +237,10 @@ pub struct Options {
 }
 
 /// Parses one statement if it is one of ours.
-pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
+pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, StatementError> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
-        .map_err(|e| SqlError::Syntax(e.to_string()))?
+        .map_err(|e| StatementError::Syntax(e.to_string()))?
         .into_iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect::<Vec<_>>();
@@ -240,7 +257,7 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.create_user(false)?
             }
             Some("EXTERNAL") | Some("UNBOUNDED") => {
-                return Err(SqlError::PermissionDenied(
+                return Err(StatementError::PermissionDenied(
                     "CREATE EXTERNAL TABLE reads server files and is not allowed; load data with INSERT".into(),
                 ));
             }
@@ -274,24 +291,24 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                     Ok(table) if p.eat_word("REKEY") => SecurityStatement::RekeyTable { table },
                     Ok(table) if p.eat_word("SET") => {
                         if !p.eat_token(&Token::LParen) {
-                            return Err(SqlError::Syntax(
+                            return Err(StatementError::Syntax(
                                 "ALTER TABLE t SET expects (encryption = 'aes-256-gcm' | 'none')".into(),
                             ));
                         }
                         let option = p.ident("a table option")?;
                         if option != "encryption" {
-                            return Err(SqlError::NotSupported(format!(
+                            return Err(StatementError::NotSupported(format!(
                                 "ALTER TABLE ... SET ({option} = ...): only encryption can be changed"
                             )));
                         }
                         if !p.eat_token(&Token::Eq) {
-                            return Err(SqlError::Syntax(
+                            return Err(StatementError::Syntax(
                                 "ALTER TABLE t SET (encryption = '...') expects =".into(),
                             ));
                         }
                         let encryption = p.string("'aes-256-gcm' or 'none'")?;
                         if !p.eat_token(&Token::RParen) {
-                            return Err(SqlError::Syntax(
+                            return Err(StatementError::Syntax(
                                 "ALTER TABLE t SET (encryption = '...') expects )".into(),
                             ));
                         }
@@ -307,7 +324,7 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
                 p.pos += 3;
                 let name = p.ident("a setting name")?;
                 if name != "key_provider" {
-                    return Err(SqlError::NotSupported(format!(
+                    return Err(StatementError::NotSupported(format!(
                         "ALTER SYSTEM SET {name}: only key_provider can be changed online; other settings go in the config file"
                     )));
                 }
@@ -398,7 +415,7 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
             if to_client {
                 return Ok(None);
             }
-            return Err(SqlError::PermissionDenied(
+            return Err(StatementError::PermissionDenied(
                 "COPY to or from server files or programs is not allowed; use COPY ... FROM STDIN or TO STDOUT (psql: \\copy)"
                     .into(),
             ));
@@ -456,7 +473,7 @@ pub fn parse(sql: &str) -> Result<Option<SecurityStatement>, SqlError> {
     };
     while p.eat_token(&Token::SemiColon) {}
     if p.pos < p.tokens.len() && !matches!(p.tokens[p.pos], Token::EOF) {
-        return Err(SqlError::Syntax(format!(
+        return Err(StatementError::Syntax(format!(
             "unexpected {} after the end of the statement",
             p.tokens[p.pos]
         )));
@@ -510,7 +527,7 @@ impl P {
         }
     }
 
-    fn expect_word(&mut self, word: &str) -> Result<(), SqlError> {
+    fn expect_word(&mut self, word: &str) -> Result<(), StatementError> {
         if self.eat_word(word) {
             Ok(())
         } else {
@@ -518,15 +535,15 @@ impl P {
         }
     }
 
-    fn unexpected(&self, wanted: &str) -> SqlError {
+    fn unexpected(&self, wanted: &str) -> StatementError {
         match self.peek(0) {
-            Some(t) if !matches!(t, Token::EOF) => SqlError::Syntax(format!("expected {wanted}, found {t}")),
-            _ => SqlError::Syntax(format!("expected {wanted} at the end of the statement")),
+            Some(t) if !matches!(t, Token::EOF) => StatementError::Syntax(format!("expected {wanted}, found {t}")),
+            _ => StatementError::Syntax(format!("expected {wanted} at the end of the statement")),
         }
     }
 
     /// An identifier: unquoted ones are folded to lower case, as PostgreSQL does.
-    fn ident(&mut self, what: &str) -> Result<String, SqlError> {
+    fn ident(&mut self, what: &str) -> Result<String, StatementError> {
         match self.peek(0) {
             Some(Token::Word(w)) => {
                 let v = if w.quote_style.is_some() {
@@ -541,7 +558,7 @@ impl P {
         }
     }
 
-    fn ident_list(&mut self, what: &str) -> Result<Vec<String>, SqlError> {
+    fn ident_list(&mut self, what: &str) -> Result<Vec<String>, StatementError> {
         let mut out = vec![self.ident(what)?];
         while self.eat_token(&Token::Comma) {
             out.push(self.ident(what)?);
@@ -550,7 +567,7 @@ impl P {
     }
 
     /// A possibly qualified name: `t`, `public.t`, `"T"`.
-    fn qualified(&mut self, what: &str) -> Result<String, SqlError> {
+    fn qualified(&mut self, what: &str) -> Result<String, StatementError> {
         let mut name = self.ident(what)?;
         while self.eat_token(&Token::Period) {
             name = format!("{name}.{}", self.ident(what)?);
@@ -558,7 +575,7 @@ impl P {
         Ok(name)
     }
 
-    fn string(&mut self, what: &str) -> Result<String, SqlError> {
+    fn string(&mut self, what: &str) -> Result<String, StatementError> {
         match self.peek(0) {
             Some(Token::SingleQuotedString(s)) | Some(Token::EscapedStringLiteral(s)) => {
                 let s = s.clone();
@@ -581,9 +598,9 @@ impl P {
             .join(" ")
     }
 
-    fn create_user(&mut self, login: bool) -> Result<SecurityStatement, SqlError> {
+    fn create_user(&mut self, login: bool) -> Result<SecurityStatement, StatementError> {
         if self.eat_word("IF") {
-            return Err(SqlError::NotSupported(
+            return Err(StatementError::NotSupported(
                 "CREATE USER IF NOT EXISTS; check sys.users first".into(),
             ));
         }
@@ -596,7 +613,7 @@ impl P {
         })
     }
 
-    fn options(&mut self) -> Result<Options, SqlError> {
+    fn options(&mut self) -> Result<Options, StatementError> {
         let mut o = Options::default();
         loop {
             match self.word_upper().as_deref() {
@@ -643,7 +660,7 @@ impl P {
         Ok(o)
     }
 
-    fn requirement(&mut self) -> Result<Requirement, SqlError> {
+    fn requirement(&mut self) -> Result<Requirement, StatementError> {
         match self.word_upper().as_deref() {
             Some("NONE") => {
                 self.pos += 1;
@@ -677,7 +694,7 @@ impl P {
         }
     }
 
-    fn privileges(&mut self) -> Result<Option<Vec<Privilege>>, SqlError> {
+    fn privileges(&mut self) -> Result<Option<Vec<Privilege>>, StatementError> {
         // Privileges are keywords followed by ON; a role grant is a name followed by TO/FROM.
         let mut out = Vec::new();
         let start = self.pos;
@@ -713,7 +730,7 @@ impl P {
         Ok(Some(out))
     }
 
-    fn grant_or_revoke(&mut self, grant: bool) -> Result<SecurityStatement, SqlError> {
+    fn grant_or_revoke(&mut self, grant: bool) -> Result<SecurityStatement, StatementError> {
         let Some(privileges) = self.privileges()? else {
             let role = self.ident("a privilege (SELECT, INSERT, UPDATE, DELETE, ALL) or a role name")?;
             self.expect_word(if grant { "TO" } else { "FROM" })?;
@@ -731,7 +748,7 @@ impl P {
                 self.expect_word("SCHEMA")?;
                 let schema = self.ident("a schema name")?;
                 if schema != "public" {
-                    return Err(SqlError::NotSupported(format!(
+                    return Err(StatementError::NotSupported(format!(
                         "schema {schema}: tables live in schema public"
                     )));
                 }
@@ -826,9 +843,12 @@ mod tests {
         assert_eq!(parse("CREATE TABLE t (a int)").unwrap(), None);
         assert!(matches!(
             parse("CREATE USER alice REQUIRE FOO"),
-            Err(SqlError::Syntax(_))
+            Err(StatementError::Syntax(_))
         ));
-        assert!(matches!(parse("GRANT SELECT ON t alice"), Err(SqlError::Syntax(_))));
+        assert!(matches!(
+            parse("GRANT SELECT ON t alice"),
+            Err(StatementError::Syntax(_))
+        ));
         assert_eq!(ok("ALTER SYSTEM RELOAD TLS"), SecurityStatement::ReloadTls);
         assert_eq!(ok("alter system rotate master key"), SecurityStatement::RotateMasterKey);
         assert_eq!(ok("ALTER SYSTEM REKEY"), SecurityStatement::RekeySystem);
