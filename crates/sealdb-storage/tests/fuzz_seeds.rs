@@ -114,7 +114,11 @@ async fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>, Decoded)> {
     let sealed_body = [&[1 | (5 << 1)][..], &json].concat();
 
     let segment = Decoded { items: 1, rows: 50 };
-    let plain_segment = [&[0u8][..], &internal::segment_bytes(std::slice::from_ref(&rows), false).unwrap()].concat();
+    let plain_segment = [
+        &[0u8][..],
+        &internal::segment_bytes(std::slice::from_ref(&rows), false).unwrap(),
+    ]
+    .concat();
     let sealed_segment = [&[1u8][..], &internal::segment_bytes(&[rows], true).unwrap()].concat();
     vec![
         ("log_file", "seed-raw", raw_log, log),
