@@ -752,27 +752,25 @@ def plot(out_dir, args, report, oltp):
         plt.close(fig)
         names.append("scaling.png")
     # Throughput against clients: TPC-H per scale factor, and pgbench -S.
-    fig, axes = plt.subplots(1, len(report) + 1, figsize=(5 * (len(report) + 1), 4.5), squeeze=False)
-    for ax, (sf, r) in zip(axes[0], report):
-        for n in CLIENT_SYSTEMS:
-            ys = [r.get("clients", {}).get((n, c), (float("nan"), []))[0] for c in args.clients]
+    def against_clients(ax, figures, systems, ylabel, title):
+        """One line per system of figures[(system, clients)][0] against the client counts."""
+        for n in systems:
+            ys = [figures.get((n, c), (float("nan"),))[0] for c in args.clients]
             ax.plot(args.clients, ys, marker="o", label=labels[n])
         ax.set_xscale("log", base=2)
         ax.set_xticks(args.clients, [str(c) for c in args.clients])
         ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("TPC-H queries per second (higher is better)")
-        ax.set_title(f"TPC-H at scale factor {sf}")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend()
-    ax = axes[0][-1]
-    for n in ["sealdb", "postgres"]:
-        ys = [oltp["pgbench"].get((n, c), (float("nan"), 0))[0] for c in args.clients]
-        ax.plot(args.clients, ys, marker="o", label=labels[n])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(args.clients, [str(c) for c in args.clients])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("transactions per second (higher is better)")
-    ax.set_title(f"pgbench -S -M prepared, scale {args.pgbench_scale}")
-    ax.legend()
+
+    fig, axes = plt.subplots(1, len(report) + 1, figsize=(5 * (len(report) + 1), 4.5), squeeze=False)
+    for ax, (sf, r) in zip(axes[0], report):
+        against_clients(ax, r.get("clients", {}), CLIENT_SYSTEMS,
+                        "TPC-H queries per second (higher is better)", f"TPC-H at scale factor {sf}")
+    against_clients(axes[0][-1], oltp["pgbench"], ["sealdb", "postgres"],
+                    "transactions per second (higher is better)",
+                    f"pgbench -S -M prepared, scale {args.pgbench_scale}")
     fig.tight_layout()
     fig.savefig(out_dir / "clients.png", dpi=100)
     plt.close(fig)
