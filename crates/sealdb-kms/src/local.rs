@@ -83,7 +83,12 @@ impl LocalKeystore {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            // Only when it is not so already: a read-only copy (of a
+            // backup, say) opens for reading.
+            let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+            if mode != 0o700 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            }
         }
         let store = Self {
             path: path.clone(),

@@ -104,7 +104,9 @@ pub enum StorageError {
         detail: String,
     },
     /// Another transaction holds a table this one needs to write.
-    #[error("could not lock table \"{0}\" for writing within the lock timeout: another transaction is writing it")]
+    #[error(
+        "could not lock table \"{0}\" for writing within the lock timeout: another transaction is writing it; nothing was changed, so retry the statement (and keep transactions that write it short)"
+    )]
     LockTimeout(String),
     /// The write-ahead log stopped accepting writes after a failure it
     /// could not undo; nothing acknowledged is lost.

@@ -96,10 +96,40 @@ pub(crate) fn resolve_settings(common: &Common, flags: &Settings) -> Result<(Set
     Ok((merged, data))
 }
 
+/// Refuses a data directory sealdb cannot write (a read-only mount, a
+/// directory of another user) before anything is opened, naming the cause
+/// and the fix; nothing in it is changed.
+fn check_writable(data: &Path) -> Result<()> {
+    let probe = data.join(".sealdb-write-check");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|f| f.sync_all());
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => bail!(
+            "data directory {} is on a read-only file system ({e}): sealdb writes its log, catalog and segments there; mount it read-write, or start with --data on a writable directory (a read-only copy can still be checked with `sealdb verify --data {}`)",
+            data.display(),
+            data.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "data directory {} is not writable by this user ({e}): sealdb writes its log, catalog and segments there; run sealdb as the directory's owner, make it writable (chmod u+w), or start with --data on a writable directory",
+            data.display()
+        ),
+        // Other errors (a full disk, say) are for the store to report: it
+        // starts on a full disk and serves reads.
+        Err(_) => Ok(()),
+    }
+}
+
 async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let (settings, data) = resolve(&args)?;
     let data = absolute(&data)?;
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+    check_writable(&data)?;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict data directory {} to its owner", data.display()))?;
 

@@ -1,21 +1,35 @@
-//! `kill -9` at random points of a write-heavy workload, many times: after
-//! each restart every acknowledged row is there, every acknowledged delete
-//! has happened, and nothing else is (only the one operation each writer
-//! had in flight may have landed or not).
+//! `kill -9` at random moments of a mixed workload, many times (the crash
+//! soak): writers insert and delete rows while an operator runs
+//! checkpoints, compactions, REKEYs and key rotations; after each kill the
+//! data directory verifies, and after each restart every acknowledged row
+//! is there, every acknowledged delete has happened, and nothing else is
+//! (only the one operation each writer had in flight may have landed or
+//! not).
 //!
 //! Writers are psycopg clients (`tests/py/crash_writer.py`) that print each
-//! operation before sending it and again once acknowledged.
+//! operation before sending it and again once acknowledged. The number of
+//! kills is `SEALDB_SOAK_KILLS` (20 in the test suite;
+//! `scripts/reliability.sh crash 100` runs the long soak).
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::{TestServer, psql, py_dir, venv_python};
 
-const ROUNDS: u64 = 8;
 const WRITERS: u64 = 3;
+
+/// Kills in one run of the soak.
+fn kills() -> u64 {
+    std::env::var("SEALDB_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 
 /// A pseudo-random number from the clock (no rand crate needed).
 fn jitter(max_ms: u64) -> u64 {
@@ -70,8 +84,47 @@ fn read_writer(out: &str, expect: &mut Expect) {
     }
 }
 
+/// What the operator runs between the writers' statements.
+const MAINTENANCE: [&str; 6] = [
+    "CHECKPOINT",
+    "VACUUM crash",
+    "ALTER TABLE crash REKEY",
+    "ALTER TABLE crash ROTATE KEY",
+    "ALTER SYSTEM ROTATE MASTER KEY",
+    "ALTER SYSTEM REKEY",
+];
+
+/// Whether psql's failure is the server going away (the kill), not an
+/// error the server sent.
+fn connection_lost(out: &support::Psql) -> bool {
+    !out.stderr.contains("ERROR:")
+}
+
+/// Runs maintenance statements at random until `stop`; returns how many of
+/// each the server acknowledged. A statement the server answers with an
+/// error fails the soak.
+fn operator(conninfo: String, stop: Arc<AtomicBool>) -> BTreeMap<&'static str, u64> {
+    let mut acked = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(30 + jitter(150)));
+        let statement = MAINTENANCE[jitter(MAINTENANCE.len() as u64) as usize];
+        let out = psql(&conninfo, statement);
+        if out.ok {
+            *acked.entry(statement).or_insert(0) += 1;
+        } else {
+            assert!(
+                connection_lost(&out),
+                "{statement} failed while the server ran: {}",
+                out.stderr
+            );
+            break;
+        }
+    }
+    acked
+}
+
 #[test]
-fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
+fn acknowledged_rows_survive_repeated_kill_9_of_a_mixed_workload_and_nothing_else_appears() {
     let python = venv_python();
     let mut server = TestServer::start(&[]);
     psql(
@@ -81,10 +134,13 @@ fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
     .expect_ok();
     let mut expect = Expect::default();
     let mut total_acked = 0usize;
-    for round in 0..ROUNDS {
-        let outputs: Vec<_> = (0..WRITERS)
+    let mut maintenance: BTreeMap<&str, u64> = BTreeMap::new();
+    let kills = kills();
+    let started = std::time::Instant::now();
+    for round in 0..kills {
+        let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let writer = round * 10 + w;
+                let writer = round as i64 * 10 + w as i64;
                 Command::new(&python)
                     .arg(py_dir().join("crash_writer.py"))
                     .arg(server.port.to_string())
@@ -96,19 +152,35 @@ fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
                     .expect("writer")
             })
             .collect();
-        // Let them write, sometimes across a checkpoint, then kill -9.
-        std::thread::sleep(Duration::from_millis(400 + jitter(900)));
-        if round % 3 == 1 {
-            let _ = psql(&server.admin(), "CHECKPOINT");
-            std::thread::sleep(Duration::from_millis(jitter(200)));
-        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let op = {
+            let (conninfo, stop) = (server.admin(), stop.clone());
+            std::thread::spawn(move || operator(conninfo, stop))
+        };
+        // Let them work for a random while, then kill -9.
+        std::thread::sleep(Duration::from_millis(500 + jitter(1500)));
         let dir = server.crash();
-        for child in outputs {
+        stop.store(true, Ordering::Relaxed);
+        match op.join() {
+            Ok(acked) => {
+                for (statement, n) in acked {
+                    *maintenance.entry(statement).or_insert(0) += n;
+                }
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        for child in writers {
             let out = child.wait_with_output().expect("writer output");
             let text = String::from_utf8_lossy(&out.stdout);
             total_acked += text.lines().filter(|l| l.starts_with("ack")).count();
             read_writer(&text, &mut expect);
         }
+        // The directory a kill left verifies as it is, before any recovery.
+        let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
+        assert!(
+            ok,
+            "kill {round}: sealdb verify of the killed server's directory: {report}"
+        );
         server = TestServer::start_in(dir, &[]);
         let rows = psql(&server.admin(), "SELECT writer, i FROM crash").expect_ok();
         let found: BTreeSet<(i64, i64)> = rows
@@ -117,17 +189,17 @@ fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
             .map(|(w, i)| (w.parse().expect("writer"), i.parse().expect("i")))
             .collect();
         let lost: Vec<_> = expect.present.difference(&found).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged rows lost: {lost:?}");
+        assert!(lost.is_empty(), "kill {round}: acknowledged rows lost: {lost:?}");
         let resurrected: Vec<_> = expect.absent.intersection(&found).collect();
         assert!(
             resurrected.is_empty(),
-            "round {round}: deleted rows back: {resurrected:?}"
+            "kill {round}: deleted rows back: {resurrected:?}"
         );
         let unknown: Vec<_> = found
             .iter()
             .filter(|r| !expect.present.contains(r) && !expect.either.contains(r))
             .collect();
-        assert!(unknown.is_empty(), "round {round}: rows nobody wrote: {unknown:?}");
+        assert!(unknown.is_empty(), "kill {round}: rows nobody wrote: {unknown:?}");
         // What the in-flight operation did is settled now.
         for row in std::mem::take(&mut expect.either) {
             if found.contains(&row) {
@@ -137,11 +209,33 @@ fn acknowledged_rows_survive_repeated_kill_9_and_nothing_else_appears() {
             }
         }
     }
-    eprintln!("{ROUNDS} kill -9 rounds, {total_acked} acknowledged operations checked");
+    let dir = server.stop();
+    let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
+    assert!(ok, "sealdb verify after the soak: {report}");
+    let summary = maintenance
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "crash soak: {kills} kill -9, {total_acked} acknowledged write operations checked, {} rows present at the end, 0 lost; maintenance acknowledged: {summary}; {:.0} s",
+        expect.present.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(
-        total_acked > 100,
+        total_acked as u64 > 10 * kills,
         "the workload acknowledged only {total_acked} operations"
     );
+    for statement in [
+        "CHECKPOINT",
+        "ALTER TABLE crash REKEY",
+        "ALTER SYSTEM ROTATE MASTER KEY",
+    ] {
+        assert!(
+            maintenance.get(statement).copied().unwrap_or(0) > 0,
+            "the soak never ran {statement}: {summary}"
+        );
+    }
 }
 
 /// A server whose process ends at `point` (`SEALDB_CRASH_AT`, debug builds),

@@ -160,3 +160,82 @@ fn a_server_restarted_on_a_full_disk_serves_reads_and_recovers_when_space_return
     assert!(ok, "a write after space returned: {text}");
     assert_eq!(count(&admin), 3000);
 }
+
+/// Every file under `dir` with its length and contents, to show that a
+/// refused start changed nothing.
+fn contents(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = support::files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).expect("readable");
+            (f, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn remount(fs: &Tmpfs, mode: &str) {
+    let status = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(&fs.0)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "remount {mode}");
+}
+
+#[test]
+fn a_read_only_data_directory_is_refused_at_start_with_a_clear_error_and_verifies_as_it_is() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let (fs, server) = server_on_tmpfs("read-only");
+    psql(&server.admin(), &insert(1, 100)).expect_ok();
+    let dir = server.stop();
+    let data = dir.path().join("data");
+    let before = contents(&data);
+    remount(&fs, "ro");
+
+    let mut cmd = std::process::Command::new(support::sealdb_bin());
+    cmd.arg("start")
+        .arg("--data")
+        .arg(&data)
+        .arg("--port")
+        .arg(support::free_port().to_string())
+        .env("SEALDB_LOG", "info");
+    let out = support::run_with_timeout(cmd, Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "sealdb started on a read-only data directory:\n{text}"
+    );
+    assert!(
+        text.contains(&data.display().to_string()) && text.contains("read-only"),
+        "the error names the directory and the cause:\n{text}"
+    );
+    assert!(
+        text.contains("read-write") || text.contains("writable"),
+        "the error says what to do:\n{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    // A read-only copy still verifies: `sealdb verify` writes nothing.
+    let (ok, report) = sealdb_verify(&data, &[]);
+    assert!(ok, "sealdb verify on the read-only directory:\n{report}");
+
+    remount(&fs, "rw");
+    assert!(
+        contents(&data) == before,
+        "the refused start changed the data directory"
+    );
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(
+        count(&server.admin()),
+        100,
+        "every row is there once it is writable again"
+    );
+}

@@ -133,6 +133,26 @@ impl KmipServer {
         *self = again;
     }
 
+    /// Freezes the server (SIGSTOP): connections to it open, but nothing
+    /// answers them, as behind a firewall that drops packets.
+    pub fn block(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a blocked server run again (SIGCONT).
+    pub fn unblock(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     pub fn host(&self) -> String {
         format!("localhost:{}", self.port)
     }

@@ -2,6 +2,8 @@
 //! data directory, run psql/openssl/python against it, stop it by PID.
 #![allow(dead_code)]
 
+pub mod secrets;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -242,6 +244,16 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // No secret in the clear in what the server wrote or logged.
+        let scan = secrets::scan(&self.data, &self.stderr());
+        secrets::record(&self.data, &scan);
+        if !scan.findings.is_empty() && !std::thread::panicking() {
+            panic!(
+                "secrets in the clear in {} or its log:\n{}",
+                self.data.display(),
+                scan.findings.join("\n")
+            );
+        }
     }
 }
 
