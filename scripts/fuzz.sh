@@ -6,7 +6,10 @@
 #
 # Targets (fuzz/fuzz_targets): the KMIP TTLV decoder and response parsers,
 # the log-file, catalog and segment decoders, the config file parser,
-# cert-user-map rules and the security statements parser.
+# cert-user-map rules and the security statements parser; and
+# (fuzz/wire/fuzz_targets, a crate of its own as it builds a whole server
+# with DataFusion) the wire protocol: SSL negotiation, startup and
+# authentication against a server running in the fuzzing process.
 #
 # Runs on the machine's one (stable) toolchain with RUSTC_BOOTSTRAP=1, as
 # cargo fuzz needs unstable compiler flags; installs cargo-fuzz when
@@ -23,7 +26,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^sealdb-fuzz$')
+  mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml fuzz/wire/Cargo.toml | grep -v '^sealdb-fuzz')
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
@@ -38,9 +41,13 @@ summary=fuzz/last-run.txt
 failed=0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/work/$t" "fuzz/corpus/$t"
+  dir=fuzz
+  if grep -q "^name = \"$t\"$" fuzz/wire/Cargo.toml; then
+    dir=fuzz/wire
+  fi
   log="$(mktemp)"
   set +e
-  cargo fuzz run "${profile[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+  cargo fuzz run --fuzz-dir "$dir" "${profile[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
   status=$?
   set -e
@@ -51,7 +58,7 @@ for t in "${targets[@]}"; do
     line="$t: ${runs:-0} executions in ${seconds} s, ${corpus} inputs, peak ${rss:-?} MB, no crash"
   else
     failed=1
-    line="$t: FAILED (exit $status) after ${runs:-?} executions; see below and fuzz/artifacts/$t"
+    line="$t: FAILED (exit $status) after ${runs:-?} executions; see below and $dir/artifacts/$t"
     grep -E 'ERROR|panicked|SUMMARY|Test unit written|error(\[|:)' "$log" | head -20 >&2 || tail -30 "$log" >&2
   fi
   echo "$line" | tee -a "$summary"

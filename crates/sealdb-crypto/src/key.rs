@@ -8,26 +8,39 @@ pub const KEY_LEN: usize = 32;
 /// Bytes in a wrapped key: nonce, the key sealed, tag.
 pub const WRAPPED_KEY_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 
-/// A 256-bit secret key. Zeroized on drop; its `Debug` shows no byte of it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Key256([u8; KEY_LEN]);
+/// A 256-bit secret key. Its bytes live in an allocation of their own, in
+/// memory locked into RAM where the system allows it ([`crate::locked`]),
+/// and are zeroized on drop; its `Debug` shows no byte of it.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct Key256(Box<[u8; KEY_LEN]>);
 
 impl Key256 {
+    /// A key of zero bytes, in locked memory, to be filled.
+    fn zeroed() -> Self {
+        let key = Self(Box::new([0u8; KEY_LEN]));
+        crate::locked::lock(&key.0[..]);
+        key
+    }
+
     /// A fresh key from the system random number generator.
     pub fn random() -> Result<Self, CryptoError> {
-        let mut bytes = [0u8; KEY_LEN];
-        random_bytes(&mut bytes)?;
-        Ok(Self(bytes))
+        let mut key = Self::zeroed();
+        random_bytes(&mut key.0[..])?;
+        Ok(key)
     }
 
     /// A key from exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Length {
-            what: "key",
-            actual: bytes.len(),
-            expected: KEY_LEN,
-        })?;
-        Ok(Self(array))
+        if bytes.len() != KEY_LEN {
+            return Err(CryptoError::Length {
+                what: "key",
+                actual: bytes.len(),
+                expected: KEY_LEN,
+            });
+        }
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(bytes);
+        Ok(key)
     }
 
     /// The secret bytes, for handing to a cipher.
@@ -38,6 +51,14 @@ impl Key256 {
     /// Constant-time equality.
     pub fn ct_eq(&self, other: &Self) -> bool {
         subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
+}
+
+impl Clone for Key256 {
+    fn clone(&self) -> Self {
+        let mut key = Self::zeroed();
+        key.0.copy_from_slice(&self.0[..]);
+        key
     }
 }
 
@@ -107,8 +128,9 @@ pub fn derive_key(key: &Key256, info: &[u8]) -> Result<Key256, CryptoError> {
     let okm = prk
         .expand(&info, Len)
         .map_err(|_| CryptoError::Internal("hkdf expand"))?;
-    let mut out = Key256([0u8; KEY_LEN]);
-    okm.fill(&mut out.0).map_err(|_| CryptoError::Internal("hkdf fill"))?;
+    let mut out = Key256::zeroed();
+    okm.fill(&mut out.0[..])
+        .map_err(|_| CryptoError::Internal("hkdf fill"))?;
     Ok(out)
 }
 
@@ -139,6 +161,28 @@ mod tests {
             unwrap_key(&kek, &wrapped[1..], b"table 7 v1"),
             Err(CryptoError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn key_memory_is_locked_where_the_system_allows() {
+        let keys: Vec<Key256> = (0..64).map(|_| Key256::random().unwrap()).collect();
+        let copy = keys[0].clone();
+        assert!(copy.ct_eq(&keys[0]));
+        let locked_kib = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap();
+        match crate::locked::status() {
+            crate::locked::LockStatus::Locked { pages } => {
+                assert!(pages >= 1);
+                assert!(locked_kib >= 4, "VmLck is {locked_kib} kB");
+            }
+            crate::locked::LockStatus::Refused { reason } => {
+                assert!(reason.contains("ulimit -l"), "{reason}");
+            }
+        }
     }
 
     #[test]

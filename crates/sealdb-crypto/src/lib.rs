@@ -15,6 +15,7 @@
 mod aead;
 mod error;
 mod key;
+pub mod locked;
 mod passphrase;
 
 pub use aead::{AeadKey, NONCE_LEN, TAG_LEN, nonce_from_counter, random_nonce};

@@ -292,6 +292,14 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     };
     let server = Server::bind(server_settings.clone(), access, Some(store)).await?;
     let bound = server.local_addr()?;
+    match sealdb_crypto::locked::status() {
+        sealdb_crypto::locked::LockStatus::Locked { pages } => {
+            tracing::info!("key memory locked into RAM (mlock, {pages} page(s)): keys are never written to swap");
+        }
+        sealdb_crypto::locked::LockStatus::Refused { reason } => {
+            tracing::warn!("key memory is not locked into RAM, so the kernel may write keys to swap: {reason}");
+        }
+    }
     print_banner(&server_settings, bound.port(), &certs, uses_own_identity);
 
     let reload = server.reloader();

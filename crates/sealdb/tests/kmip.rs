@@ -11,7 +11,7 @@ mod support;
 
 use std::path::Path;
 
-use kmip_support::{KmipServer, Operator, certs, free_port};
+use kmip_support::{KmipServer, Operator, Relay, certs, free_port};
 use support::{TestServer, files_under, psql};
 
 /// A config file with `key-provider = "kmip:hsm"`, its `[kmip_hosts.hsm]`
@@ -1086,7 +1086,8 @@ struct Ran {
 }
 
 /// Key-server chaos: two PyKMIP hosts of one cluster are killed, restarted,
-/// blocked (SIGSTOP: connections hang until the client's timeout) and
+/// blocked (a relay in front of each drops their packets: connections
+/// hang until the client's timeout) and
 /// unblocked at random moments for `SEALDB_CHAOS_SECONDS` (60 in the test
 /// suite), with one outage of both hosts longer than the grace period
 /// forced in the middle, while a writer inserts rows and rotates the master
@@ -1117,10 +1118,11 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
     let certs = certs(keys.path());
     let first = KmipServer::start(keys.path(), &certs);
     let second = first.peer();
+    let relays = [Relay::to(first.port), Relay::to(second.port)];
     let cfg = config_with(
         keys.path(),
         &certs,
-        &[first.host(), second.host()],
+        &[relays[0].host(), relays[1].host()],
         "wrap",
         &["--key-cache-ms", "300", "--key-cache-grace-ms", "8000"],
     );
@@ -1195,7 +1197,7 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
                 if how == HostFate::Killed {
                     hosts[h].kill();
                 } else {
-                    hosts[h].block();
+                    relays[h].block();
                 }
                 fate[h] = how;
                 faults += 1;
@@ -1212,7 +1214,7 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
                     hosts[h].kill();
                     fate[h] = HostFate::Killed;
                 } else {
-                    hosts[h].block();
+                    relays[h].block();
                     fate[h] = HostFate::Blocked;
                 }
                 faults += 1;
@@ -1223,7 +1225,7 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
                 timeline.push((Instant::now(), up(&fate)));
             }
             HostFate::Blocked => {
-                hosts[h].unblock();
+                relays[h].unblock();
                 fate[h] = HostFate::Up;
                 timeline.push((Instant::now(), up(&fate)));
             }
@@ -1234,7 +1236,7 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
         match fate[h] {
             HostFate::Up => {}
             HostFate::Killed => hosts[h].restart(),
-            HostFate::Blocked => hosts[h].unblock(),
+            HostFate::Blocked => relays[h].unblock(),
         }
     }
     timeline.push((Instant::now(), 2));

@@ -133,26 +133,6 @@ impl KmipServer {
         *self = again;
     }
 
-    /// Freezes the server (SIGSTOP): connections to it open, but nothing
-    /// answers them, as behind a firewall that drops packets.
-    pub fn block(&self) {
-        self.signal("STOP");
-    }
-
-    /// Lets a blocked server run again (SIGCONT).
-    pub fn unblock(&self) {
-        self.signal("CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
-        }
-    }
-
     pub fn host(&self) -> String {
         format!("localhost:{}", self.port)
     }
@@ -225,5 +205,91 @@ impl Operator {
             }
             self.client.destroy(id).await.unwrap();
         });
+    }
+}
+
+/// A TCP relay in front of a key server that can be blocked: while it is,
+/// new connections are accepted and never answered, and open ones stall,
+/// as behind a firewall that drops packets. (Stopping a PyKMIP process
+/// with SIGSTOP would not do: hosts of one test cluster share a database,
+/// and a stopped one can hold its lock.) Stopped when dropped.
+pub struct Relay {
+    pub port: u16,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:`self.port` to 127.0.0.1:`target`.
+    pub fn to(target: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (blocked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    if !b.load(Ordering::Relaxed) {
+                        held.clear();
+                    }
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                if b.load(Ordering::Relaxed) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue; // the key server is down: the client sees the connection close
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (b, st) = (b.clone(), st.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let Ok(n) = from.read(&mut buf) else { break };
+                            while b.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            if n == 0 || st.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, blocked, stop }
+    }
+
+    pub fn host(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    /// Drops every packet from now on (connections open, nothing answers).
+    pub fn block(&self) {
+        self.blocked.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.blocked.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
