@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use pgwire::api::auth::AuthDriver;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
@@ -165,64 +165,79 @@ pub(crate) async fn serve(
     if admission == Admission::TooManyConnections {
         socket.session_extensions().insert(Admission::TooManyConnections);
     }
-    let startup = handlers.startup_handler();
-    let simple = handlers.simple_query_handler();
-    let extended = handlers.extended_query_handler();
-    let copy = handlers.copy_handler();
-    let cancel = handlers.cancel_handler();
-    let errors = handlers.error_handler();
-    loop {
-        let in_startup = matches!(
-            socket.state(),
-            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
-        );
-        let message = if in_startup {
-            tokio::select! {
-                _ = &mut deadline => {
-                    tracing::info!(%peer, "connection closed: authentication did not finish within handshake-timeout-ms");
-                    None
+    // A panic while decoding or handling a message (a dependency's decoder
+    // meeting bytes it did not expect, say) ends this connection only, with
+    // a line in the log, and its session is still unregistered.
+    let served = std::panic::AssertUnwindSafe(async {
+        let startup = handlers.startup_handler();
+        let simple = handlers.simple_query_handler();
+        let extended = handlers.extended_query_handler();
+        let copy = handlers.copy_handler();
+        let cancel = handlers.cancel_handler();
+        let errors = handlers.error_handler();
+        loop {
+            let in_startup = matches!(
+                socket.state(),
+                PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+            );
+            let message = if in_startup {
+                tokio::select! {
+                    _ = &mut deadline => {
+                        tracing::info!(%peer, "connection closed: authentication did not finish within handshake-timeout-ms");
+                        None
+                    }
+                    m = socket.next() => m,
                 }
-                m = socket.next() => m,
-            }
-        } else {
-            socket.next().await
-        };
-        let message = match message {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::info!(%peer, "connection closed: malformed protocol message: {e}");
+            } else {
+                socket.next().await
+            };
+            let message = match message {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::info!(%peer, "connection closed: malformed protocol message: {e}");
+                    break;
+                }
+                None => break,
+            };
+            if matches!(message, PgWireFrontendMessage::Terminate(_)) {
                 break;
             }
-            None => break,
-        };
-        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
-            break;
-        }
-        let extended_query = match socket.state() {
-            PgWireConnectionState::CopyInProgress(e) => e,
-            _ => message.is_extended_query(),
-        };
-        let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        if let Err(mut e) = process_message(
-            message,
-            &mut socket,
-            startup.clone(),
-            simple.clone(),
-            extended.clone(),
-            copy.clone(),
-            cancel.clone(),
-        )
-        .await
-        {
-            errors.on_error(&socket, &mut e);
-            let fatal = e.is_fatal();
-            if process_error(&mut socket, e, extended_query).await.is_err() || fatal {
+            let extended_query = match socket.state() {
+                PgWireConnectionState::CopyInProgress(e) => e,
+                _ => message.is_extended_query(),
+            };
+            let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+            if let Err(mut e) = process_message(
+                message,
+                &mut socket,
+                startup.clone(),
+                simple.clone(),
+                extended.clone(),
+                copy.clone(),
+                cancel.clone(),
+            )
+            .await
+            {
+                errors.on_error(&socket, &mut e);
+                let fatal = e.is_fatal();
+                if process_error(&mut socket, e, extended_query).await.is_err() || fatal {
+                    break;
+                }
+            }
+            if is_cancel {
                 break;
             }
         }
-        if is_cancel {
-            break;
-        }
+    })
+    .catch_unwind()
+    .await;
+    if let Err(panic) = served {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        tracing::warn!(%peer, "connection closed: a malformed protocol message made its handling fail ({what})");
     }
     if let Some(slot) = socket.session_extensions().get::<SessionSlot>() {
         state.unregister_session(slot.id);

@@ -228,3 +228,36 @@ fn the_server_locks_its_key_memory_into_ram_and_says_so() {
     );
     still_serves(&server);
 }
+
+/// Found by the wire fuzz target: an Execute message too short to hold its
+/// row limit makes pgwire's decoder panic. sealdb ends that connection
+/// only, says why in the log, leaves no session behind, and serves the
+/// next client (`fuzz/regressions/wire/`).
+#[test]
+fn a_message_that_makes_the_protocol_decoder_panic_ends_only_its_connection() {
+    let server = TestServer::start(&[]);
+    let c = server.certs();
+    // 'E', length 4: no portal name, no row limit; then Sync.
+    let out = std::process::Command::new(venv_python())
+        .arg(py_dir().join("after_login.py"))
+        .arg(server.port.to_string())
+        .arg(c.join("ca.crt"))
+        .arg(c.join("client.admin.crt"))
+        .arg(c.join("client.admin.key"))
+        .arg("45000000045300000004")
+        .output()
+        .expect("after_login.py");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.starts_with("closed"), "{text}");
+    let log = server.stderr();
+    assert!(
+        log.contains("connection closed: a malformed protocol message made its handling fail"),
+        "{log}"
+    );
+    assert_eq!(
+        psql(&server.admin(), "SELECT count(*) FROM sys.sessions").expect_ok(),
+        "1\n",
+        "only the checking session is left"
+    );
+    still_serves(&server);
+}
