@@ -34,7 +34,7 @@ case "$part" in
     run_test sealdb-storage disk_full ""
     ;;
   kmip)
-    SEALDB_CHAOS_SECONDS="${1:-300}" run_test sealdb kmip random_kills_restarts
+    SEALDB_CHAOS_SECONDS="${1:-300}" run_test sealdb kmip_chaos random_kills_restarts
     ;;
   secrets)
     SEALDB_FUZZ_SECONDS=0 exec ./scripts/test.sh

@@ -71,17 +71,18 @@ fn the_scan_finds_a_planted_secret_and_a_readable_key_file() {
     assert!(clean.findings.is_empty(), "{:?}", clean.findings);
     assert!(clean.files >= 3, "the scan read {} files", clean.files);
 
+    // A scan of the directory (and of `log`) names something with all of `parts`.
+    let finds = |log: &str, parts: &[&str]| {
+        let scan = secrets::scan(&data, log);
+        assert!(
+            scan.findings.iter().any(|f| parts.iter().all(|p| f.contains(p))),
+            "nothing with {parts:?} among {:?}",
+            scan.findings
+        );
+    };
     let planted = data.join("planted");
     std::fs::write(&planted, b"... Kim-pw-1 ...").expect("plant");
-    let found = secrets::scan(&data, "");
-    assert!(
-        found
-            .findings
-            .iter()
-            .any(|f| f.contains("planted") && f.contains("Kim-pw-1")),
-        "{:?}",
-        found.findings
-    );
+    finds("", &["planted", "Kim-pw-1"]);
 
     let key = std::fs::read_to_string(server.certs().join("node.key")).expect("server key");
     // Its body without the PEM armour, as a careless dump would write it.
@@ -91,15 +92,7 @@ fn the_scan_finds_a_planted_secret_and_a_readable_key_file() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&planted, body).expect("plant");
-    let found = secrets::scan(&data, "");
-    assert!(
-        found
-            .findings
-            .iter()
-            .any(|f| f.contains("planted") && f.contains("node.key")),
-        "{:?}",
-        found.findings
-    );
+    finds("", &["planted", "node.key"]);
 
     let keystore = data.join("keystore").join("master.keys");
     let raw = std::fs::read(&keystore).expect("keystore");
@@ -107,38 +100,14 @@ fn the_scan_finds_a_planted_secret_and_a_readable_key_file() {
     let master = raw[8 + 4 + 1 + 12 + 16 + 4 + 13..][..32].to_vec();
     let hex: String = master.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&planted, b"").expect("plant");
-    let found = secrets::scan(&data, &format!("log line with {hex}"));
-    assert!(
-        found
-            .findings
-            .iter()
-            .any(|f| f.contains("log") && f.contains("master key 0 (hex)")),
-        "{:?}",
-        found.findings
-    );
+    finds(&format!("log line with {hex}"), &["log", "master key 0 (hex)"]);
     std::fs::write(&planted, &master).expect("plant");
-    let found = secrets::scan(&data, "");
-    assert!(
-        found
-            .findings
-            .iter()
-            .any(|f| f.contains("planted") && f.contains("master key 0 (raw)")),
-        "{:?}",
-        found.findings
-    );
+    finds("", &["planted", "master key 0 (raw)"]);
     std::fs::remove_file(&planted).expect("unplant");
 
     let server_key = server.certs().join("node.key");
     std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let found = secrets::scan(&data, "");
-    assert!(
-        found
-            .findings
-            .iter()
-            .any(|f| f.contains("node.key") && f.contains("644")),
-        "{:?}",
-        found.findings
-    );
+    finds("", &["node.key", "644"]);
     std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert!(secrets::scan(&data, "").findings.is_empty());
 }

@@ -92,7 +92,8 @@ impl KmipServer {
         if let Some(v) = versions {
             command.args(["--versions", v]);
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stderr = std::fs::File::create(work.join(format!("stderr-{port}.log"))).unwrap();
+        let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -104,9 +105,14 @@ impl KmipServer {
         });
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
+            let exited = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let log = std::fs::read_to_string(work.join("server.log")).unwrap_or_default()
+                + &std::fs::read_to_string(work.join(format!("stderr-{port}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
             panic!(
-                "the PyKMIP server did not start; see {}",
-                work.join("server.log").display()
+                "the PyKMIP server on port {port} did not start within 60 s ({exited}); the end of {} and its stderr:\n{}",
+                work.join("server.log").display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         Self {
@@ -256,8 +262,7 @@ impl Relay {
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = [0u8; 16384];
-                        loop {
-                            let Ok(n) = from.read(&mut buf) else { break };
+                        while let Ok(n) = from.read(&mut buf) {
                             while b.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
                                 std::thread::sleep(Duration::from_millis(20));
                             }
