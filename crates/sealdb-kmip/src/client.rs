@@ -2,10 +2,13 @@
 //! one connection kept and reused, every round trip under a timeout.
 //!
 //! Failover: hosts are tried in the configured order, as DataStax HCD does
-//! with `kmip_hosts`. A request is retried on the next host only when it
-//! could not be sent at all (connect, handshake, or a connection found
-//! broken before the request was written); once sent, a failure is
-//! reported, so that a Create is never made twice.
+//! with `kmip_hosts`. A request goes to the next host when it could not be
+//! sent at all (connect, handshake, or a connection found broken before the
+//! request was written), and, for an operation that changes nothing on the
+//! server (a read, Encrypt, Decrypt), also when the host stops answering
+//! after it was sent (a network partition of a kept connection). Once sent,
+//! a Create, Activate, Revoke or Destroy that fails is reported, so that
+//! none is made twice.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -366,12 +369,14 @@ impl KmipClient {
         payload: impl Fn(ProtocolVersion) -> Vec<Item>,
     ) -> Result<Answer, KmipError> {
         let mut slot = self.connection.lock().await;
+        // A host that stopped answering an idempotent request, and why.
+        let mut gave_up: Option<(String, String)> = None;
         // A kept connection may have been closed by the server meanwhile;
         // that is found when writing, before anything was sent, so the
         // request goes once more over a fresh connection.
-        for attempt in 0..2 {
+        for attempt in 0..3 {
             if slot.is_none() {
-                *slot = Some(self.connect_any().await?);
+                *slot = Some(self.connect_any(gave_up.as_ref()).await?);
             }
             let Some(conn) = slot.as_mut() else {
                 continue;
@@ -400,12 +405,17 @@ impl KmipClient {
                 }
                 Err(e) => {
                     let e = e.into_error();
-                    if !matches!(e, KmipError::Failed { .. }) {
-                        // The connection is in an unknown state.
-                        slot.take();
-                        self.record(&host, Some(e.to_string()), None);
-                    } else {
+                    if matches!(e, KmipError::Failed { .. }) {
+                        // The server answered: the request was refused.
                         self.record(&host, None, Some(started.elapsed()));
+                        return Err(e);
+                    }
+                    // The connection is in an unknown state.
+                    slot.take();
+                    self.record(&host, Some(e.to_string()), None);
+                    if operation.is_idempotent() && gave_up.is_none() && self.config.hosts.len() > 1 {
+                        gave_up = Some((host, e.to_string()));
+                        continue;
                     }
                     return Err(e);
                 }
@@ -414,9 +424,15 @@ impl KmipClient {
         Err(KmipError::Unreachable { tried: Vec::new() })
     }
 
-    async fn connect_any(&self) -> Result<Connection, KmipError> {
-        let mut tried = Vec::new();
+    /// A connection to the first host that answers, in the configured
+    /// order; `without` (a host that just stopped answering, and why) is
+    /// not tried again, and is named among the hosts tried.
+    async fn connect_any(&self, without: Option<&(String, String)>) -> Result<Connection, KmipError> {
+        let mut tried: Vec<(String, String)> = without.into_iter().cloned().collect();
         for host in &self.config.hosts {
+            if without.is_some_and(|(h, _)| h == host) {
+                continue;
+            }
             match self.connect(host).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {

@@ -86,6 +86,23 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Whether asking again changes nothing on the server: reads and the
+    /// cryptographic operations. Such a request may go to the next host
+    /// when the first stops answering after it was sent; Create, Activate,
+    /// Revoke and Destroy may not (a Create could be made twice).
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Self::Locate
+                | Self::Get
+                | Self::GetAttributes
+                | Self::Query
+                | Self::DiscoverVersions
+                | Self::Encrypt
+                | Self::Decrypt
+        )
+    }
+
     /// Every operation sealdb uses.
     pub const ALL: [Operation; 11] = [
         Self::Create,

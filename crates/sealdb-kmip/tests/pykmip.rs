@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kmip_support::{KmipServer, certs, free_port};
+use kmip_support::{KmipServer, Relay, certs, free_port};
 
 use sealdb_kmip::{KmipClient, KmipClientConfig, KmipError, ProtocolVersion, State};
 use sealdb_pki::{ServerIdentitySource, TrustSource};
@@ -139,6 +139,49 @@ async fn failover_skips_a_host_that_is_down_and_an_unreachable_group_names_every
     let e = kmip.state(&id).await.unwrap_err().to_string();
     assert!(e.contains(&down), "{e}");
     assert!(e.contains("no KMIP host answered"), "{e}");
+}
+
+/// A host that stops answering a kept connection (a network partition,
+/// through a relay that drops its packets): a read goes to the next host
+/// within the timeout; a Create is not sent twice, and fails naming the
+/// host; the next request finds a host that answers.
+#[tokio::test]
+async fn a_read_fails_over_when_the_kept_host_stops_answering_and_a_create_is_never_sent_twice() {
+    sealdb_pki::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let first = KmipServer::start(dir.path(), &certs);
+    let second = first.peer();
+    let relays = [Relay::to(first.port), Relay::to(second.port)];
+    let kmip = KmipClient::new(KmipClientConfig {
+        hosts: vec![relays[0].host(), relays[1].host()],
+        tls: tls(&certs, "client"),
+        timeout: Duration::from_secs(2),
+        version: None,
+    })
+    .unwrap();
+    let id = kmip.create_aes256("sealdb/test/partition").await.unwrap();
+    assert_eq!(kmip.connected_host().await, Some(relays[0].host()));
+
+    relays[0].block();
+    let started = std::time::Instant::now();
+    assert_eq!(kmip.state(&id).await.unwrap(), State::PreActive);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(kmip.connected_host().await, Some(relays[1].host()));
+    let status = kmip.host_status();
+    assert_eq!(status[0].status, "unreachable", "{status:?}");
+
+    // Now the host in use stops answering a Create: it is reported, naming
+    // the host, and not sent again elsewhere; the next request goes to a
+    // host that answers.
+    relays[0].unblock();
+    relays[1].block();
+    let e = kmip.create_aes256("sealdb/test/once").await.unwrap_err();
+    assert!(e.to_string().contains(&relays[1].host()), "{e}");
+    relays[1].unblock();
+    let made = kmip.locate("sealdb/test/once").await.unwrap();
+    assert!(made.len() <= 1, "a Create was made twice: {made:?}");
+    assert_eq!(kmip.state(&id).await.unwrap(), State::PreActive);
 }
 
 #[tokio::test]

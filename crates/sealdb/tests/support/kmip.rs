@@ -251,28 +251,15 @@ impl Relay {
                     held.push(client);
                     continue;
                 }
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
-                    continue; // the key server is down: the client sees the connection close
-                };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let (b, st) = (b.clone(), st.clone());
-                    std::thread::spawn(move || {
-                        use std::io::{Read, Write};
-                        let mut buf = [0u8; 16384];
-                        while let Ok(n) = from.read(&mut buf) {
-                            while b.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                            if n == 0 || st.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
+                let (b, st) = (b.clone(), st.clone());
+                // Connect in a thread of its own: a slow key server must not
+                // hold up the relay's other connections.
+                std::thread::spawn(move || {
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        return; // the key server is down: the client sees the connection close
+                    };
+                    relay_both_ways(client, server, &b, &st);
+                });
             }
         });
         Self { port, blocked, stop }
@@ -296,5 +283,35 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.blocked.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies bytes both ways between `client` and `server`, holding them
+/// while `blocked`, until either side closes or `stop`.
+fn relay_both_ways(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    blocked: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    for (mut from, mut to) in [(client2, server2), (server, client)] {
+        let (b, st) = (blocked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 16384];
+            while let Ok(n) = from.read(&mut buf) {
+                while b.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if n == 0 || st.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
     }
 }
