@@ -52,7 +52,10 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
     const TIMEOUT: Duration = Duration::from_millis(3000); // --timeout-ms of `config_with`
     // How late the gate can close or reopen after the fact: a refresh
     // period plus a timed-out try of each host, and a second of slack.
-    const LATE: Duration = Duration::from_millis(300 + 2 * 3000 + 1000);
+    const LATE: Duration = CACHE
+        .saturating_add(TIMEOUT)
+        .saturating_add(TIMEOUT)
+        .saturating_add(Duration::from_secs(1));
     let seconds: u64 = std::env::var("SEALDB_CHAOS_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -233,7 +236,10 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
     }
     for s in &ran {
         let maybe_closed = outages.iter().any(|(d, r)| {
-            let from = *d + GRACE.saturating_sub(TIMEOUT + CACHE + Duration::from_millis(500));
+            // The last confirmation can be older than the outage by a
+            // request timed out on a kept connection to a host that stopped
+            // answering, and a connect to the next host: two timeouts.
+            let from = *d + GRACE.saturating_sub(LATE);
             *r > from && overlaps(s.start, s.end, from, *r + LATE)
         });
         let surely_closed = outages.iter().any(|(d, r)| s.start >= *d + GRACE + LATE && s.end <= *r);
@@ -292,7 +298,7 @@ fn random_kills_restarts_and_blocks_of_two_key_servers_never_fail_a_statement_wh
         "no insert was refused in the outage past the grace period"
     );
     assert!(
-        required * 2 >= checked,
+        required * 3 >= checked,
         "most statements fell in the margins: {required} of {checked}"
     );
     // Service is back by itself, and every acknowledged row is there once.

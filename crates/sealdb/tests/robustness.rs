@@ -221,6 +221,11 @@ fn the_server_locks_its_key_memory_into_ram_and_says_so() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("a VmLck line");
     assert!(locked_kib >= 4, "VmLck: {locked_kib} kB");
+    // The line is written just before the banner; its reader may lag.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr().contains("key memory locked into RAM (mlock") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         server.stderr().contains("key memory locked into RAM (mlock"),
         "{}",
