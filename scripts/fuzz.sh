@@ -46,11 +46,21 @@ for t in "${targets[@]}"; do
     dir=fuzz/wire
   fi
   log="$(mktemp)"
-  set +e
-  cargo fuzz run --fuzz-dir "$dir" "${profile[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
-  status=$?
-  set -e
+  # A run that ends without a finding (no artifact written, no final
+  # statistics) failed outside the target, in its build or start: it is
+  # tried once more, and the end of its output is shown.
+  for attempt in 1 2; do
+    set +e
+    cargo fuzz run --fuzz-dir "$dir" "${profile[@]}" "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
+      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
+    status=$?
+    set -e
+    if [ "$status" -eq 0 ] || grep -qE 'Test unit written|^stat::number_of_executed_units' "$log"; then
+      break
+    fi
+    echo "$t: the run ended (exit $status) before fuzzing; its output ends:" >&2
+    tail -25 "$log" >&2
+  done
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
   corpus=$(find "fuzz/work/$t" "fuzz/corpus/$t" -type f | wc -l)
