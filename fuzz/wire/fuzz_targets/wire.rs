@@ -41,6 +41,15 @@ fn fixture() -> &'static Fixture {
         // dependency's (pgwire's decoders) unwinds to the connection's
         // containment, which ends that connection only.
         sealdb_fuzz::contain_dependency_panics();
+        // libFuzzer's main, unlike Rust's, leaves SIGPIPE at its default
+        // (end the process): a write to a connection the server has just
+        // closed would end the run, a finding of nothing.
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no
+        // handler, so no code runs in signal context; it happens once,
+        // before the server's threads start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         sealdb_pki::install_crypto_provider();
         let dir = std::env::temp_dir().join(format!("sealdb-fuzz-wire-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
