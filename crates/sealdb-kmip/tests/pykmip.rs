@@ -26,10 +26,19 @@ fn tls(certs: &Path, client: &str) -> Arc<rustls::ClientConfig> {
 }
 
 fn client(hosts: Vec<String>, tls: Arc<rustls::ClientConfig>, version: Option<ProtocolVersion>) -> KmipClient {
+    client_with_timeout(hosts, tls, version, Duration::from_secs(10))
+}
+
+fn client_with_timeout(
+    hosts: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    version: Option<ProtocolVersion>,
+    timeout: Duration,
+) -> KmipClient {
     KmipClient::new(KmipClientConfig {
         hosts,
         tls,
-        timeout: Duration::from_secs(10),
+        timeout,
         version,
     })
     .unwrap()
@@ -153,13 +162,12 @@ async fn a_read_fails_over_when_the_kept_host_stops_answering_and_a_create_is_ne
     let first = KmipServer::start(dir.path(), &certs);
     let second = first.peer();
     let relays = [Relay::to(first.port), Relay::to(second.port)];
-    let kmip = KmipClient::new(KmipClientConfig {
-        hosts: vec![relays[0].host(), relays[1].host()],
-        tls: tls(&certs, "client"),
-        timeout: Duration::from_secs(2),
-        version: None,
-    })
-    .unwrap();
+    let kmip = client_with_timeout(
+        vec![relays[0].host(), relays[1].host()],
+        tls(&certs, "client"),
+        None,
+        Duration::from_secs(2),
+    );
     let id = kmip.create_aes256("sealdb/test/partition").await.unwrap();
     assert_eq!(kmip.connected_host().await, Some(relays[0].host()));
 

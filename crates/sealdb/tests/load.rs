@@ -38,11 +38,7 @@ fn unix_now() -> f64 {
 
 /// The server's resident memory (KiB) and open descriptors, from /proc.
 fn sample(pid: u32) -> Option<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let rss = support::proc_status_kib(pid, "VmRSS")?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
 }

@@ -214,12 +214,7 @@ fn the_server_cannot_write_a_core_file_and_says_so() {
 #[test]
 fn the_server_locks_its_key_memory_into_ram_and_says_so() {
     let server = TestServer::start(&[]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("/proc status");
-    let locked_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmLck line");
+    let locked_kib = proc_status_kib(server.child.id(), "VmLck").expect("a VmLck line");
     assert!(locked_kib >= 4, "VmLck: {locked_kib} kB");
     // The line is written just before the banner; its reader may lag.
     let deadline = Instant::now() + Duration::from_secs(10);
