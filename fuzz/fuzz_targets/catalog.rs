@@ -4,18 +4,7 @@
 //! table's columns and deleted rows) or refused, never a panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use sealdb_storage::internal;
-
-fuzz_target!(|data: &[u8]| {
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     sealdb_fuzz::contain_dependency_panics();
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    if mode & 1 == 0 {
-        let _ = internal::read_catalog_bytes(rest);
-        return;
-    }
-    let file = internal::catalog_bytes(u64::from(mode >> 1), rest).expect("sealing a body in memory");
-    let _ = internal::read_catalog_bytes(&file);
+    let _ = sealdb_storage::internal::fuzz_catalog(data);
 });

@@ -4,13 +4,7 @@
 //! an error, never a panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use sealdb_storage::internal;
-
-fuzz_target!(|data: &[u8]| {
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     sealdb_fuzz::contain_dependency_panics();
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    let _ = internal::read_segment_bytes(rest.to_vec(), mode & 1 == 1);
+    let _ = sealdb_storage::internal::fuzz_segment(data);
 });

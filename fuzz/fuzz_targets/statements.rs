@@ -3,11 +3,4 @@
 //! (left to DataFusion) or an error, never a panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(sql) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = sealdb_statements::parse(sql);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sealdb_statements::internal::fuzz_statements(data));

@@ -482,6 +482,32 @@ pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> 
     Ok(std::env::var(env_var).ok())
 }
 
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/`), which the test
+/// suite also replays over the committed corpus; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    use std::path::Path;
+
+    use crate::{Settings, parse_byte_size, parse_duration};
+
+    /// The config parser on any text: a config or an error; a config
+    /// renders back to TOML that parses to the same keys, and merges.
+    pub fn fuzz_config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let _ = parse_byte_size("memory-limit", text);
+        let _ = parse_duration("key-rotation-period", text);
+        let Ok(settings) = Settings::from_toml(text, Path::new("fuzz.toml")) else {
+            return;
+        };
+        let rendered = settings.to_toml().expect("a parsed config renders");
+        let again = Settings::from_toml(&rendered, Path::new("rendered.toml")).expect("a rendered config parses");
+        assert_eq!(again.to_toml().expect("renders"), rendered, "rendering is not stable");
+        let _ = Settings::default().merged_over(&settings);
+    }
+}
+
 #[cfg(test)]
 mod kmip_set_tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test

@@ -23,3 +23,42 @@ pub use client::{HostStatus, HostTest, KmipClient, KmipClientConfig};
 pub use error::KmipError;
 pub use message::ProtocolVersion;
 pub use spec::{Operation, State};
+
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/`), which the test
+/// suite also replays over the committed corpus; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    use crate::message;
+    use crate::spec::{Operation, tag};
+    use crate::ttlv::Item;
+
+    /// The TTLV decoder: what decodes encodes back to the same bytes.
+    pub fn fuzz_ttlv(data: &[u8]) {
+        if let Ok(item) = Item::decode(data) {
+            let mut again = Vec::new();
+            item.encode(&mut again);
+            assert_eq!(again, data, "a decoded message encodes back to other bytes");
+            assert_eq!(item.encoded_len(), data.len());
+        }
+    }
+
+    /// Every response parser, on a decoded message, for every operation.
+    pub fn fuzz_response(data: &[u8]) {
+        let Ok(response) = Item::decode(data) else {
+            return;
+        };
+        for operation in Operation::ALL {
+            let Ok(payload) = message::response_payload(&response, operation, "fuzz:5696", Some("1")) else {
+                continue;
+            };
+            let _ = message::discovered_versions(&payload);
+            let _ = message::query_result(&payload).missing();
+            let _ = message::unique_identifier(&payload);
+            let _ = message::located(&payload);
+            let _ = message::key_attributes(&payload);
+            let _ = message::key_material(&payload);
+            let _ = message::bytes(&payload, tag::DATA);
+            let _ = message::bytes(&payload, tag::AUTHENTICATED_ENCRYPTION_TAG);
+        }
+    }
+}

@@ -14,9 +14,17 @@ mod connection;
 mod copy;
 mod encode;
 mod error;
+mod fuzzing;
 mod query;
 mod startup;
 mod state;
 
 pub use error::ServerError;
 pub use state::{Server, ServerSettings};
+
+/// Entry points of the `wire` fuzz target (`fuzz/wire/`), which the test
+/// suite also replays over the committed corpus; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::fuzzing::{fuzz_wire, start_wire_server};
+}

@@ -25,13 +25,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, ObjectType, Statement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sealdb_auth::{AccessControl, GrantObject, SCRAM_ITERATIONS, ScramVerifier, UserOptions};
 
 use crate::cache::StatementCache;
 use crate::copy::{CopyFormat, CopyParser};
 use crate::durable::{self, Durable, TableOptions};
 use crate::executor::QueryExecutor;
+use crate::parse::SqlParser;
 use crate::security::{self, SecurityStatement, Target};
 use crate::spill::SealSpillFactory;
 use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
@@ -232,7 +232,7 @@ pub struct Engine {
     base: SessionContext,
     access: Arc<AccessControl>,
     hooks: Arc<dyn ServerHooks>,
-    parser: PostgresCompatibilityParser,
+    parser: SqlParser,
     /// Bumped by every DDL statement; cached plans of older versions are stale.
     catalog_version: AtomicU64,
     /// Where tables, users and grants are kept durably; `None` keeps them
@@ -324,7 +324,7 @@ impl Engine {
             base,
             access,
             hooks,
-            parser: PostgresCompatibilityParser::new(),
+            parser: SqlParser::new(),
             catalog_version: AtomicU64::new(0),
             durable: None,
             stored,
@@ -607,10 +607,7 @@ impl Engine {
         }
         if starts_with_keyword(sql, "copy") {
             let respelt = crate::copy::with_sql_booleans(sql);
-            let mut statements = self
-                .parser
-                .parse(respelt.as_deref().unwrap_or(sql))
-                .map_err(|e| SqlError::Syntax(e.to_string()))?;
+            let mut statements = self.parser.parse(respelt.as_deref().unwrap_or(sql))?;
             if let [Statement::Copy { .. }] = statements.as_slice()
                 && let Some(Statement::Copy {
                     source,
@@ -691,7 +688,7 @@ impl Engine {
     /// truncations join one transaction, so in autocommit they commit
     /// together at the statement's end.
     fn one_object_each(&self, session: &SqlSession, sql: &str) -> Result<Option<Vec<String>>, SqlError> {
-        let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+        let mut statements = self.parser.parse(sql)?;
         let Some(statement) = statements.pop().filter(|_| statements.is_empty()) else {
             return Ok(None);
         };
@@ -740,7 +737,7 @@ impl Engine {
     /// Plans one statement; `CREATE TABLE`'s `WITH (...)` options come
     /// back beside the plan.
     async fn plan(&self, session: &SqlSession, sql: &str) -> Result<(LogicalPlan, TableOptions), SqlError> {
-        let mut statements = self.parser.parse(sql).map_err(|e| SqlError::Syntax(e.to_string()))?;
+        let mut statements = self.parser.parse(sql)?;
         let mut statement = match statements.len() {
             1 => statements.remove(0),
             0 => return Err(SqlError::Syntax("empty statement".into())),

@@ -10,6 +10,9 @@ pub enum SqlError {
     /// The session lacks a privilege (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The statement nests too deeply or is too large to analyse (54001).
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
     /// The statement does not parse (42601).
     #[error("syntax error: {0}")]
     Syntax(String),
@@ -87,6 +90,7 @@ impl SqlError {
         match self {
             Self::PermissionDenied(_) => "42501",
             Self::Syntax(_) => "42601",
+            Self::TooComplex(_) => "54001",
             Self::UndefinedTable(_) => "42P01",
             Self::UndefinedObject(_) => "42704",
             Self::DuplicateObject(_) => "42710",

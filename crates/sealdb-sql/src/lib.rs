@@ -8,7 +8,8 @@
 //! 1. the security statements DataFusion does not know (`CREATE USER ...
 //!    REQUIRE X509`, `GRANT`, `ALTER SYSTEM RELOAD TLS`, `SHOW ssl`,
 //!    `BEGIN`/`COMMIT`), parsed by [`security`];
-//! 2. everything else is parsed with PostgreSQL compatibility rewrites,
+//! 2. everything else is parsed with PostgreSQL compatibility rewrites
+//!    and a bound on how deeply it nests ([`MAX_EXPRESSION_DEPTH`]),
 //!    planned by DataFusion, and its plan is checked against the session's
 //!    privileges before anything runs ([`privileges`]);
 //! 3. `sys.*` tables read live state from the server through [`ServerHooks`].
@@ -22,6 +23,7 @@ mod durable;
 mod engine;
 mod error;
 pub mod executor;
+mod parse;
 mod privileges;
 pub mod spill;
 pub mod status;
@@ -32,6 +34,7 @@ pub use engine::{
     ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, QueryMemory, SessionInfo, SqlSession, TlsSessionInfo,
 };
 pub use error::SqlError;
+pub use parse::MAX_EXPRESSION_DEPTH;
 /// The statements parsed before DataFusion (its own crate, free of DataFusion).
 pub use sealdb_statements as security;
 pub use sys::{CertificateRow, KeyAdmin, SERVER_VERSION, ServerHooks};

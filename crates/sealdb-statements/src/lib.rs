@@ -780,6 +780,18 @@ impl P {
     }
 }
 
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/`), which the test
+/// suite also replays over the committed corpus; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    /// [`crate::parse`] on any text a client sends.
+    pub fn fuzz_statements(data: &[u8]) {
+        if let Ok(sql) = std::str::from_utf8(data) {
+            let _ = crate::parse(sql);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

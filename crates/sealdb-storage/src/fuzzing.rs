@@ -14,6 +14,65 @@ use crate::catalog::{self, CATALOG_FORMAT, CatalogHeader};
 use crate::store::{self, Payload};
 use crate::wal::{self, FrameKey, FrameKind, FrameSpec};
 
+/// The `log_file` fuzz target. The first byte's low bit chooses: raw
+/// bytes read as recovery reads a log file, or frames built from the rest
+/// (`[kind][table][version][length, 2 bytes LE]` then the payload, at most
+/// [`FUZZ_LOG_FRAMES`]) sealed as the log writer seals them, which must
+/// authenticate and read back one for one.
+pub fn fuzz_log_file(data: &[u8]) -> Result<Decoded, StorageError> {
+    let Some((&mode, rest)) = data.split_first() else {
+        return Ok(Decoded::default());
+    };
+    if mode & 1 == 0 {
+        return read_log_bytes(rest);
+    }
+    let mut frames = Vec::new();
+    let mut at = rest;
+    while at.len() >= 5 && frames.len() < FUZZ_LOG_FRAMES {
+        let kind = match at[0] % 3 {
+            0 => FrameKind::Insert,
+            1 => FrameKind::Delete,
+            _ => FrameKind::Truncate,
+        };
+        let len = usize::from(u16::from_le_bytes([at[3], at[4]])).min(at.len() - 5);
+        frames.push((kind, u64::from(at[1]), u32::from(at[2] % 3), at[5..5 + len].to_vec()));
+        at = &at[5 + len..];
+    }
+    if frames.is_empty() {
+        return Ok(Decoded::default());
+    }
+    let bytes = log_bytes(u64::from(mode >> 1), &frames)?;
+    let read = log_frame_count(&bytes).expect("a log the writer sealed reads back");
+    assert_eq!(read, frames.len(), "frames lost or invented");
+    read_log_bytes(&bytes)
+}
+
+/// The most frames the `log_file` target builds from one input.
+pub const FUZZ_LOG_FRAMES: usize = 16;
+
+/// The `catalog` fuzz target. The first byte's low bit chooses: raw bytes
+/// read as a catalog file, or the rest sealed as the body of a catalog of
+/// generation `first byte >> 1`.
+pub fn fuzz_catalog(data: &[u8]) -> Result<Decoded, StorageError> {
+    let Some((&mode, rest)) = data.split_first() else {
+        return Ok(Decoded::default());
+    };
+    if mode & 1 == 0 {
+        return read_catalog_bytes(rest);
+    }
+    let file = catalog_bytes(u64::from(mode >> 1), rest).expect("sealing a body in memory");
+    read_catalog_bytes(&file)
+}
+
+/// The `segment` fuzz target: the rest read as a segment file, encrypted
+/// when the first byte's low bit is set.
+pub fn fuzz_segment(data: &[u8]) -> Result<Decoded, StorageError> {
+    let Some((&mode, rest)) = data.split_first() else {
+        return Ok(Decoded::default());
+    };
+    read_segment_bytes(rest.to_vec(), mode & 1 == 1)
+}
+
 /// The system, table and data key of every fuzz input: not a secret.
 pub const FUZZ_KEY: [u8; 32] = *b"sealdb fuzz key: protects nothin";
 

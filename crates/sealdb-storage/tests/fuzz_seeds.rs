@@ -130,25 +130,13 @@ async fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>, Decoded)> {
     ]
 }
 
-/// What the target `target` makes of `input`, as its fuzz target reads it.
+/// What the target `target` makes of `input`, through its fuzz target's
+/// own entry point.
 fn decode(target: &str, input: &[u8]) -> Result<Decoded, sealdb_storage::StorageError> {
-    let (mode, rest) = input.split_first().unwrap();
-    match (target, mode & 1) {
-        ("log_file", 0) => internal::read_log_bytes(rest),
-        ("log_file", _) => {
-            let mut frames = Vec::new();
-            let mut at = rest;
-            while at.len() >= 5 {
-                let kind = [FrameKind::Insert, FrameKind::Delete, FrameKind::Truncate][usize::from(at[0] % 3)];
-                let len = usize::from(u16::from_le_bytes([at[3], at[4]])).min(at.len() - 5);
-                frames.push((kind, u64::from(at[1]), u32::from(at[2] % 3), at[5..5 + len].to_vec()));
-                at = &at[5 + len..];
-            }
-            internal::read_log_bytes(&internal::log_bytes(u64::from(mode >> 1), &frames)?)
-        }
-        ("catalog", 0) => internal::read_catalog_bytes(rest),
-        ("catalog", _) => internal::read_catalog_bytes(&internal::catalog_bytes(u64::from(mode >> 1), rest)?),
-        ("segment", m) => internal::read_segment_bytes(rest.to_vec(), m == 1),
+    match target {
+        "log_file" => internal::fuzz_log_file(input),
+        "catalog" => internal::fuzz_catalog(input),
+        "segment" => internal::fuzz_segment(input),
         _ => unreachable!("{target}"),
     }
 }

@@ -34,6 +34,13 @@ pub(crate) struct StartArgs {
 /// Query runtime threads per core (see `run`).
 const QUERY_THREADS_PER_CORE: usize = 4;
 
+/// Stack of every runtime thread: statements are planned and run by
+/// recursive code whose depth follows the statement's nesting, which
+/// `sealdb_sql::MAX_EXPRESSION_DEPTH` bounds; this leaves a wide margin
+/// at that bound even in an unoptimized build. Virtual memory: only the
+/// pages a thread touches are used.
+const THREAD_STACK_BYTES: usize = 32 << 20;
+
 pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Result<()> {
     init_logging();
     if hardening.problems.is_empty() {
@@ -43,6 +50,7 @@ pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Resu
         tracing::warn!("{problem}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -56,6 +64,7 @@ pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Resu
     let queries = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(QUERY_THREADS_PER_CORE * cores)
         .thread_name("sealdb-query")
+        .thread_stack_size(THREAD_STACK_BYTES)
         .enable_all()
         .build()
         .context("cannot start the query runtime")?;

@@ -8,7 +8,7 @@
 //!
 //! Writers are psycopg clients (`tests/py/crash_writer.py`) that print each
 //! operation before sending it and again once acknowledged. The number of
-//! kills is `SEALDB_SOAK_KILLS` (20 in the test suite;
+//! kills is `SEALDB_SOAK_KILLS` (10 in the test suite;
 //! `scripts/reliability.sh crash 100` runs the long soak).
 
 mod support;
@@ -28,7 +28,7 @@ fn kills() -> u64 {
     std::env::var("SEALDB_SOAK_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(10)
 }
 
 /// A pseudo-random number from the clock (no rand crate needed).

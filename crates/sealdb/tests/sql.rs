@@ -268,3 +268,40 @@ fn the_statements_pgbench_initialization_sends_work() {
         "10|55\n"
     );
 }
+
+/// Deeply nested SQL is refused with 54001 and the server goes on serving:
+/// chains of operators (one level deeper per operator, which the parser
+/// builds in a loop with no limit of its own), nested parentheses and
+/// subqueries, from any user, before a table is looked at. A statement at
+/// the limit runs. Before the bound (and DataFusion's
+/// `recursive_protection`, which alone was not enough), `SELECT 1+1+...`
+/// with a thousand terms overflowed a thread's stack and aborted the server.
+#[test]
+fn deeply_nested_sql_is_refused_with_54001_and_the_server_keeps_serving() {
+    let server = TestServer::start(&[]);
+    let admin = server.admin();
+    psql(&admin, "create user nobody with password 'Nobody-pw-1'").expect_ok();
+    let depth = sealdb_sql::MAX_EXPRESSION_DEPTH - 10;
+    let at_limit = format!("select 1{} as s", "+1".repeat(depth - 1));
+    assert_eq!(psql_script(&admin, &at_limit).expect_ok().trim(), depth.to_string());
+    for sql in [
+        format!("select 1{}", "+1".repeat(100_000)),
+        format!(
+            "select count(*) from no_such_table where {}",
+            vec!["a = 1"; 50_000].join(" or ")
+        ),
+        format!("select 'x'{}", "::text".repeat(50_000)),
+        format!("select {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+        format!(
+            "select * from {}t{}",
+            "(select * from ".repeat(2_000),
+            ") s".repeat(2_000)
+        ),
+    ] {
+        let err = psql_script(&admin, &sql).expect_err("54001");
+        assert!(err.contains("statement too complex"), "{err}");
+    }
+    let nobody = server.password_conn("nobody");
+    psql_pw(&nobody, "Nobody-pw-1", &format!("select 1{}", "+1".repeat(20_000))).expect_err("54001");
+    assert_eq!(psql(&admin, "select 41 + 1").expect_ok().trim(), "42");
+}

@@ -312,23 +312,31 @@ pub fn psql_input(conninfo: &str, sql: &str, input: &str) -> Psql {
     psql_run(conninfo, sql, None, Stdio::from(file))
 }
 
+/// `psql -f FILE` with `sql` in the file: for statements longer than a
+/// command-line argument may be.
+pub fn psql_script(conninfo: &str, sql: &str) -> Psql {
+    let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+    {
+        use std::io::Write;
+        file.write_all(sql.as_bytes()).expect("write script");
+    }
+    let path = file.path().to_string_lossy().into_owned();
+    psql_args(conninfo, &["-f", &path], None, Stdio::null())
+}
+
 fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
     psql_run(conninfo, sql, password, Stdio::null())
 }
 
 fn psql_run(conninfo: &str, sql: &str, password: Option<&str>, stdin: Stdio) -> Psql {
+    psql_args(conninfo, &["-c", sql], password, stdin)
+}
+
+fn psql_args(conninfo: &str, input: &[&str], password: Option<&str>, stdin: Stdio) -> Psql {
     let mut cmd = Command::new("psql");
     cmd.arg(conninfo)
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            "VERBOSITY=verbose",
-            "-c",
-            sql,
-        ])
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+        .args(input)
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGPASSWORD")
         .stdin(stdin);
