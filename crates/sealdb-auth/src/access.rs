@@ -169,6 +169,24 @@ struct State {
     users: BTreeMap<String, User>,
     grants: BTreeSet<Grant>,
     bootstrap: Option<String>,
+    dummy_salt_key: SaltKey,
+}
+
+/// The key deriving the SCRAM salts shown for names that cannot log in
+/// (`policy.rs`): random for a new catalog, then kept in it.
+#[derive(Clone)]
+pub(crate) struct SaltKey(pub(crate) zeroize::Zeroizing<[u8; 32]>);
+
+impl Default for SaltKey {
+    fn default() -> Self {
+        Self(zeroize::Zeroizing::new(rand::random()))
+    }
+}
+
+impl std::fmt::Debug for SaltKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltKey(<32 bytes>)")
+    }
 }
 
 /// Bounds the walk up role memberships (roles of roles).
@@ -292,6 +310,17 @@ impl AccessControl {
     pub fn forget_table(&self, table: &str) {
         if let Ok(mut s) = self.state.write() {
             s.grants.retain(|g| g.object != GrantObject::Table(table.to_owned()));
+        }
+    }
+
+    /// See [`SaltKey`].
+    pub(crate) fn dummy_salt_key(&self) -> SaltKey {
+        self.state.read().map(|s| s.dummy_salt_key.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_dummy_salt_key(&self, key: SaltKey) {
+        if let Ok(mut s) = self.state.write() {
+            s.dummy_salt_key = key;
         }
     }
 

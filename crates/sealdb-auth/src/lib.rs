@@ -18,6 +18,6 @@ mod policy;
 mod scram;
 
 pub use access::{AccessControl, AccessError, Grant, GrantObject, Privilege, Requirement, User, UserOptions};
-pub use dn::subject_matches;
-pub use policy::{AuthPlan, CertFacts, ConnectionFacts, decide, password_verifier};
+pub use dn::{Attribute, DistinguishedName, Rdn, escape_value, short_name};
+pub use policy::{AuthPlan, CertFacts, ConnectionFacts, decide};
 pub use scram::{SCRAM_ITERATIONS, ScramVerifier};

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessControl, Grant, GrantObject, Privilege, Requirement, User};
+use base64::Engine as _;
+
 use crate::{AccessError, ScramVerifier};
 
 #[derive(Serialize, Deserialize)]
@@ -16,6 +18,10 @@ struct Snapshot {
     bootstrap: Option<String>,
     users: Vec<StoredUser>,
     grants: Vec<StoredGrant>,
+    /// Base64 of the key of the salts shown for names that cannot log in
+    /// (absent in catalogs written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dummy_salt_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -49,6 +55,7 @@ impl AccessControl {
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             bootstrap,
+            dummy_salt_key: Some(base64::engine::general_purpose::STANDARD.encode(self.dummy_salt_key().0.as_slice())),
             users: users
                 .into_iter()
                 .map(|u| {
@@ -147,7 +154,25 @@ impl AccessControl {
                 grantor: g.grantor,
             });
         }
+        if let Some(text) = &snapshot.dummy_salt_key {
+            let bytes = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|_| bad("the salt key is not base64".into()))?,
+            );
+            let key: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("the salt key is not 32 bytes".into()))?;
+            self.set_dummy_salt_key(crate::access::SaltKey(zeroize::Zeroizing::new(key)));
+        }
         self.replace(users, grants, snapshot.bootstrap)
+    }
+
+    /// Whether `value` (an exported catalog) lacks something this version
+    /// keeps, so that it should be written again once read.
+    pub fn stored_form_is_outdated(value: &serde_json::Value) -> bool {
+        value.get("dummy_salt_key").is_none()
     }
 }
 

@@ -1,14 +1,18 @@
 //! How a connecting client must authenticate.
 
-use crate::{Requirement, ScramVerifier, User, subject_matches};
+use crate::{AccessControl, DistinguishedName, Requirement, ScramVerifier};
 
 /// What a verified client certificate says.
 #[derive(Debug, Clone)]
 pub struct CertFacts {
-    /// Subject DN.
+    /// Subject DN, as shown (RFC 4514 escapes).
     pub subject: String,
-    /// Issuer DN.
+    /// Subject DN, attribute by attribute: what `REQUIRE SUBJECT` compares.
+    pub subject_dn: DistinguishedName,
+    /// Issuer DN, as shown.
     pub issuer: String,
+    /// Issuer DN, attribute by attribute.
+    pub issuer_dn: DistinguishedName,
     /// The user it names through the common name or `cert-user-map`.
     pub mapped_user: Option<String>,
 }
@@ -31,18 +35,34 @@ pub enum AuthPlan {
     Certificate,
     /// Run SCRAM-SHA-256 against this verifier.
     Password(ScramVerifier),
-    /// Refuse, with this message for the client.
+    /// Run SCRAM-SHA-256 as for a password, then refuse as for a wrong
+    /// password whatever was sent: the user exists but cannot log in this
+    /// way, and saying why would tell a stranger that the user exists.
+    /// `reason` is for the server's log only.
+    Decoy {
+        /// The verifier the exchange runs against.
+        verifier: ScramVerifier,
+        /// Why the login is refused, for the server's log.
+        reason: String,
+    },
+    /// Refuse, with this message for the client. It never depends on
+    /// whether `requested` exists, unless the client proved with a
+    /// verified certificate who it is.
     Refuse(String),
 }
 
 /// Decides how `requested` (the `user` of the startup packet) must
-/// authenticate. `user` is the catalog entry, `None` if unknown.
+/// authenticate, given the catalog `access`.
 ///
-/// An unknown user or a user with no password gets the same treatment as a
-/// wrong password when no certificate is involved, so that the flow does not
-/// reveal which user names exist.
-pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> AuthPlan {
+/// A client without a certificate learns nothing about which user names
+/// exist: an unknown user, a user without a password and a user whose
+/// `REQUIRE` this connection does not meet all run the same SCRAM
+/// exchange, against a salt that is either the user's or derived from the
+/// name with a key only the server holds, and fail with the same message.
+/// The precise reason goes to the server's log.
+pub fn decide(access: &AccessControl, requested: &str, facts: &ConnectionFacts) -> AuthPlan {
     let refuse = AuthPlan::Refuse;
+    let user = access.user(requested);
     if let Some(cert) = &facts.certificate {
         match cert.mapped_user.as_deref() {
             Some(named) if named == requested => {}
@@ -59,33 +79,38 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
                 ));
             }
         }
-    }
-    let Some(user) = user.filter(|u| u.login) else {
-        return match &facts.certificate {
-            Some(_) => refuse(format!(
-                "user \"{requested}\" does not exist or may not log in; an administrator can run CREATE USER {requested}"
-            )),
-            None => AuthPlan::Password(dummy_verifier(requested)),
-        };
-    };
-    if facts.certificate_required && facts.certificate.is_none() {
+    } else if facts.certificate_required {
+        // The server's policy, the same for every name.
         return refuse(certificate_needed(
             requested,
             "this server requires a client certificate of every user (pki-db-client-auth = true)",
         ));
     }
+    let decoy = |reason: String| AuthPlan::Decoy {
+        verifier: access.password_verifier(requested),
+        reason,
+    };
+    let Some(user) = user.filter(|u| u.login) else {
+        return match &facts.certificate {
+            // The certificate proved the client is `requested`.
+            Some(_) => refuse(format!(
+                "user \"{requested}\" does not exist or may not log in; an administrator can run CREATE USER {requested}"
+            )),
+            None => AuthPlan::Password(access.password_verifier(requested)),
+        };
+    };
     match &user.require {
         Requirement::None => {}
         Requirement::Ssl => {
             if !facts.tls {
-                return refuse(format!(
+                return decoy(format!(
                     "user \"{requested}\" must connect over TLS (REQUIRE SSL); connect with sslmode=verify-full"
                 ));
             }
         }
         Requirement::X509 => {
             if facts.certificate.is_none() {
-                return refuse(certificate_needed(
+                return decoy(certificate_needed(
                     requested,
                     &format!("user \"{requested}\" requires a client certificate (REQUIRE X509)"),
                 ));
@@ -93,13 +118,13 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
         }
         Requirement::Subject { subject, issuer } => {
             let Some(cert) = &facts.certificate else {
-                return refuse(certificate_needed(
+                return decoy(certificate_needed(
                     requested,
                     &format!("user \"{requested}\" requires a client certificate ({})", user.require),
                 ));
             };
             if let Some(want) = subject
-                && !subject_matches(want, &cert.subject)
+                && !name_matches(want, &cert.subject_dn)
             {
                 return refuse(format!(
                     "the client certificate subject \"{}\" does not match the subject required of user \"{requested}\" (REQUIRE SUBJECT '{want}')",
@@ -107,7 +132,7 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
                 ));
             }
             if let Some(want) = issuer
-                && !subject_matches(want, &cert.issuer)
+                && !name_matches(want, &cert.issuer_dn)
             {
                 return refuse(format!(
                     "the client certificate issuer \"{}\" does not match the issuer required of user \"{requested}\" (REQUIRE ISSUER '{want}')",
@@ -119,37 +144,53 @@ pub fn decide(requested: &str, user: Option<&User>, facts: &ConnectionFacts) -> 
     if facts.certificate.is_some() {
         return AuthPlan::Certificate;
     }
-    match &user.password {
-        Some(v) => AuthPlan::Password(v.clone()),
-        // Same flow as a wrong password: no hint that the user exists.
-        None => AuthPlan::Password(dummy_verifier(requested)),
-    }
+    // Without a password this is the same flow as a wrong one.
+    AuthPlan::Password(access.password_verifier(requested))
+}
+
+/// Whether a certificate's name is the one a `REQUIRE` clause names. A
+/// clause that does not parse (it was checked when written) matches nothing.
+fn name_matches(required: &str, actual: &DistinguishedName) -> bool {
+    DistinguishedName::parse(required).is_ok_and(|name| name.matches(actual))
 }
 
 fn certificate_needed(user: &str, why: &str) -> String {
     format!("{why}; connect with sslcert=client.{user}.crt sslkey=client.{user}.key")
 }
 
-/// The verifier SCRAM runs against for `name`: the stored one, or, for an
-/// unknown user, one without a password, or one that may not log in, a
-/// verifier no password matches. Used by [`decide`] and by the SCRAM
-/// exchange so both see the same thing.
-pub fn password_verifier(name: &str, user: Option<&User>) -> ScramVerifier {
-    user.filter(|u| u.login)
-        .and_then(|u| u.password.clone())
-        .unwrap_or_else(|| dummy_verifier(name))
-}
+impl AccessControl {
+    /// The verifier SCRAM runs against for `name`: the stored one, or, for
+    /// an unknown user, one without a password, or one that may not log
+    /// in, a verifier no password matches. Used by [`decide`] and by the
+    /// SCRAM exchange, so both see the same thing.
+    pub fn password_verifier(&self, name: &str) -> ScramVerifier {
+        self.user(name)
+            .filter(|u| u.login)
+            .and_then(|u| u.password)
+            .unwrap_or_else(|| self.dummy_verifier(name))
+    }
 
-/// A verifier no password matches, stable per user name so that repeated
-/// attempts look the same as for a real user.
-fn dummy_verifier(user: &str) -> ScramVerifier {
-    use sha2::{Digest, Sha256};
-    let salt = Sha256::digest(format!("sealdb-unknown-user:{user}").as_bytes());
-    ScramVerifier {
-        iterations: crate::SCRAM_ITERATIONS,
-        salt: salt[..16].to_vec(),
-        stored_key: rand::random(),
-        server_key: rand::random(),
+    /// A verifier no password matches. Its salt is the same at every
+    /// attempt for a name, as a real user's is, and is derived with a key
+    /// only this server holds (kept in the encrypted catalog): without the
+    /// key, it cannot be told from a real user's random salt.
+    fn dummy_verifier(&self, name: &str) -> ScramVerifier {
+        use hmac::{Hmac, Mac};
+        let key = self.dummy_salt_key();
+        let salt = match <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.0.as_slice()) {
+            Ok(mut mac) => {
+                mac.update(b"sealdb scram salt of a name that cannot log in: ");
+                mac.update(name.as_bytes());
+                mac.finalize().into_bytes()[..16].to_vec()
+            }
+            Err(_) => rand::random::<[u8; 16]>().to_vec(),
+        };
+        ScramVerifier {
+            iterations: crate::SCRAM_ITERATIONS,
+            salt,
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
     }
 }
 
@@ -163,7 +204,9 @@ mod tests {
             tls,
             certificate: cert.map(|(subject, user)| CertFacts {
                 subject: subject.into(),
+                subject_dn: DistinguishedName::parse(subject).unwrap_or_default(),
                 issuer: "O=sealdb, CN=sealdb CA".into(),
+                issuer_dn: DistinguishedName::parse("O=sealdb, CN=sealdb CA").unwrap_or_default(),
                 mapped_user: user.map(Into::into),
             }),
             certificate_required: false,
@@ -193,7 +236,15 @@ mod tests {
     }
 
     fn plan(ac: &AccessControl, user: &str, f: &ConnectionFacts) -> AuthPlan {
-        decide(user, ac.user(user).as_ref(), f)
+        decide(ac, user, f)
+    }
+
+    /// The salt a stranger sees for `user` when connecting without a certificate.
+    fn salt_seen(ac: &AccessControl, user: &str, f: &ConnectionFacts) -> Vec<u8> {
+        match plan(ac, user, f) {
+            AuthPlan::Password(v) | AuthPlan::Decoy { verifier: v, .. } => v.salt,
+            other => panic!("{user}: not a password exchange: {other:?}"),
+        }
     }
 
     #[test]
@@ -208,17 +259,20 @@ mod tests {
     }
 
     #[test]
-    fn require_ssl_refuses_plaintext_and_require_x509_refuses_passwords_alone() {
+    fn require_ssl_refuses_plaintext_and_require_x509_refuses_passwords_alone_as_a_wrong_password() {
         let ac = catalog();
-        let AuthPlan::Refuse(msg) = plan(&ac, "ssl", &facts(false, None)) else {
+        let AuthPlan::Decoy { reason, .. } = plan(&ac, "ssl", &facts(false, None)) else {
             panic!()
         };
-        assert!(msg.contains("REQUIRE SSL"), "{msg}");
+        assert!(reason.contains("REQUIRE SSL"), "{reason}");
         assert!(matches!(plan(&ac, "ssl", &facts(true, None)), AuthPlan::Password(_)));
-        let AuthPlan::Refuse(msg) = plan(&ac, "x509", &facts(true, None)) else {
+        let AuthPlan::Decoy { reason, .. } = plan(&ac, "x509", &facts(true, None)) else {
             panic!()
         };
-        assert!(msg.contains("REQUIRE X509") && msg.contains("sslcert"), "{msg}");
+        assert!(
+            reason.contains("REQUIRE X509") && reason.contains("sslcert"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -238,7 +292,7 @@ mod tests {
         };
         assert!(msg.contains("REQUIRE SUBJECT"), "{msg}");
         other.certificate = None;
-        assert!(matches!(plan(&ac, "pinned", &other), AuthPlan::Refuse(_)));
+        assert!(matches!(plan(&ac, "pinned", &other), AuthPlan::Decoy { .. }));
     }
 
     #[test]
@@ -246,6 +300,16 @@ mod tests {
         let ac = catalog();
         assert!(matches!(plan(&ac, "nobody", &facts(true, None)), AuthPlan::Password(_)));
         assert!(matches!(plan(&ac, "admin", &facts(true, None)), AuthPlan::Password(_)));
+        // The same salt at every attempt, as for a real user; not one anyone
+        // can compute from the name; another server's differs.
+        let f = facts(true, None);
+        assert_eq!(salt_seen(&ac, "nobody", &f), salt_seen(&ac, "nobody", &f));
+        assert_ne!(salt_seen(&ac, "nobody", &f), salt_seen(&ac, "nobody2", &f));
+        assert_ne!(salt_seen(&ac, "nobody", &f), salt_seen(&catalog(), "nobody", &f));
+        // ... and the same after the catalog is stored and read back.
+        let again = AccessControl::import(&ac.export()).unwrap();
+        assert_eq!(salt_seen(&ac, "nobody", &f), salt_seen(&again, "nobody", &f));
+        assert_eq!(salt_seen(&ac, "admin", &f), salt_seen(&again, "admin", &f));
     }
 
     #[test]

@@ -238,8 +238,9 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_keystore: Option<PathBuf>,
-    /// Password of ssl-keystore (prefer ssl-keystore-password-file or SEALDB_SSL_KEYSTORE_PASSWORD).
-    #[arg(long)]
+    /// Password of ssl-keystore: in the config file only (refused as a
+    /// flag); or ssl-keystore-password-file, or SEALDB_SSL_KEYSTORE_PASSWORD.
+    #[arg(long, hide = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_keystore_password: Option<Secret>,
     /// File holding the password of ssl-keystore.
@@ -254,8 +255,9 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_trust_store: Option<PathBuf>,
-    /// Password of ssl-trust-store (prefer ssl-trust-password-file or SEALDB_SSL_TRUST_PASSWORD).
-    #[arg(long)]
+    /// Password of ssl-trust-store: in the config file only (refused as a
+    /// flag); or ssl-trust-password-file, or SEALDB_SSL_TRUST_PASSWORD.
+    #[arg(long, hide = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_trust_password: Option<Secret>,
     /// File holding the password of ssl-trust-store.
@@ -327,11 +329,23 @@ pub struct Settings {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<OnOff>,
-    /// Most concurrent connections [default: 200].
+    /// Most concurrent sessions (authenticated connections) [default: 200].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Time a client has to finish TLS and authentication [default: 10000].
+    /// Of max-connections, the slots only administrators may take [default: 3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superuser_reserved_connections: Option<u32>,
+    /// Most connections still negotiating TLS or logging in [default: 256].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unauthenticated_connections: Option<u32>,
+    /// Of those, the most from one client address [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unauthenticated_per_address: Option<u32>,
+    /// Time a client has to finish TLS and authentication [default: 5000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout_ms: Option<u64>,
@@ -342,6 +356,33 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Refuses passwords given as command-line flags: every user of the
+    /// machine reads a process's command line (`/proc/PID/cmdline`, `ps`).
+    /// The message names the key, never the value.
+    pub fn refuse_secrets_as_flags(&self) -> Result<(), ConfigError> {
+        for (given, key, env) in [
+            (
+                self.ssl_keystore_password.is_some(),
+                "ssl-keystore-password",
+                "SEALDB_SSL_KEYSTORE_PASSWORD",
+            ),
+            (
+                self.ssl_trust_password.is_some(),
+                "ssl-trust-password",
+                "SEALDB_SSL_TRUST_PASSWORD",
+            ),
+        ] {
+            if given {
+                return Err(ConfigError::Invalid(format!(
+                    "--{key} is refused: a password on the command line is visible to every user of this machine \
+                     (ps, /proc/PID/cmdline); give it with --{key}-file, the environment variable {env}, or in the \
+                     config file (mode 0600)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses TOML text; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -466,8 +507,39 @@ fn rewrite(
     std::fs::rename(&tmp, path).map_err(write_err)
 }
 
+/// Secrets of `SEALDB_*PASSWORD*` environment variables, taken at start by
+/// [`capture_secret_environment`] so that the variables can be wiped.
+static SECRET_ENVIRONMENT: std::sync::Mutex<BTreeMap<String, Secret>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether the environment variable `name` holds a secret sealdb reads.
+pub fn is_secret_variable(name: &str) -> bool {
+    name.starts_with("SEALDB_") && name.contains("PASSWORD")
+}
+
+/// Keeps the values of the secret environment variables
+/// ([`is_secret_variable`]) for [`read_secret`], and returns their names,
+/// for the caller to wipe from the process's environment (readable by the
+/// same user, and by anything the process starts).
+pub fn capture_secret_environment() -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(mut captured) = SECRET_ENVIRONMENT.lock() else {
+        return names;
+    };
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        if is_secret_variable(name) {
+            captured.insert(name.to_owned(), Secret(value.to_owned()));
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
 /// Reads a secret: the direct value, else the `*-file` key, else the
-/// environment variable. The file's trailing newline is dropped.
+/// environment variable (as captured at start, or as it is now). The
+/// file's trailing newline is dropped.
 pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> Result<Option<String>, ConfigError> {
     if let Some(v) = direct {
         return Ok(Some(v.to_owned()));
@@ -478,6 +550,9 @@ pub fn read_secret(direct: Option<&str>, file: Option<&Path>, env_var: &str) -> 
             source,
         })?;
         return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+    }
+    if let Some(value) = SECRET_ENVIRONMENT.lock().ok().and_then(|c| c.get(env_var).cloned()) {
+        return Ok(Some(value.expose().to_owned()));
     }
     Ok(std::env::var(env_var).ok())
 }

@@ -112,7 +112,13 @@ struct Answer {
 
 impl KmipClient {
     /// A client; nothing is connected until the first operation.
-    pub fn new(config: KmipClientConfig) -> Result<Self, KmipError> {
+    pub fn new(mut config: KmipClientConfig) -> Result<Self, KmipError> {
+        // Every connection makes a full handshake: connections are kept,
+        // so resumption saves little, and some key servers (PyKMIP among
+        // them) fail a resumed session's first request.
+        let mut tls = (*config.tls).clone();
+        tls.resumption = rustls::client::Resumption::disabled();
+        config.tls = Arc::new(tls);
         if config.hosts.is_empty() {
             return Err(KmipError::Config("a KMIP group needs at least one host".into()));
         }
@@ -369,6 +375,13 @@ impl KmipClient {
         payload: impl Fn(ProtocolVersion) -> Vec<Item>,
     ) -> Result<Answer, KmipError> {
         let mut slot = self.connection.lock().await;
+        // A request that changes the server goes over a fresh connection:
+        // a kept one the server closed meanwhile is only found out after
+        // the request was written, when the server may or may not have
+        // carried it out, and such a request is never sent twice.
+        if !operation.is_idempotent() {
+            slot.take();
+        }
         // A host that stopped answering an idempotent request, and why.
         let mut gave_up: Option<(String, String)> = None;
         // A kept connection may have been closed by the server meanwhile;
@@ -542,6 +555,17 @@ async fn round_trip(
         operation: operation.name(),
         detail,
     };
+    // After the request left, a failure leaves unknown whether the server
+    // carried it out: said so for a request that is then not sent again.
+    let after_sending = |detail: String| {
+        if operation.is_idempotent() {
+            transport(detail)
+        } else {
+            transport(format!(
+                "{detail}; the request may have been carried out, so it is not sent again: check the key server"
+            ))
+        }
+    };
     let request = message::request(conn.version, operation, payload).to_bytes();
     let request = Zeroizing::new(request);
     let write = tokio::time::timeout(timeout, async {
@@ -551,7 +575,7 @@ async fn round_trip(
     .await;
     match write {
         Err(_) => {
-            return Err(RoundTripError::Sent(transport(format!(
+            return Err(RoundTripError::Sent(after_sending(format!(
                 "sending took over {} ms",
                 timeout.as_millis()
             ))));
@@ -559,19 +583,27 @@ async fn round_trip(
         // A broken pipe or reset on write: the server had closed the kept
         // connection, so nothing reached it.
         Ok(Err(e)) if is_stale(&e) => return Err(RoundTripError::NotSent(transport(e.to_string()))),
-        Ok(Err(e)) => return Err(RoundTripError::Sent(transport(e.to_string()))),
+        Ok(Err(e)) => return Err(RoundTripError::Sent(after_sending(e.to_string()))),
         Ok(Ok(())) => {}
     }
     let response = tokio::time::timeout(timeout, read_message(&mut conn.stream))
         .await
-        .map_err(|_| RoundTripError::Sent(transport(format!("no answer within {} ms", timeout.as_millis()))))?;
+        .map_err(|_| RoundTripError::Sent(after_sending(format!("no answer within {} ms", timeout.as_millis()))))?;
     let bytes = match response {
         Ok(bytes) => bytes,
-        // The server closed a kept connection before reading the request.
-        Err(ReadError::Closed) => {
+        // The server closed the connection without answering: a kept
+        // connection it had closed before reading the request, or a server
+        // that carried the request out and then went away. Only a request
+        // that changes nothing may be sent again.
+        Err(ReadError::Closed) if operation.is_idempotent() => {
             return Err(RoundTripError::NotSent(transport("the connection was closed".into())));
         }
-        Err(ReadError::Io(e)) => return Err(RoundTripError::Sent(transport(e.to_string()))),
+        Err(ReadError::Closed) => {
+            return Err(RoundTripError::Sent(after_sending(
+                "the connection was closed before an answer came".into(),
+            )));
+        }
+        Err(ReadError::Io(e)) => return Err(RoundTripError::Sent(after_sending(e.to_string()))),
         Err(ReadError::TooLarge(n)) => {
             return Err(RoundTripError::Sent(transport(format!(
                 "a response of {n} bytes is over the {MAX_RESPONSE_BYTES}-byte limit"

@@ -12,6 +12,7 @@
 //!   operations Discover Versions, Query, Create, Activate, Get, Get
 //!   Attributes, Locate, Encrypt, Decrypt (AES-GCM with its tag), Revoke
 //!   and Destroy.
+#![forbid(unsafe_code)]
 
 pub mod client;
 mod error;

@@ -67,6 +67,8 @@ impl KeyType {
 pub struct CertsDir {
     dir: PathBuf,
     overwrite: bool,
+    /// Where the signing CA's `ca.crt` and `ca.key` are, if not in `dir`.
+    authority: Option<PathBuf>,
 }
 
 /// What one generation step wrote.
@@ -82,7 +84,16 @@ impl CertsDir {
         Self {
             dir: dir.into(),
             overwrite,
+            authority: None,
         }
+    }
+
+    /// Node and client certificates made here are signed by the CA in
+    /// `authority` (its `ca.crt` and `ca.key`), which may be kept apart
+    /// from the certificates a server reads.
+    pub fn signed_by(mut self, authority: impl Into<PathBuf>) -> Self {
+        self.authority = Some(authority.into());
+        self
     }
 
     /// The directory.
@@ -216,20 +227,28 @@ impl CertsDir {
     }
 
     fn load_issuer(&self) -> Result<(Issuer<'static, KeyPair>, String), PkiError> {
-        let ca_pem = fs::read_to_string(self.ca_cert()).map_err(|e| {
+        self.ensure_dir()?;
+        let authority = self.authority.as_deref().unwrap_or(&self.dir);
+        let (ca_cert, ca_key) = (authority.join("ca.crt"), authority.join("ca.key"));
+        let ca_pem = fs::read_to_string(&ca_cert).map_err(|e| {
             PkiError::bad(
-                self.ca_cert(),
+                &ca_cert,
                 format!(
                     "cannot read the CA certificate ({e}); run `sealdb cert create-ca --certs-dir {}` first",
-                    self.dir.display()
+                    authority.display()
                 ),
             )
         })?;
-        let key_pem = Zeroizing::new(fs::read_to_string(self.ca_key()).map_err(|e| PkiError::io(self.ca_key(), e))?);
+        let key_pem = Zeroizing::new(fs::read_to_string(&ca_key).map_err(|e| {
+            PkiError::bad(
+                &ca_key,
+                format!("cannot read the CA's private key ({e}); certificates are made where the CA key is kept"),
+            )
+        })?);
         let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| PkiError::bad(self.ca_key(), format!("not a usable private key: {e}")))?;
+            .map_err(|e| PkiError::bad(&ca_key, format!("not a usable private key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
-            .map_err(|e| PkiError::bad(self.ca_cert(), format!("not a usable CA certificate: {e}")))?;
+            .map_err(|e| PkiError::bad(&ca_cert, format!("not a usable CA certificate: {e}")))?;
         Ok((issuer, ca_pem))
     }
 

@@ -139,6 +139,8 @@ mod tests {
     fn info(cn: &str, sans: &[&str]) -> CertInfo {
         CertInfo {
             subject: format!("O=Example, CN={cn}"),
+            subject_dn: sealdb_auth::DistinguishedName::default(),
+            issuer_dn: sealdb_auth::DistinguishedName::default(),
             common_name: Some(cn.into()),
             sans: sans.iter().map(|s| s.to_string()).collect(),
             issuer: "CN=ca".into(),

@@ -4,23 +4,30 @@ use std::path::Path;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use sealdb_auth::{DistinguishedName, Rdn};
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 use crate::PkiError;
 
 /// What a certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
-    /// Subject distinguished name, RFC 4514 style (`CN=admin, O=sealdb`).
+    /// Subject distinguished name as shown: DER order, RFC 4514 escapes in
+    /// values (`O=Example\, Inc., CN=alice`), so that no value can pass for
+    /// a separator.
     pub subject: String,
+    /// The subject, attribute by attribute: what names are compared on.
+    pub subject_dn: DistinguishedName,
     /// The subject's common name, if any.
     pub common_name: Option<String>,
     /// Subject alternative names: `DNS:host`, `IP:addr`, `email:...`, `URI:...`.
     pub sans: Vec<String>,
-    /// Issuer distinguished name.
+    /// Issuer distinguished name, shown as the subject is.
     pub issuer: String,
+    /// The issuer, attribute by attribute.
+    pub issuer_dn: DistinguishedName,
     /// Serial number in colon-free lower-case hex.
     pub serial: String,
     /// Start of validity.
@@ -71,16 +78,42 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_owned);
+    let (subject_dn, issuer_dn) = (name_of(cert.subject()), name_of(cert.issuer()));
     Ok(CertInfo {
-        subject: cert.subject().to_string(),
+        subject: subject_dn.to_string(),
+        subject_dn,
         common_name,
         sans,
-        issuer: cert.issuer().to_string(),
+        issuer: issuer_dn.to_string(),
+        issuer_dn,
         serial: cert.raw_serial_as_string().replace(':', ""),
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
         is_ca: cert.is_ca(),
     })
+}
+
+/// A name's RDNs as typed attributes: string values as they are, any
+/// other value as `#` and the hex of its bytes.
+fn name_of(name: &X509Name<'_>) -> DistinguishedName {
+    let rdns: Vec<Rdn> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let value = match attribute.as_str() {
+                        Ok(text) => text.to_owned(),
+                        Err(_) => {
+                            let bytes = attribute.attr_value().data;
+                            format!("#{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                        }
+                    };
+                    (attribute.attr_type().to_id_string(), value)
+                })
+                .collect()
+        })
+        .collect();
+    DistinguishedName::from_rdns(rdns)
 }
 
 /// Parses every certificate in a PEM file.

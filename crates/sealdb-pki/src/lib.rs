@@ -62,7 +62,9 @@ pub mod internal {
             common_name: subject
                 .strip_prefix("CN=")
                 .map(|s| s.split(',').next().unwrap_or_default().to_owned()),
+            subject_dn: sealdb_auth::DistinguishedName::parse(&subject).unwrap_or_default(),
             subject,
+            issuer_dn: sealdb_auth::DistinguishedName::default(),
             sans: names.map(str::to_owned).collect(),
             issuer: "CN=fuzz CA".into(),
             serial: "01".into(),

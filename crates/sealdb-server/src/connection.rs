@@ -16,10 +16,11 @@ use sealdb_pki::TlsMaterial;
 use sealdb_sql::Engine;
 use tokio::net::TcpStream;
 
+use crate::admission::DoorwaySlot;
 use crate::error::fatal;
 use crate::query::QueryHandler;
 use crate::startup::{ParameterProvider, SessionSlot, StartupHandler};
-use crate::state::{Admission, ServerState};
+use crate::state::ServerState;
 
 /// TLS facts of a connection, recorded right after the handshake.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub(crate) struct ConnectionTls {
     pub(crate) version: String,
     /// Cipher suite name.
     pub(crate) cipher: String,
+    /// SCRAM bound to the server certificate this handshake used.
+    pub(crate) scram: Arc<pgwire::api::auth::sasl::scram::ScramAuth>,
 }
 
 /// The handlers every connection shares.
@@ -103,7 +106,7 @@ impl ErrorHandler for EscalateStartupErrors {
                 .get(pgwire::api::METADATA_USER)
                 .cloned()
                 .unwrap_or_default();
-            tracing::warn!(%user, peer = %client.socket_addr(), "password authentication failed");
+            tracing::warn!(user = ?user, peer = %client.socket_addr(), "password authentication failed");
             *error = fatal("28P01", format!("password authentication failed for user \"{user}\""));
             return;
         }
@@ -120,8 +123,11 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     state: Arc<ServerState>,
     handlers: Arc<Handlers>,
-    admission: Admission,
+    doorway: DoorwaySlot,
 ) {
+    // Given back once the client has authenticated (its session then
+    // holds one of `max-connections`) or when the connection ends.
+    let mut doorway = Some(doorway);
     let deadline = tokio::time::sleep(state.settings.handshake_timeout);
     tokio::pin!(deadline);
     let material = state.tls_material();
@@ -145,6 +151,24 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // Bytes that came with the SSLRequest, before the TLS handshake, were
+    // sent in the clear: read after it, they would pass for the client's
+    // own (a man in the middle appends a startup message and a query to
+    // the victim's SSLRequest, and they run as the victim once its
+    // certificate is verified: CVE-2021-23214). Refused, as PostgreSQL does.
+    if matches!(socket.get_ref(), MaybeTls::Tls(_)) && !socket.read_buffer().is_empty() {
+        tracing::warn!(
+            %peer,
+            bytes = socket.read_buffer().len(),
+            "connection closed: unencrypted data followed the SSL request (a client bug, or a man in the middle injecting commands)"
+        );
+        let refusal = fatal(
+            "08P01",
+            "received unencrypted data after SSL request; this is either a client bug or a man-in-the-middle attack",
+        );
+        let _ = process_error(&mut socket, refusal, false).await;
+        return;
+    }
     if let (MaybeTls::Tls(tls), Some(material)) = (socket.get_ref(), material) {
         let (_, conn) = tls.get_ref();
         let version = conn
@@ -155,16 +179,15 @@ pub(crate) async fn serve(
             .negotiated_cipher_suite()
             .map(|s| s.suite().as_str().unwrap_or("unknown").to_owned())
             .unwrap_or_default();
+        let scram = state.scram_for_connection(&material);
         socket.session_extensions().insert(ConnectionTls {
             material,
             version,
             cipher,
+            scram,
         });
     }
 
-    if admission == Admission::TooManyConnections {
-        socket.session_extensions().insert(Admission::TooManyConnections);
-    }
     // A panic while decoding or handling a message (a dependency's decoder
     // meeting bytes it did not expect, say) ends this connection only, with
     // a line in the log, and its session is still unregistered.
@@ -207,6 +230,19 @@ pub(crate) async fn serve(
                 _ => message.is_extended_query(),
             };
             let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+            if is_cancel {
+                // A cancel request is honoured only as securely as the
+                // session it cancels was opened, and only so often.
+                let over_tls = matches!(socket.get_ref(), MaybeTls::Tls(_));
+                if !over_tls && state.settings.ssl_mode == SslMode::Required {
+                    tracing::info!(%peer, "cancel request refused: it came in plaintext and ssl-mode = required (clients from libpq 17 send it over TLS)");
+                    break;
+                }
+                if !state.cancel_budget.take(peer.ip()) {
+                    tracing::info!(%peer, "cancel request refused: more than {} a second from this address", crate::admission::CANCELS_PER_SECOND_PER_ADDRESS);
+                    break;
+                }
+            }
             if let Err(mut e) = process_message(
                 message,
                 &mut socket,
@@ -226,6 +262,9 @@ pub(crate) async fn serve(
             }
             if is_cancel {
                 break;
+            }
+            if doorway.is_some() && socket.session_extensions().get::<SessionSlot>().is_some() {
+                doorway = None;
             }
         }
     })

@@ -135,12 +135,16 @@ fn fixture() -> &'static Fixture {
             pki_db_client_auth: false,
             cert_user_map: CertUserMap::default(),
             max_connections: 8,
+            superuser_reserved_connections: 1,
+            max_unauthenticated_connections: 8,
+            max_unauthenticated_per_address: 8,
             handshake_timeout: Duration::from_millis(500),
             memory_limit: None,
             default_table_encryption: sealdb_storage::Encryption::Aes256Gcm,
             queries: sealdb_sql::executor::QueryExecutor::default(),
             key_admin: None,
             key_rotation_period: None,
+            ca_key_candidates: Vec::new(),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -10,6 +10,7 @@
 //! listener keeps serving.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod connection;
 mod copy;
 mod encode;
@@ -20,7 +21,7 @@ mod startup;
 mod state;
 
 pub use error::ServerError;
-pub use state::{Server, ServerSettings};
+pub use state::{Server, ServerSettings, readable};
 
 /// Entry points of the `wire` fuzz target (`fuzz/wire/`), which the test
 /// suite also replays over the committed corpus; not a stable API.

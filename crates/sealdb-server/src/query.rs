@@ -104,7 +104,7 @@ impl SimpleQueryHandler for QueryHandler {
 
 fn log_error(session: &sealdb_sql::SqlSession, e: SqlError) -> PgWireError {
     if matches!(e, SqlError::PermissionDenied(_)) {
-        tracing::warn!(session = session.info().id, user = %session.info().user, "{e}");
+        tracing::warn!(session = session.info().id, user = ?session.info().user, "{e}");
     }
     sql_error_to_wire(&e)
 }

@@ -16,15 +16,16 @@ use pgwire::api::auth::{
 };
 use pgwire::api::{ClientInfo, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::startup::PasswordMessageFamily;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use sealdb_auth::{AccessControl, AuthPlan, CertFacts, ConnectionFacts, decide, password_verifier};
+use sealdb_auth::{AccessControl, AuthPlan, CertFacts, ConnectionFacts, decide};
 use sealdb_config::SslMode;
 use sealdb_pki::ClientCertificate;
 use sealdb_sql::{ClientCertSummary, Engine, SessionInfo, SqlSession, TlsSessionInfo};
 
 use crate::connection::ConnectionTls;
 use crate::error::fatal;
-use crate::state::{Admission, ServerState};
+use crate::state::ServerState;
 
 /// The authenticated session of a connection.
 #[derive(Debug)]
@@ -36,6 +37,15 @@ pub(crate) struct SessionSlot {
 /// A verified client certificate, kept between the startup message and the end of SCRAM.
 #[derive(Debug)]
 struct VerifiedCertificate(ClientCertificate);
+
+/// The SCRAM mechanism the client chose, as `sys.sessions` shows it.
+#[derive(Debug)]
+struct ScramMechanismName(&'static str);
+
+/// A login that fails at the end of its SCRAM exchange, as a wrong
+/// password does, whatever the password: why, for the log only.
+#[derive(Debug)]
+struct Decoy(String);
 
 /// Hands pgwire's SCRAM the stored verifier (never a password).
 #[derive(Debug)]
@@ -51,7 +61,7 @@ impl AuthSource for VerifierSource {
 
     async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
         let name = login.user().unwrap_or_default();
-        let v = password_verifier(name, self.access.user(name).as_ref());
+        let v = self.access.password_verifier(name);
         Ok((
             ScramSecret::Verifier {
                 salt: v.salt.clone(),
@@ -175,9 +185,13 @@ impl StartupHandler {
         store.audit(sealdb_storage::AuditEvent::new(event, user, detail)).await;
     }
 
-    async fn establish<C: ClientInfo>(&self, client: &C, auth_method: &str, cert: Option<&ClientCertificate>) {
-        self.audit_login(client, auth_method, cert.map(|c| c.info.subject.as_str()), None)
-            .await;
+    /// Starts the authenticated client's session, if it may have a slot.
+    async fn establish<C: ClientInfo>(
+        &self,
+        client: &C,
+        auth_method: &str,
+        cert: Option<&ClientCertificate>,
+    ) -> PgWireResult<()> {
         let metadata = client.metadata();
         let user = metadata.get(METADATA_USER).cloned().unwrap_or_default();
         let tls = client
@@ -205,13 +219,23 @@ impl StartupHandler {
             tls,
             connected_at: SystemTime::now(),
         };
-        tracing::info!(session = id, %user, peer = %client.socket_addr(), auth = auth_method, tls = info.tls.is_some(), "session started");
+        let superuser = self.state.access.is_superuser(&user);
+        let with_tls = info.tls.is_some();
         let session = self.engine.session(info);
-        self.state.register_session(session.info().clone());
+        if let Err(refusal) = self.state.register_session(session.info().clone(), superuser) {
+            tracing::warn!(user = ?user, peer = %client.socket_addr(), "session refused: {refusal}");
+            return Err(fatal("53300", refusal));
+        }
+        // Registered and held by the connection at once: it is unregistered
+        // when the connection ends, whatever happens next.
         client.session_extensions().insert(SessionSlot {
             id,
             session: tokio::sync::Mutex::new(session),
         });
+        self.audit_login(client, auth_method, cert.map(|c| c.info.subject.as_str()), None)
+            .await;
+        tracing::info!(session = id, user = ?user, peer = %client.socket_addr(), auth = auth_method, tls = with_tls, "session started");
+        Ok(())
     }
 }
 
@@ -246,6 +270,19 @@ impl pgwire::api::auth::StartupHandler for StartupHandler {
 }
 
 impl StartupHandler {
+    /// A [`Decoy`] login whose password was right fails here, exactly as a
+    /// wrong password fails (`EscalateStartupErrors` words both).
+    fn refuse_decoy<C: ClientInfo>(&self, client: &C) -> PgWireResult<()> {
+        match client.session_extensions().get::<Decoy>() {
+            Some(decoy) => {
+                let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+                tracing::warn!(user = ?user, peer = %client.socket_addr(), "login refused although the password was right: {}", decoy.0);
+                Err(PgWireError::InvalidPassword(user))
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn startup_step<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -256,15 +293,6 @@ impl StartupHandler {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                if client.session_extensions().get::<Admission>().is_some() {
-                    return Err(fatal(
-                        "53300",
-                        format!(
-                            "sorry, too many clients already: max-connections = {} is reached; retry later or raise max-connections",
-                            self.state.settings.max_connections
-                        ),
-                    ));
-                }
                 let secure = client.is_secure();
                 if !secure && self.state.settings.ssl_mode == SslMode::Required {
                     tracing::warn!(peer = %client.socket_addr(), "plaintext connection refused");
@@ -280,33 +308,42 @@ impl StartupHandler {
                     tls: secure,
                     certificate: cert.as_ref().map(|c| CertFacts {
                         subject: c.info.subject.clone(),
+                        subject_dn: c.info.subject_dn.clone(),
                         issuer: c.info.issuer.clone(),
+                        issuer_dn: c.info.issuer_dn.clone(),
                         mapped_user: self.state.settings.cert_user_map.user_for(&c.info),
                     }),
                     certificate_required: self.state.settings.pki_db_client_auth,
                 };
-                match decide(&user, self.state.access.user(&user).as_ref(), &facts) {
+                let plan = decide(&self.state.access, &user, &facts);
+                if let AuthPlan::Decoy { reason, .. } = &plan {
+                    tracing::warn!(user = ?user, peer = %client.socket_addr(), "login cannot succeed (the client is answered as for a wrong password): {reason}");
+                    client.session_extensions().insert(Decoy(reason.clone()));
+                }
+                match plan {
                     AuthPlan::Refuse(message) => {
-                        tracing::warn!(%user, peer = %client.socket_addr(), "login refused: {message}");
+                        tracing::warn!(user = ?user, peer = %client.socket_addr(), "login refused: {message}");
                         Err(fatal("28000", message))
                     }
                     AuthPlan::Certificate => {
-                        self.establish(client, "certificate", cert.as_ref()).await;
+                        self.establish(client, "certificate", cert.as_ref()).await?;
                         self.driver.complete_authentication(client, None).await
                     }
-                    AuthPlan::Password(_) => {
+                    AuthPlan::Password(_) | AuthPlan::Decoy { .. } => {
                         if let Some(c) = cert {
                             client.session_extensions().insert(VerifiedCertificate(c));
                         }
-                        let scram = if secure {
-                            self.state.scram_tls()
-                        } else {
-                            self.state.scram_plain.clone()
+                        // Channel binding hashes the certificate this
+                        // connection's handshake used, not today's.
+                        let scram = match client.session_extensions().get::<ConnectionTls>() {
+                            Some(tls) => tls.scram.clone(),
+                            None => self.state.scram_plain.clone(),
                         };
                         match self.driver.begin_authentication(client, scram.create()).await? {
                             AuthOutcome::InProgress => Ok(()),
                             AuthOutcome::Authenticated { final_message, .. } => {
-                                self.establish(client, "scram-sha-256", None).await;
+                                self.refuse_decoy(client)?;
+                                self.establish(client, "scram-sha-256", None).await?;
                                 self.driver.complete_authentication(client, final_message).await
                             }
                         }
@@ -314,12 +351,26 @@ impl StartupHandler {
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(msg) => {
+                // The first message of the exchange names the mechanism.
+                if client.session_extensions().get::<ScramMechanismName>().is_none() {
+                    let plus = matches!(&msg, PasswordMessageFamily::Raw(body) if body.starts_with(b"SCRAM-SHA-256-PLUS\0"))
+                        || matches!(&msg, PasswordMessageFamily::SASLInitialResponse(r) if r.auth_method == "SCRAM-SHA-256-PLUS");
+                    client.session_extensions().insert(ScramMechanismName(if plus {
+                        "scram-sha-256-plus"
+                    } else {
+                        "scram-sha-256"
+                    }));
+                }
                 match self.driver.advance_authentication(client, msg).await? {
                     AuthOutcome::InProgress => Ok(()),
                     AuthOutcome::Authenticated { final_message, .. } => {
+                        self.refuse_decoy(client)?;
                         let cert = client.session_extensions().get::<VerifiedCertificate>();
-                        self.establish(client, "scram-sha-256", cert.as_ref().map(|c| &c.0))
-                            .await;
+                        let method = client
+                            .session_extensions()
+                            .get::<ScramMechanismName>()
+                            .map_or("scram-sha-256", |m| m.0);
+                        self.establish(client, method, cert.as_ref().map(|c| &c.0)).await?;
                         self.driver.complete_authentication(client, final_message).await
                     }
                 }

@@ -13,7 +13,6 @@ use sealdb_config::SslMode;
 use sealdb_pki::{CertUserMap, TlsFiles, TlsMaterial, TlsReloader};
 use sealdb_sql::{CertificateRow, Engine, ServerHooks, SessionInfo};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::ServerError;
 use crate::startup::VerifierSource;
@@ -33,8 +32,14 @@ pub struct ServerSettings {
     pub pki_db_client_auth: bool,
     /// Certificate-to-user rules.
     pub cert_user_map: CertUserMap,
-    /// Most concurrent connections.
+    /// Most concurrent sessions (authenticated connections).
     pub max_connections: usize,
+    /// Of those, the ones only administrators may take.
+    pub superuser_reserved_connections: usize,
+    /// Most connections still negotiating TLS or logging in.
+    pub max_unauthenticated_connections: usize,
+    /// Of those, the most from one client address.
+    pub max_unauthenticated_per_address: usize,
     /// Time to finish TLS and authentication.
     pub handshake_timeout: Duration,
     /// Query memory before spilling to encrypted files (`memory-limit`).
@@ -48,6 +53,8 @@ pub struct ServerSettings {
     pub key_admin: Option<Arc<dyn sealdb_sql::KeyAdmin>>,
     /// `key-rotation-period`, as written and parsed.
     pub key_rotation_period: Option<(String, Duration)>,
+    /// Where a CA private key could be that the server should not read.
+    pub ca_key_candidates: Vec<std::path::PathBuf>,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -56,12 +63,14 @@ pub(crate) struct ServerState {
     pub(crate) access: Arc<AccessControl>,
     tls: Option<TlsReloader>,
     /// SCRAM for TLS connections: offers SCRAM-SHA-256-PLUS bound to the
-    /// current server certificate.
-    scram_tls: ArcSwap<ScramAuth>,
+    /// server certificate of the current material.
+    scram_tls: ArcSwap<Option<ScramForMaterial>>,
     /// SCRAM for plaintext connections (`ssl-mode = allowed`): no PLUS.
     pub(crate) scram_plain: Arc<ScramAuth>,
     sessions: Mutex<BTreeMap<u64, Arc<SessionInfo>>>,
     next_session_id: AtomicU64,
+    /// Cancel requests per address (see `connection.rs`).
+    pub(crate) cancel_budget: crate::admission::CancelBudget,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -85,10 +94,13 @@ impl ServerState {
             };
         let source = Arc::new(VerifierSource { access: access.clone() });
         let scram_plain = Arc::new(ScramAuth::new(source.clone()));
-        let scram_tls = match &tls {
-            Some(t) => scram_for(&source, &t.current()),
-            None => ScramAuth::new(source.clone()),
-        };
+        let scram_tls = tls.as_ref().map(|t| {
+            let material = t.current();
+            ScramForMaterial {
+                scram: Arc::new(scram_for(&source, &material)),
+                material,
+            }
+        });
         Ok(Self {
             settings,
             access,
@@ -97,6 +109,7 @@ impl ServerState {
             scram_plain,
             sessions: Mutex::new(BTreeMap::new()),
             next_session_id: AtomicU64::new(1),
+            cancel_budget: crate::admission::CancelBudget::default(),
         })
     }
 
@@ -104,18 +117,40 @@ impl ServerState {
         self.tls.as_ref().map(|t| t.current())
     }
 
-    pub(crate) fn scram_tls(&self) -> Arc<ScramAuth> {
-        self.scram_tls.load_full()
+    /// SCRAM for a connection whose handshake used `material`: its
+    /// channel binding (SCRAM-SHA-256-PLUS) hashes that material's server
+    /// certificate, even when a reload has replaced it since.
+    pub(crate) fn scram_for_connection(&self, material: &Arc<TlsMaterial>) -> Arc<ScramAuth> {
+        if let Some(current) = self.scram_tls.load().as_ref()
+            && Arc::ptr_eq(&current.material, material)
+        {
+            return current.scram.clone();
+        }
+        let source = Arc::new(VerifierSource {
+            access: self.access.clone(),
+        });
+        Arc::new(scram_for(&source, material))
     }
 
     pub(crate) fn new_session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn register_session(&self, info: Arc<SessionInfo>) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(info.id, info);
-        }
+    /// Registers a newly authenticated session if it may have a slot
+    /// (see [`crate::admission::session_slot`]); the refusal otherwise.
+    pub(crate) fn register_session(&self, info: Arc<SessionInfo>, superuser: bool) -> Result<(), String> {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| "internal error: the session table is poisoned".to_owned())?;
+        crate::admission::session_slot(
+            sessions.len(),
+            self.settings.max_connections,
+            self.settings.superuser_reserved_connections,
+            superuser,
+        )?;
+        sessions.insert(info.id, info);
+        Ok(())
     }
 
     pub(crate) fn unregister_session(&self, id: u64) {
@@ -123,6 +158,21 @@ impl ServerState {
             s.remove(&id);
         }
     }
+}
+
+/// Those of `paths` this process can open for reading.
+pub fn readable(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|p| std::fs::File::open(p).is_ok())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// SCRAM made for one TLS material.
+struct ScramForMaterial {
+    material: Arc<TlsMaterial>,
+    scram: Arc<ScramAuth>,
 }
 
 fn scram_for(source: &Arc<VerifierSource>, material: &TlsMaterial) -> ScramAuth {
@@ -181,6 +231,10 @@ impl ServerHooks for ServerState {
         self.settings.key_rotation_period.clone()
     }
 
+    fn readable_ca_keys(&self) -> Vec<String> {
+        readable(&self.settings.ca_key_candidates)
+    }
+
     fn reload_tls(&self) -> Result<(), String> {
         let Some(tls) = &self.tls else {
             return Err("TLS is disabled (ssl-mode = disabled); there is nothing to reload".into());
@@ -190,7 +244,10 @@ impl ServerHooks for ServerState {
                 let source = Arc::new(VerifierSource {
                     access: self.access.clone(),
                 });
-                self.scram_tls.store(Arc::new(scram_for(&source, &material)));
+                self.scram_tls.store(Arc::new(Some(ScramForMaterial {
+                    scram: Arc::new(scram_for(&source, &material)),
+                    material: material.clone(),
+                })));
                 tracing::info!(
                     certificates = material.certificates().len(),
                     crls = material.crl_count(),
@@ -212,16 +269,40 @@ impl ServerHooks for ServerState {
     }
 }
 
-/// Connections over `max-connections` that are still told why they are refused.
-const MAX_REFUSALS_IN_FLIGHT: usize = 16;
+/// Connections closed at the door, logged at most once a second with
+/// their counts, so that a flood cannot flood the log too.
+#[derive(Debug, Default)]
+struct TurnedAway {
+    full: u64,
+    address_full: u64,
+    last_logged: Option<std::time::Instant>,
+}
 
-/// Whether a connection got a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// It is served.
-    Admitted,
-    /// It is refused with FATAL 53300 at its startup message.
-    TooManyConnections,
+impl TurnedAway {
+    fn count(&mut self, why: crate::admission::Turned, peer: SocketAddr, settings: &ServerSettings) {
+        match why {
+            crate::admission::Turned::Full => self.full += 1,
+            crate::admission::Turned::AddressFull => self.address_full += 1,
+        }
+        let now = std::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_logged = Some(now);
+        tracing::warn!(
+            last = %peer,
+            all_slots_taken = self.full,
+            address_over_its_share = self.address_full,
+            max_unauthenticated_connections = settings.max_unauthenticated_connections,
+            max_unauthenticated_per_address = settings.max_unauthenticated_per_address,
+            "connections closed before TLS: too many connections are not authenticated yet"
+        );
+        self.full = 0;
+        self.address_full = 0;
+    }
 }
 
 /// A bound, ready-to-run server.
@@ -275,8 +356,11 @@ impl Server {
 
     /// Serves until the process ends.
     pub async fn run(self) {
-        let permits = Arc::new(Semaphore::new(self.state.settings.max_connections));
-        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+        let doorway = crate::admission::Doorway::new(
+            self.state.settings.max_unauthenticated_connections,
+            self.state.settings.max_unauthenticated_per_address,
+        );
+        let mut turned_away = TurnedAway::default();
         let handlers = Arc::new(crate::connection::Handlers::new(
             self.state.clone(),
             self.engine.clone(),
@@ -291,31 +375,19 @@ impl Server {
                     continue;
                 }
             };
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    tracing::warn!(%peer, max = self.state.settings.max_connections, "connection refused: max-connections reached");
-                    // Tell the client why, over TLS if it asks for it, with
-                    // a bounded number of such refusals in flight.
-                    let Ok(p) = refusals.clone().try_acquire_owned() else {
-                        drop(socket);
-                        continue;
-                    };
-                    let handlers = handlers.clone();
-                    let state = self.state.clone();
-                    tokio::spawn(async move {
-                        crate::connection::serve(socket, peer, state, handlers, Admission::TooManyConnections).await;
-                        drop(p);
-                    });
+            let slot = match doorway.enter(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    // Closed before any TLS work: explaining would cost
+                    // the handshake the limit is there to save.
+                    drop(socket);
+                    turned_away.count(why, peer, &self.state.settings);
                     continue;
                 }
             };
             let handlers = handlers.clone();
             let state = self.state.clone();
-            tokio::spawn(async move {
-                crate::connection::serve(socket, peer, state, handlers, Admission::Admitted).await;
-                drop(permit);
-            });
+            tokio::spawn(crate::connection::serve(socket, peer, state, handlers, slot));
         }
     }
 }

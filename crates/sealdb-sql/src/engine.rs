@@ -32,6 +32,7 @@ use crate::copy::{CopyFormat, CopyParser};
 use crate::durable::{self, Durable, TableOptions};
 use crate::executor::QueryExecutor;
 use crate::parse::SqlParser;
+use crate::prepared::{self as sql_prepared, PreparedStatements};
 use crate::security::{self, SecurityStatement, Target};
 use crate::spill::SealSpillFactory;
 use crate::storage_table::{SealTable, SegmentKeys, TxSlot, delete_or_update};
@@ -113,6 +114,8 @@ pub struct SqlSession {
     copy_in: Option<CopyIn>,
     /// A statement started and has not ended yet (see `begin_statement`).
     running: bool,
+    /// SQL-level `PREPARE`d statements.
+    prepared: PreparedStatements,
 }
 
 /// An incoming `COPY ... FROM STDIN`.
@@ -413,6 +416,7 @@ impl Engine {
             block: Block::None,
             copy_in: None,
             running: false,
+            prepared: PreparedStatements::default(),
         }
     }
 
@@ -522,7 +526,15 @@ impl Engine {
             });
         }
         let (plan, _) = self.plan(session, piece).await?;
-        if matches!(plan, LogicalPlan::Ddl(_)) {
+        if matches!(
+            plan,
+            LogicalPlan::Ddl(_)
+                | LogicalPlan::Statement(
+                    datafusion::logical_expr::Statement::Prepare(_)
+                        | datafusion::logical_expr::Statement::Execute(_)
+                        | datafusion::logical_expr::Statement::Deallocate(_)
+                )
+        ) {
             // Planned again at Execute, with its table options.
             return Ok(Prepared::Text {
                 sql: piece.to_owned(),
@@ -662,6 +674,12 @@ impl Engine {
             return Ok(last);
         }
         let (plan, options) = self.plan(session, sql).await?;
+        // EXECUTE runs its stored plan as if it had been typed in full; it
+        // is not cached by its text, which names a plan that can change.
+        let (plan, cacheable) = match self.sql_prepared_statement(session, plan)? {
+            std::ops::ControlFlow::Break(done) => return Ok(done),
+            std::ops::ControlFlow::Continue(run) => run,
+        };
         if !returns_rows(&plan) {
             return self.run_plan(session, plan, options).await;
         }
@@ -673,12 +691,42 @@ impl Engine {
             .create_physical_plan(&optimized, &session.state)
             .await?;
         let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
-        session.cache.insert(sql, &plan, optimized, &physical, version);
+        if cacheable {
+            session.cache.insert(sql, &plan, optimized, &physical, version);
+        }
         let batches = self.executor.collect(physical, session.task.clone()).await?;
         Ok(Output::Rows {
             schema,
             batches,
             tag: "SELECT",
+        })
+    }
+
+    /// SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` (see
+    /// [`crate::prepared`]): `Break` with the answer, or `Continue` with
+    /// the plan to run and whether it may be cached by its text.
+    fn sql_prepared_statement(
+        &self,
+        session: &mut SqlSession,
+        plan: LogicalPlan,
+    ) -> Result<std::ops::ControlFlow<Output, (LogicalPlan, bool)>, SqlError> {
+        use datafusion::logical_expr::Statement as S;
+        let outcome = match plan {
+            LogicalPlan::Statement(S::Prepare(prepare)) => {
+                // Refused when made, as well as at each EXECUTE.
+                privileges::check(&self.access, &session.info.user, &prepare.input)?;
+                session.prepared.prepare(prepare)?
+            }
+            LogicalPlan::Statement(S::Execute(execute)) => session.prepared.execute(&session.state, execute)?,
+            LogicalPlan::Statement(S::Deallocate(deallocate)) => session.prepared.deallocate(&deallocate)?,
+            other => return Ok(std::ops::ControlFlow::Continue((other, true))),
+        };
+        Ok(match outcome {
+            sql_prepared::Prepared::Done(tag) => std::ops::ControlFlow::Break(Output::Command {
+                tag: tag.to_owned(),
+                rows: None,
+            }),
+            sql_prepared::Prepared::Run(plan) => std::ops::ControlFlow::Continue((plan, false)),
         })
     }
 

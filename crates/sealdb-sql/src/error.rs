@@ -13,6 +13,12 @@ pub enum SqlError {
     /// The statement nests too deeply or is too large to analyse (54001).
     #[error("statement too complex: {0}")]
     TooComplex(String),
+    /// No prepared statement of that name (26000).
+    #[error("{0}")]
+    UndefinedPreparedStatement(String),
+    /// A prepared statement of that name exists already (42P05).
+    #[error("{0}")]
+    DuplicatePreparedStatement(String),
     /// The statement does not parse (42601).
     #[error("syntax error: {0}")]
     Syntax(String),
@@ -91,6 +97,8 @@ impl SqlError {
             Self::PermissionDenied(_) => "42501",
             Self::Syntax(_) => "42601",
             Self::TooComplex(_) => "54001",
+            Self::UndefinedPreparedStatement(_) => "26000",
+            Self::DuplicatePreparedStatement(_) => "42P05",
             Self::UndefinedTable(_) => "42P01",
             Self::UndefinedObject(_) => "42704",
             Self::DuplicateObject(_) => "42710",

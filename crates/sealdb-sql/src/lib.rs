@@ -24,6 +24,7 @@ mod engine;
 mod error;
 pub mod executor;
 mod parse;
+mod prepared;
 mod privileges;
 pub mod spill;
 pub mod status;

@@ -75,6 +75,8 @@ pub struct StatusInputs {
     pub kmip_hosts: Vec<sealdb_kms::ProviderHost>,
     /// The audit log.
     pub audit: AuditState,
+    /// CA private keys the server's user can read.
+    pub readable_ca_keys: Vec<String>,
 }
 
 fn finding(severity: &'static str, finding: &'static str, detail: String, fix: impl Into<String>) -> Finding {
@@ -103,6 +105,17 @@ pub fn findings(i: &StatusInputs) -> Vec<Finding> {
             "master key unprotected on local disk",
             "DATA/keystore/master.keys holds the master key unsealed (mode 0600)".to_owned(),
             "set keystore-password-file or SEALDB_KEYSTORE_PASSWORD (or use a KMIP key provider) and restart",
+        ));
+    }
+    if !i.readable_ca_keys.is_empty() {
+        out.push(finding(
+            "medium",
+            "CA private key readable by the server",
+            format!(
+                "{}: whoever reads it (a backup, a snapshot, a compromised server) can make a certificate for any user, admin included",
+                i.readable_ca_keys.join(", ")
+            ),
+            "move ca.key offline (or make it unreadable to the server's user) and bring it back only to make certificates",
         ));
     }
     if i.audit.off {

@@ -51,6 +51,10 @@ pub trait ServerHooks: Send + Sync + Debug {
     fn key_rotation_period(&self) -> Option<(String, std::time::Duration)> {
         None
     }
+    /// CA private keys this server process can read (it should read none).
+    fn readable_ca_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Opens key providers for `ALTER SYSTEM SET key_provider` and records the
@@ -610,6 +614,7 @@ fn status_inputs(c: &SysContext) -> crate::status::StatusInputs {
         },
         key_rotation_period: period,
         kmip_hosts: kmip_hosts(c),
+        readable_ca_keys: c.hooks.readable_ca_keys(),
         audit: match c.store {
             Some(store) => crate::status::AuditState {
                 off: !store.audit_enabled(),

@@ -688,6 +688,13 @@ impl P {
                         break;
                     }
                 }
+                for name in subject.iter().chain(issuer.iter()) {
+                    if let Err(why) = sealdb_auth::DistinguishedName::parse(name) {
+                        return Err(StatementError::Syntax(format!(
+                            "'{name}' is not a distinguished name: {why}; write it as '/O=Example, Inc./CN=alice' or 'CN=alice,O=Example\\, Inc.'"
+                        )));
+                    }
+                }
                 Ok(Requirement::Subject { subject, issuer })
             }
             _ => Err(self.unexpected("NONE, SSL, X509, SUBJECT '...' or ISSUER '...'")),

@@ -57,6 +57,10 @@ pub(crate) struct CertCommon {
     /// Certificates directory.
     #[arg(long)]
     certs_dir: PathBuf,
+    /// Where the signing CA's ca.crt and ca.key are, if not in --certs-dir
+    /// (a fresh `sealdb start` keeps them in DATA-ca, outside the data directory).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
     /// Key algorithm: ecdsa-p256 (default), rsa-2048, rsa-3072, ed25519.
     #[arg(long, default_value = "ecdsa-p256")]
     key_type: String,
@@ -67,7 +71,11 @@ pub(crate) struct CertCommon {
 
 impl CertCommon {
     fn dir(&self) -> CertsDir {
-        CertsDir::new(&self.certs_dir, self.overwrite)
+        let dir = CertsDir::new(&self.certs_dir, self.overwrite);
+        match &self.ca_dir {
+            Some(ca) => dir.signed_by(ca),
+            None => dir,
+        }
     }
     fn key_type(&self) -> Result<KeyType> {
         Ok(self.key_type.parse()?)

@@ -1,10 +1,15 @@
 //! The sealdb binary: `start`, `cert`, `kms`, `verify`.
-#![forbid(unsafe_code)]
+//!
+//! One function holds unsafe code: [`wipe_secret_environment`], which
+//! overwrites passwords in the process's environment before any thread
+//! starts.
+#![deny(unsafe_code)]
 
 mod cert;
 mod harden;
 mod keys;
 mod kms;
+mod log;
 mod start;
 mod status;
 mod verify;
@@ -52,6 +57,7 @@ pub(crate) struct Common {
 }
 
 fn main() -> ExitCode {
+    wipe_secret_environment();
     let cli = Cli::parse();
     // Before any command reads a key or a password.
     let hardening = harden::harden();
@@ -67,6 +73,42 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sealdb: error: {}", error_text(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Takes the values of `SEALDB_*PASSWORD*` variables for sealdb's own use
+/// ([`sealdb_config::capture_secret_environment`]), then overwrites them
+/// where the process keeps its environment and removes them from it: the
+/// kernel shows that memory in `/proc/PID/environ`, which removing a
+/// variable alone does not change.
+#[allow(unsafe_code)]
+fn wipe_secret_environment() {
+    let names = sealdb_config::capture_secret_environment();
+    if names.is_empty() {
+        return;
+    }
+    // SAFETY: this runs first in `main`, before any other thread exists
+    // (no runtime, no logger), so nothing else reads or writes the
+    // environment meanwhile. `environ` is the C library's array of
+    // pointers to NUL-terminated `NAME=value` strings, ending with a null
+    // pointer; each string is read only up to its NUL, and only the bytes
+    // of a value, between its `=` and its NUL, are overwritten: memory the
+    // loader (or the C library, for a variable set later) made writable.
+    unsafe {
+        let mut entry = libc::environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if let Some(eq) = text.iter().position(|&b| b == b'=')
+                && names.iter().any(|n| n.as_bytes() == &text[..eq])
+            {
+                let value = (*entry).add(eq + 1);
+                std::ptr::write_bytes(value, 0, text.len() - eq - 1);
+            }
+            entry = entry.add(1);
+        }
+        for name in &names {
+            std::env::remove_var(name);
         }
     }
 }

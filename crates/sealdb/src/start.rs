@@ -19,7 +19,10 @@ use crate::Common;
 pub(crate) const ADMIN: &str = "admin";
 const DEFAULT_PORT: u16 = 5433;
 const DEFAULT_MAX_CONNECTIONS: u32 = 200;
-const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_SUPERUSER_RESERVED_CONNECTIONS: u32 = 3;
+const DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS: u32 = 256;
+const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: u32 = 64;
 /// How often the server looks whether unflushed rows call for a checkpoint.
 const CHECKPOINT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -42,7 +45,7 @@ const QUERY_THREADS_PER_CORE: usize = 4;
 const THREAD_STACK_BYTES: usize = 32 << 20;
 
 pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Result<()> {
-    init_logging();
+    crate::log::init();
     if hardening.problems.is_empty() {
         tracing::info!("core dumps disabled; process not dumpable");
     }
@@ -73,15 +76,6 @@ pub(crate) fn run(args: StartArgs, hardening: &crate::harden::Hardening) -> Resu
     result
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEALDB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// The settings in force: flags over the config file over defaults.
 fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
     resolve_settings(&args.common, &args.settings)
@@ -89,6 +83,7 @@ fn resolve(args: &StartArgs) -> Result<(Settings, PathBuf)> {
 
 /// Flags over the config file (`--config`, else `DATA/sealdb.conf`) over defaults.
 pub(crate) fn resolve_settings(common: &Common, flags: &Settings) -> Result<(Settings, PathBuf)> {
+    flags.refuse_secrets_as_flags()?;
     let flag_data = flags.data.clone();
     let explicit_config = common.config.clone();
     let guessed_config = flag_data
@@ -151,7 +146,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let certs = CertsDir::new(data.join("certs"), false);
     let uses_own_identity = settings.ssl_cert.is_some() || settings.ssl_keystore.is_some();
     if !uses_own_identity && ssl_mode != SslMode::Disabled {
-        bootstrap_certificates(&certs)?;
+        bootstrap_certificates(&certs, &authority_dir(&data))?;
     }
     let tls = if ssl_mode == SslMode::Disabled {
         None
@@ -177,6 +172,15 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
         pki_db_client_auth: settings.pki_db_client_auth.unwrap_or(false),
         cert_user_map: CertUserMap::parse(&settings.cert_user_map)?,
         max_connections: settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize,
+        superuser_reserved_connections: settings
+            .superuser_reserved_connections
+            .unwrap_or(DEFAULT_SUPERUSER_RESERVED_CONNECTIONS) as usize,
+        max_unauthenticated_connections: settings
+            .max_unauthenticated_connections
+            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS) as usize,
+        max_unauthenticated_per_address: settings
+            .max_unauthenticated_per_address
+            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS) as usize,
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
         memory_limit: match &settings.memory_limit {
             Some(text) => Some(
@@ -198,6 +202,7 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             )),
             None => None,
         },
+        ca_key_candidates: ca_key_candidates(&data, &settings),
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.
@@ -289,7 +294,16 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     // Users and grants live in the encrypted catalog; a fresh one gets the
     // bootstrap administrator.
     let access = match store.section(sealdb_sql::ACCESS_SECTION).await {
-        Some(stored) => Arc::new(AccessControl::import(&stored).context("reading users and grants from the catalog")?),
+        Some(stored) => {
+            let access = AccessControl::import(&stored).context("reading users and grants from the catalog")?;
+            if AccessControl::stored_form_is_outdated(&stored) {
+                store
+                    .set_section(sealdb_sql::ACCESS_SECTION, access.export())
+                    .await
+                    .context("updating the stored form of users and grants")?;
+            }
+            Arc::new(access)
+        }
         None => {
             let access = AccessControl::with_bootstrap_admin(ADMIN);
             store
@@ -467,13 +481,56 @@ pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(joined.components().collect())
 }
 
-/// Creates what is missing of: the CA, a node certificate for localhost,
-/// 127.0.0.1 and this host's name, and a client certificate for `admin`.
-fn bootstrap_certificates(certs: &CertsDir) -> Result<()> {
-    if !certs.ca_cert().exists() {
-        certs.create_ca(KeyType::EcdsaP256, 3650)?;
-        eprintln!("created CA {}", certs.ca_cert().display());
+/// Where a fresh start keeps the CA it makes: beside the data directory,
+/// never in it (`./sealdb-data` gets `./sealdb-data-ca`). Whoever holds
+/// `ca.key` can make a certificate for any user, `admin` included, so it
+/// must not travel with the data (backups, snapshots, support bundles).
+pub(crate) fn authority_dir(data: &Path) -> PathBuf {
+    let name = data
+        .file_name()
+        .map_or_else(|| "sealdb-data".into(), |n| n.to_string_lossy().into_owned());
+    data.parent().unwrap_or(Path::new(".")).join(format!("{name}-ca"))
+}
+
+/// Files that would hold a CA's private key where the server can read it:
+/// in the data directory's `certs/`, in the CA directory a fresh start
+/// made, and beside the CA bundle clients are checked against.
+pub(crate) fn ca_key_candidates(data: &Path, settings: &Settings) -> Vec<PathBuf> {
+    let mut candidates = vec![data.join("certs").join("ca.key"), authority_dir(data).join("ca.key")];
+    if let Some(bundle) = &settings.ssl_trust_ca {
+        candidates.push(bundle.with_file_name("ca.key"));
     }
+    candidates.dedup();
+    candidates
+}
+
+/// Creates what is missing of: the CA (in `authority`, outside the data
+/// directory, with a copy of its certificate in `certs`), a node
+/// certificate for localhost, 127.0.0.1 and this host's name, and a client
+/// certificate for `admin`.
+fn bootstrap_certificates(certs: &CertsDir, authority: &Path) -> Result<()> {
+    let ca = CertsDir::new(authority, false);
+    if !certs.ca_cert().exists() {
+        if !ca.ca_cert().exists() {
+            ca.create_ca(KeyType::EcdsaP256, 3650)?;
+            std::fs::set_permissions(authority, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {} to its owner", authority.display()))?;
+            eprintln!("created CA {}", ca.ca_cert().display());
+            eprintln!(
+                "the CA's private key is {}, outside the data directory: it can make a certificate for any user; \
+                 move it offline and bring it back only to make certificates \
+                 (sealdb cert create-client USER --certs-dir {})",
+                ca.ca_key().display(),
+                authority.display()
+            );
+        }
+        std::fs::create_dir_all(certs.dir()).with_context(|| format!("cannot create {}", certs.dir().display()))?;
+        std::fs::copy(ca.ca_cert(), certs.ca_cert())
+            .with_context(|| format!("cannot copy the CA certificate into {}", certs.dir().display()))?;
+    }
+    // An installation from before the CA moved out keeps its key in certs/.
+    let signer = if ca.ca_key().exists() { authority } else { certs.dir() };
+    let certs = certs.clone().signed_by(signer);
     if !certs.node_cert().exists() {
         let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
         if let Some(h) = host_name()

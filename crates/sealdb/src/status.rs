@@ -95,6 +95,7 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
         key_rotation_period: period,
         due_for_rotation,
         kmip_hosts: provider.hosts(),
+        readable_ca_keys: sealdb_server::readable(&crate::start::ca_key_candidates(&data, &settings)),
         audit: AuditState {
             off: settings.audit_log.unwrap_or_default() == sealdb_config::OnOff::Off,
             failures: 0,

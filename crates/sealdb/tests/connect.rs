@@ -10,16 +10,20 @@ use time::Duration as D;
 #[test]
 fn fresh_start_creates_certificates_and_the_printed_psql_command_connects() {
     let server = TestServer::start(&[]);
-    for f in [
-        "ca.crt",
-        "ca.key",
-        "node.crt",
-        "node.key",
-        "client.admin.crt",
-        "client.admin.key",
-    ] {
+    for f in ["ca.crt", "node.crt", "node.key", "client.admin.crt", "client.admin.key"] {
         assert!(server.certs().join(f).exists(), "{f} missing");
     }
+    // The CA's key, which can make a certificate for any user, is kept
+    // outside the data directory, and the operator is told to move it.
+    assert!(
+        !server.certs().join("ca.key").exists(),
+        "ca.key is in the data directory"
+    );
+    assert!(
+        server.ca_dir().join("ca.key").exists(),
+        "ca.key is not beside the data directory"
+    );
+    assert!(server.stderr().contains("move it offline"), "{}", server.stderr());
     let conninfo = server.banner_conninfo();
     for part in ["sslmode=verify-full", "sslrootcert=", "sslcert=", "sslkey="] {
         assert!(conninfo.contains(part), "banner lacks {part}: {conninfo}");
@@ -88,7 +92,10 @@ fn ssl_mode_allowed_serves_plaintext_but_require_ssl_users_are_refused() {
     };
     let out = psql_pw(&plain("pat"), "Pat-pw-1", "select ssl from sys.sessions").expect_ok();
     assert_eq!(out.trim(), "f");
-    psql_pw(&plain("sue"), "Sue-pw-1", "select 1").expect_err("REQUIRE SSL");
+    // Refused as a wrong password would be, so that a stranger cannot
+    // tell sue exists; the server's log says why.
+    psql_pw(&plain("sue"), "Sue-pw-1", "select 1").expect_err("password authentication failed for user \"sue\"");
+    assert!(server.stderr().contains("REQUIRE SSL"), "{}", server.stderr());
     psql_pw(&server.password_conn("sue"), "Sue-pw-1", "select 1").expect_ok();
 }
 
@@ -147,7 +154,15 @@ fn scram_password_login_wrong_password_and_unknown_user_look_alike() {
         "select auth_method from sys.sessions",
     )
     .expect_ok();
-    assert_eq!(out.trim(), "scram-sha-256");
+    // psql's libpq binds the exchange to the TLS channel when it can.
+    assert_eq!(out.trim(), "scram-sha-256-plus");
+    let unbound = psql_pw(
+        &format!("{} channel_binding=disable", server.password_conn("dan")),
+        "Dan-pw-1",
+        "select auth_method from sys.sessions",
+    )
+    .expect_ok();
+    assert_eq!(unbound.trim(), "scram-sha-256");
     let wrong = psql_pw(&server.password_conn("dan"), "nope", "select 1").expect_err("FATAL");
     assert!(
         wrong.contains("password authentication failed for user \"dan\""),
@@ -200,7 +215,7 @@ fn expired_not_yet_valid_and_foreign_certificates_are_refused_with_the_reason() 
     let server = TestServer::start(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let (crt, key) = client_cert_with(
-        &server.certs(),
+        &server.ca_dir(),
         dir.path(),
         "expired",
         "admin",
@@ -210,7 +225,7 @@ fn expired_not_yet_valid_and_foreign_certificates_are_refused_with_the_reason() 
     );
     psql(&conn_with_cert(&server, "admin", &crt, &key), "select 1").expect_err("expired on");
     let (crt, key) = client_cert_with(
-        &server.certs(),
+        &server.ca_dir(),
         dir.path(),
         "future",
         "admin",
@@ -244,7 +259,7 @@ fn revoked_certificate_is_refused_by_the_crl() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Start once to bootstrap the CA, then restart with a CRL that revokes one serial.
     let first = TestServer::start(&[]);
-    let certs = first.certs();
+    let certs = first.ca_dir();
     let (crt, key) = client_cert_with(&certs, dir.path(), "revoked", "admin", D::hours(-1), D::days(30), 4242);
     let crl = dir.path().join("revoked.crl.pem");
     write_crl(&certs, &crl, &[4242]);
@@ -274,7 +289,11 @@ fn require_x509_and_require_subject_are_enforced() {
         ),
     )
     .expect_ok();
-    psql_pw(&server.password_conn("hal"), "Hal-pw-1", "select 1").expect_err("REQUIRE X509");
+    // Without its certificate, hal is refused as a wrong password would be;
+    // the server's log says why.
+    psql_pw(&server.password_conn("hal"), "Hal-pw-1", "select 1")
+        .expect_err("password authentication failed for user \"hal\"");
+    assert!(server.stderr().contains("REQUIRE X509"), "{}", server.stderr());
     for u in ["hal", "ivy", "jon"] {
         server.create_client_cert(u);
     }
@@ -289,7 +308,7 @@ fn pki_db_client_auth_requires_certificates_and_cert_user_map_maps_them() {
     psql(&server.admin(), "select 1").expect_err("no cert-user-map rule matches");
     let dir = tempfile::tempdir().expect("tempdir");
     let (crt, key) = client_cert_with(
-        &server.certs(),
+        &server.ca_dir(),
         dir.path(),
         "svc",
         "svc-admin",

@@ -269,7 +269,7 @@ fn the_audit_log_records_logins_user_changes_and_key_operations_and_verify_check
     assert!(has("create user", "admin", "clerk: password set, require SSL"), "{log}");
     assert!(has("grant", "admin", "SELECT on ledger to clerk"), "{log}");
     assert!(has("login failed", "clerk", "auth scram-sha-256"), "{log}");
-    assert!(has("login", "clerk", "auth scram-sha-256, TLS"), "{log}");
+    assert!(has("login", "clerk", "auth scram-sha-256-plus, TLS"), "{log}");
     assert!(has("table key created", "sealdb", "table ledger"), "{log}");
     assert!(has("table key rotated", "sealdb", "table ledger: version 2"), "{log}");
     assert!(

@@ -29,7 +29,9 @@ fn new_node_certificate(server: &TestServer) {
                 "--overwrite",
                 "--certs-dir",
             ])
-            .arg(server.certs()),
+            .arg(server.certs())
+            .arg("--ca-dir")
+            .arg(server.ca_dir()),
     );
 }
 
@@ -110,13 +112,14 @@ fn a_reloaded_crl_refuses_a_certificate_that_was_accepted_before() {
     // Start with a CRL that revokes nothing; it must exist before the CA does,
     // so bootstrap first in a throwaway start.
     let bootstrap = TestServer::start(&[]);
-    write_crl(&bootstrap.certs(), &crl, &[]);
+    write_crl(&bootstrap.ca_dir(), &crl, &[]);
     let data = tempfile::tempdir().expect("tempdir");
     copy_tree(&bootstrap.data, &data.path().join("data"));
+    copy_tree(&bootstrap.ca_dir(), &data.path().join("data-ca"));
     drop(bootstrap);
     let server = TestServer::start_in(data, &["--ssl-crl", crl.to_str().expect("utf8")]);
     let (crt, key) = client_cert_with(
-        &server.certs(),
+        &server.ca_dir(),
         dir.path(),
         "soon-revoked",
         "admin",
@@ -126,7 +129,7 @@ fn a_reloaded_crl_refuses_a_certificate_that_was_accepted_before() {
     );
     let conn = conn_with_cert(&server, "admin", &crt, &key);
     psql(&conn, "select 1").expect_ok();
-    write_crl(&server.certs(), &crl, &[9001]);
+    write_crl(&server.ca_dir(), &crl, &[9001]);
     psql(&server.admin(), "alter system reload tls").expect_ok();
     psql(&conn, "select 1").expect_err("has been revoked");
 }

@@ -223,6 +223,7 @@ pub struct Relay {
     pub port: u16,
     blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut_answers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
@@ -235,7 +236,8 @@ impl Relay {
         listener.set_nonblocking(true).unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, st) = (blocked.clone(), stop.clone());
+        let cut_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, st, cut) = (blocked.clone(), stop.clone(), cut_answers.clone());
         std::thread::spawn(move || {
             let mut held = Vec::new();
             while !st.load(Ordering::Relaxed) {
@@ -251,18 +253,33 @@ impl Relay {
                     held.push(client);
                     continue;
                 }
-                let (b, st) = (b.clone(), st.clone());
+                let (b, st, cut) = (b.clone(), st.clone(), cut.clone());
                 // Connect in a thread of its own: a slow key server must not
                 // hold up the relay's other connections.
                 std::thread::spawn(move || {
                     let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                         return; // the key server is down: the client sees the connection close
                     };
-                    relay_both_ways(client, server, &b, &st);
+                    relay_both_ways(client, server, &b, &st, &cut);
                 });
             }
         });
-        Self { port, blocked, stop }
+        Self {
+            port,
+            blocked,
+            stop,
+            cut_answers,
+        }
+    }
+
+    /// From now on (0: never), a connection is cut, both ways, when the
+    /// key server starts its `nth` answer (TLS 1.2 application-data
+    /// records): the request reached the server, which carried it out, and
+    /// the client never hears back, as when a server dies right after
+    /// acting. (A client that negotiates the version gets its Discover
+    /// Versions answer first.)
+    pub fn cut_answers(&self, nth: usize) {
+        self.cut_answers.store(nth, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn host(&self) -> String {
@@ -293,21 +310,62 @@ fn relay_both_ways(
     server: std::net::TcpStream,
     blocked: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut_answers: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::Ordering;
     let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    for (mut from, mut to) in [(client2, server2), (server, client)] {
-        let (b, st) = (blocked.clone(), stop.clone());
+    for (from_server, (mut from, mut to)) in [(false, (client2, server2)), (true, (server, client))] {
+        let (b, st, cut) = (blocked.clone(), stop.clone(), cut_answers.clone());
         std::thread::spawn(move || {
             use std::io::{Read, Write};
             let mut buf = [0u8; 16384];
+            // TLS records seen from the server: their headers are parsed
+            // to spot the first answer.
+            let mut pending: Vec<u8> = Vec::new();
+            let mut answers = 0;
             while let Ok(n) = from.read(&mut buf) {
                 while b.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if n == 0 || st.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
+                if n == 0 || st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let nth = cut.load(Ordering::Relaxed);
+                if from_server && nth > 0 {
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut forward = 0;
+                    let mut answer = false;
+                    while pending.len() >= forward + 5 {
+                        if pending[forward] == 0x17 {
+                            answers += 1;
+                            if answers == nth {
+                                answer = true;
+                                break;
+                            }
+                        }
+                        let len = usize::from(u16::from_be_bytes([pending[forward + 3], pending[forward + 4]]));
+                        if pending.len() < forward + 5 + len {
+                            if pending[forward] == 0x17 {
+                                answers -= 1; // counted again once whole
+                            }
+                            break;
+                        }
+                        forward += 5 + len;
+                    }
+                    if to.write_all(&pending[..forward]).is_err() {
+                        break;
+                    }
+                    pending.drain(..forward);
+                    if answer {
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    continue;
+                }
+                if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }

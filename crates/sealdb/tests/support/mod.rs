@@ -43,6 +43,13 @@ impl TestServer {
         Self::start_in(dir, args)
     }
 
+    /// `start` with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::try_start_full(dir, Path::new(sealdb_bin()), args, env)
+            .unwrap_or_else(|e| panic!("sealdb did not start: {e}"))
+    }
+
     /// The same in a prepared directory (its `data/` is the data directory).
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
         Self::try_start_in(dir, args).unwrap_or_else(|e| panic!("sealdb did not start: {e}"))
@@ -59,6 +66,15 @@ impl TestServer {
     }
 
     fn try_start_with_binary(dir: tempfile::TempDir, binary: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_full(dir, binary, args, &[])
+    }
+
+    fn try_start_full(
+        dir: tempfile::TempDir,
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let data = dir.path().join("data");
         let port = free_port();
         let mut child = Command::new(binary)
@@ -70,6 +86,7 @@ impl TestServer {
             .args(args)
             .current_dir(dir.path())
             .env("SEALDB_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -130,6 +147,12 @@ impl TestServer {
         self.data.join("certs")
     }
 
+    /// Where a fresh start keeps the CA (`ca.crt`, `ca.key`): beside the
+    /// data directory, never in it.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("data-ca")
+    }
+
     pub fn ca(&self) -> String {
         self.certs().join("ca.crt").display().to_string()
     }
@@ -176,6 +199,8 @@ impl TestServer {
         let out = Command::new(sealdb_bin())
             .args(["cert", "create-client", user, "--certs-dir"])
             .arg(self.certs())
+            .arg("--ca-dir")
+            .arg(self.ca_dir())
             .output()
             .expect("run sealdb cert");
         assert!(
@@ -315,13 +340,22 @@ pub fn psql_input(conninfo: &str, sql: &str, input: &str) -> Psql {
 /// `psql -f FILE` with `sql` in the file: for statements longer than a
 /// command-line argument may be.
 pub fn psql_script(conninfo: &str, sql: &str) -> Psql {
+    psql_script_with(conninfo, sql, None)
+}
+
+/// `psql_script` with a password.
+pub fn psql_pw_script(conninfo: &str, password: &str, sql: &str) -> Psql {
+    psql_script_with(conninfo, sql, Some(password))
+}
+
+fn psql_script_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
     let mut file = tempfile::NamedTempFile::new().expect("tempfile");
     {
         use std::io::Write;
         file.write_all(sql.as_bytes()).expect("write script");
     }
     let path = file.path().to_string_lossy().into_owned();
-    psql_args(conninfo, &["-f", &path], None, Stdio::null())
+    psql_args(conninfo, &["-f", &path], password, Stdio::null())
 }
 
 fn psql_with(conninfo: &str, sql: &str, password: Option<&str>) -> Psql {
@@ -445,6 +479,28 @@ pub fn client_cert_with(
     until: time::Duration,
     serial: u64,
 ) -> (PathBuf, PathBuf) {
+    client_cert_with_names(
+        ca_dir,
+        out_dir,
+        name,
+        &[("O", "sealdb"), ("CN", user)],
+        from,
+        until,
+        serial,
+    )
+}
+
+/// [`client_cert_with`] for a subject of these attributes (`O`, `OU` or
+/// `CN`, in this order), values as they are.
+pub fn client_cert_with_names(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    subject: &[(&str, &str)],
+    from: time::Duration,
+    until: time::Duration,
+    serial: u64,
+) -> (PathBuf, PathBuf) {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
     let ca_pem = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca.crt");
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key")).expect("ca key");
@@ -452,8 +508,15 @@ pub fn client_cert_with(
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "sealdb");
-    params.distinguished_name.push(DnType::CommonName, user);
+    for (attribute, value) in subject {
+        let kind = match *attribute {
+            "O" => DnType::OrganizationName,
+            "OU" => DnType::OrganizationalUnitName,
+            "CN" => DnType::CommonName,
+            other => panic!("attribute {other} is not made by this helper"),
+        };
+        params.distinguished_name.push(kind, *value);
+    }
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now + from;
     params.not_after = now + until;

@@ -1,0 +1,448 @@
+//! The attacks of the outside review (issue 17), each run as an attacker
+//! would run it against the real binary, through psql, openssl, Python or
+//! a raw socket, and each now refused. `docs/connections.md` and
+//! `docs/storage.md` list the classes with the mechanism that closes them.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// A server with `accounts` (two rows) and a user `kim` who has no grant.
+fn with_kim() -> (TestServer, String) {
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create table accounts (id int, owner text, balance double); \
+         insert into accounts values (1, 'ann', 10.5), (2, 'ben', 20); \
+         create table copies (id int, owner text, balance double); \
+         create user kim with password 'Kim-pw-1'",
+    )
+    .expect_ok();
+    let kim = server.password_conn("kim");
+    (server, kim)
+}
+
+fn kim_runs(kim: &str, sql: &str) -> Psql {
+    psql_pw(kim, "Kim-pw-1", sql)
+}
+
+/// Hole 1: `PREPARE` / `EXECUTE` skipped the privilege check. Now PREPARE
+/// checks its statement, and EXECUTE runs the stored plan through the same
+/// check with the caller's grants at that moment.
+#[test]
+fn prepare_and_execute_are_checked_when_prepared_and_again_with_current_grants() {
+    let (server, kim) = with_kim();
+    for attack in [
+        "prepare p as select * from accounts",
+        // The value would come back in the cast's error.
+        "prepare p as select cast(owner as int) from accounts",
+        "prepare p as insert into copies select * from accounts",
+        "prepare p as insert into accounts values (3, 'kim', 1000000)",
+        "prepare p(int) as delete from accounts where id = $1",
+    ] {
+        let err = kim_runs(&kim, attack).expect_err("42501");
+        assert!(!err.contains("ann"), "{attack}: a value leaked: {err}");
+    }
+    // What kim may do works, with parameters.
+    let ran = kim_runs(&kim, "prepare q(int) as select $1 + 1; execute q(41)").expect_ok();
+    assert_eq!(ran.trim().lines().last(), Some("42"), "{ran}");
+    // A grant taken away between PREPARE and EXECUTE is honoured.
+    psql(&server.admin(), "grant select on accounts to kim").expect_ok();
+    let script = format!(
+        "prepare r as select count(*) from accounts;\nexecute r;\n\\! psql \"{}\" -X -q -c \"revoke select on accounts from kim\"\nexecute r;\n",
+        server.admin()
+    );
+    let run = psql_pw_script(&kim, "Kim-pw-1", &script);
+    assert!(run.stdout.contains('2'), "the first EXECUTE ran: {}", run.stdout);
+    run.expect_err("42501");
+    // Nothing was inserted or copied by the refused statements.
+    assert_eq!(
+        psql(
+            &server.admin(),
+            "select (select count(*) from accounts) * 10 + (select count(*) from copies)"
+        )
+        .expect_ok()
+        .trim(),
+        "20"
+    );
+}
+
+/// Hole 2: an UPDATE without WHERE read the target without SELECT, and a
+/// value came back in a cast's error. Reading a column needs SELECT
+/// wherever the read happens; writing constants does not.
+#[test]
+fn update_reading_its_target_needs_select_and_constant_writes_do_not() {
+    let (server, kim) = with_kim();
+    psql(&server.admin(), "grant update, delete on accounts to kim").expect_ok();
+    for attack in [
+        "update accounts set balance = cast(owner as double)",
+        "update accounts set balance = id",
+        "update accounts set owner = (select max(owner) from accounts)",
+        "update accounts set balance = 0 where owner = 'ann'",
+        "delete from accounts where owner like 'a%'",
+    ] {
+        let err = kim_runs(&kim, attack).expect_err("42501");
+        assert!(err.contains("SELECT"), "{attack}: {err}");
+        assert!(!err.contains("ann"), "{attack}: a value leaked: {err}");
+    }
+    kim_runs(&kim, "update accounts set balance = 0").expect_ok();
+    assert_eq!(
+        psql(&server.admin(), "select sum(balance) from accounts")
+            .expect_ok()
+            .trim(),
+        "0"
+    );
+    kim_runs(&kim, "delete from accounts").expect_ok();
+    assert_eq!(
+        psql(&server.admin(), "select count(*) from accounts")
+            .expect_ok()
+            .trim(),
+        "0"
+    );
+}
+
+/// Hole 3: `SET datafusion.*` by any user: spill files moved to a plain
+/// directory, a memory pool of its own, names resolved to `sys`. Only an
+/// allow-list of harmless settings is a session's; the rest is refused to
+/// everyone, administrators included.
+#[test]
+fn sessions_cannot_move_spills_lift_memory_limits_or_redirect_names() {
+    let (server, kim) = with_kim();
+    let plain = server.dir.path().join("plain-spill");
+    for (who, conn) in [("kim", kim.as_str()), ("admin", server.admin().as_str())] {
+        for attack in [
+            format!("set datafusion.runtime.temp_directory = '{}'", plain.display()),
+            "set datafusion.runtime.memory_limit = '1000G'".to_owned(),
+            "set datafusion.catalog.default_schema = 'sys'".to_owned(),
+            "set datafusion.sql_parser.enable_ident_normalization = false".to_owned(),
+        ] {
+            let run = if who == "kim" {
+                kim_runs(conn, &attack)
+            } else {
+                psql(conn, &attack)
+            };
+            let err = run.expect_err("42501");
+            assert!(err.contains("cannot be changed by a session"), "{who}: {attack}: {err}");
+        }
+    }
+    assert!(!plain.exists(), "a refused SET created {}", plain.display());
+    kim_runs(&kim, "reset datafusion.runtime.memory_limit").expect_err("ERROR");
+    kim_runs(&kim, "set datafusion.execution.time_zone = '+01:00'").expect_ok();
+    kim_runs(&kim, "set datafusion.execution.batch_size = 1").expect_err("42501");
+    psql(&server.admin(), "set datafusion.execution.batch_size = 1024").expect_ok();
+    // Session settings outside DataFusion's stay harmless and accepted.
+    kim_runs(
+        &kim,
+        "set application_name = 'x'; set search_path = sys; select count(*) from sessions",
+    )
+    .expect_err("42P01");
+    kim_runs(&kim, "select * from sys.users").expect_err("administrators only");
+}
+
+/// Hole 4 (CVE-2021-23214's class): bytes sent in the clear after an
+/// SSLRequest and before the TLS handshake are refused with 08P01 once the
+/// handshake is done, never read as the TLS client's.
+#[test]
+fn plaintext_injected_after_the_ssl_request_is_refused_not_run_as_the_victim() {
+    let server = TestServer::start(&[]);
+    let certs = server.certs();
+    let out = Command::new(venv_python())
+        .arg(py_dir().join("inject_after_sslrequest.py"))
+        .arg(server.port.to_string())
+        .arg(server.ca())
+        .arg(certs.join("client.admin.crt"))
+        .arg(certs.join("client.admin.key"))
+        .arg("admin")
+        .arg("create table injected (x int)")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("E 08P01 received unencrypted data after SSL request"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("\nR\n") && !printed.contains("\nC\n"),
+        "the injected login or query ran:\n{printed}"
+    );
+    assert!(server.stderr().contains("unencrypted data followed the SSL request"));
+    assert_eq!(
+        psql(
+            &server.admin(),
+            "select count(*) from information_schema.tables where table_name = 'injected'"
+        )
+        .expect_ok()
+        .trim(),
+        "0"
+    );
+}
+
+fn wire_probe(args: &[&str]) -> String {
+    let out = Command::new(venv_python())
+        .arg(py_dir().join("wire_probe.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    printed
+}
+
+/// `USER SALT ITERATIONS SQLSTATE MESSAGE` for each user, from a stranger
+/// without a certificate who runs SCRAM with a wrong proof.
+fn scram_seen(server: &TestServer, users: &[&str]) -> Vec<Vec<String>> {
+    let port = server.port.to_string();
+    let ca = server.ca();
+    let mut args = vec!["scram", port.as_str(), ca.as_str()];
+    args.extend_from_slice(users);
+    wire_probe(&args)
+        .lines()
+        .map(|l| l.splitn(5, ' ').map(str::to_owned).collect())
+        .collect()
+}
+
+/// Hole 8: user enumeration. An unknown user, a user with a password, a
+/// certificate-only user and users whose REQUIRE the connection does not
+/// meet look the same from the wire: the same exchange, a salt stable per
+/// name (the unknown one derived with a key only the server holds, kept
+/// across restarts, not the public function of the name it was), the same
+/// refusal. The server's log has the precise reason.
+#[test]
+fn unknown_and_existing_users_cannot_be_told_apart_from_the_wire() {
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create user dan with password 'Dan-pw-1'; create user hal with password 'Hal-pw-1' require x509; \
+         create user ivy with password 'Ivy-pw-1' require subject '/O=sealdb/CN=ivy'",
+    )
+    .expect_ok();
+    let users = ["ghost", "dan", "hal", "ivy", "admin"];
+    let first = scram_seen(&server, &users);
+    let second = scram_seen(&server, &users);
+    assert_eq!(first.len(), users.len(), "{first:?}");
+    for (row, again) in first.iter().zip(&second) {
+        let (user, salt, iterations, code, message) = (&row[0], &row[1], &row[2], &row[3], &row[4]);
+        assert_eq!(salt.len(), 32, "{row:?}");
+        assert_eq!(iterations, &first[1][2], "{row:?}");
+        assert_eq!(code, "28P01", "{row:?}");
+        assert_eq!(
+            message,
+            &format!("password authentication failed for user \"{user}\""),
+            "{row:?}"
+        );
+        assert_eq!(salt, &again[1], "the salt of {user} changed between attempts");
+    }
+    // Not the old, public derivation from the name.
+    use sha2::Digest;
+    let public = sha2::Sha256::digest(b"sealdb-unknown-user:ghost");
+    let public: String = public[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_ne!(first[0][1], public);
+    assert!(server.stderr().contains("REQUIRE X509"), "{}", server.stderr());
+    // The same salt for the unknown name after a restart: the key is kept.
+    let dir = server.stop();
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(scram_seen(&server, &["ghost"])[0][1], first[0][1]);
+}
+
+/// Hole 7: REQUIRE SUBJECT compared strings split on commas. A certificate
+/// whose O is "Example, Evil" no longer passes for O=Example, and a real
+/// "Example, Inc." matches its escaped or slash form.
+#[test]
+fn a_comma_in_a_certificate_name_cannot_satisfy_require_subject() {
+    use time::Duration as D;
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create user eve require subject '/O=Example/CN=eve'; \
+         create user inc require subject 'CN=inc,O=Example\\, Inc.'",
+    )
+    .expect_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let (evil_crt, evil_key) = client_cert_with_names(
+        &server.ca_dir(),
+        dir.path(),
+        "evil",
+        &[("O", "Example, Evil"), ("CN", "eve")],
+        D::hours(-1),
+        D::days(30),
+        5001,
+    );
+    psql(&conn_with_cert(&server, "eve", &evil_crt, &evil_key), "select 1")
+        .expect_err("does not match the subject required");
+    let (inc_crt, inc_key) = client_cert_with_names(
+        &server.ca_dir(),
+        dir.path(),
+        "inc",
+        &[("O", "Example, Inc."), ("CN", "inc")],
+        D::hours(-1),
+        D::days(30),
+        5002,
+    );
+    let shown = psql(
+        &conn_with_cert(&server, "inc", &inc_crt, &inc_key),
+        "select client_cert_subject from sys.sessions",
+    )
+    .expect_ok();
+    // Shown escaped: it cannot be read as two attributes.
+    assert_eq!(shown.trim(), "O=Example\\, Inc., CN=inc");
+    // A REQUIRE that is not a name is refused when written.
+    psql(&server.admin(), "create user bad require subject 'CN=a\\'").expect_err("not a distinguished name");
+}
+
+/// Hole 10: cancel requests were honoured in plaintext when TLS is
+/// required. A plaintext one is now ignored (the query goes on; the log
+/// says why), and one over TLS cancels.
+#[test]
+fn a_plaintext_cancel_request_is_ignored_when_tls_is_required() {
+    let server = TestServer::start(&[]);
+    let certs = server.certs();
+    let port = server.port.to_string();
+    let ca = server.ca();
+    let (cert, key) = (
+        certs.join("client.admin.crt").display().to_string(),
+        certs.join("client.admin.key").display().to_string(),
+    );
+    let printed = wire_probe(&["cancel", &port, &ca, &cert, &key]);
+    assert!(printed.contains("plaintext-cancel: server closed"), "{printed}");
+    assert!(
+        printed.contains("query: 57014"),
+        "the TLS cancel request cancels: {printed}"
+    );
+    assert!(
+        server.stderr().contains("cancel request refused: it came in plaintext"),
+        "{}",
+        server.stderr()
+    );
+}
+
+/// Hole 11: silent connections filled `max-connections` and locked
+/// everyone out. Unauthenticated connections have their own slots, one
+/// address only its share of them, and the last session slots are the
+/// administrators'.
+#[test]
+fn silent_connections_cannot_lock_out_an_administrator_and_the_last_slots_are_theirs() {
+    let server = TestServer::start(&[
+        "--max-connections",
+        "3",
+        "--superuser-reserved-connections",
+        "1",
+        "--max-unauthenticated-connections",
+        "40",
+        "--max-unauthenticated-per-address",
+        "10",
+    ]);
+    psql(&server.admin(), "create user kim with password 'Kim-pw-1'").expect_ok();
+    // 200 connections from another address (127.0.0.2) that never speak.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let port = server.port;
+    let silent = runtime.block_on(async move {
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(stream) = socket.connect(([127, 0, 0, 1], port).into()).await {
+                held.push(stream);
+            }
+        }
+        held
+    });
+    assert!(
+        silent.len() >= 150,
+        "the flood could not even connect: {}",
+        silent.len()
+    );
+    // The administrator, from 127.0.0.1, gets in during the flood.
+    assert_eq!(psql(&server.admin(), "select 1").expect_ok().trim(), "1");
+    assert!(
+        server.stderr().contains("connections closed before TLS"),
+        "{}",
+        server.stderr()
+    );
+    drop(silent);
+    // Two sessions of kim take the slots everyone may take; a third is
+    // refused, naming the reserve; an administrator still gets in.
+    let kim = format!("{} password=Kim-pw-1", server.password_conn("kim"));
+    let mut first = LongSession::open(&kim);
+    let mut second = LongSession::open(&kim);
+    assert_eq!(first.query("select 1"), "1");
+    assert_eq!(second.query("select 1"), "1");
+    psql_pw(&server.password_conn("kim"), "Kim-pw-1", "select 1").expect_err("reserved for administrators");
+    assert_eq!(psql(&server.admin(), "select 1").expect_ok().trim(), "1");
+}
+
+/// Hole 14, in part: passwords on the command line are refused (naming
+/// the flag, never the value), and one given in the environment is gone
+/// from the running server's environment, `/proc/PID/environ` included.
+#[test]
+fn passwords_are_refused_as_flags_and_wiped_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(sealdb_bin())
+        .args(["start", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--ssl-keystore-password", "Keystore-pw"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("--ssl-keystore-password is refused"), "{said}");
+    assert!(!said.contains("Keystore-pw"), "the value was printed: {said}");
+
+    let server = TestServer::start_with_env(&[], &[("SEALDB_KEYSTORE_PASSWORD", "correct horse battery staple")]);
+    let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+    assert!(
+        memchr::memmem::find(&environ, b"correct horse").is_none(),
+        "the passphrase is still in /proc/PID/environ"
+    );
+    assert_eq!(psql(&server.admin(), "select 1").expect_ok().trim(), "1");
+    let dir = server.stop();
+    // The keystore is sealed under it: a start without it is refused.
+    let refused = TestServer::try_start_in(dir, &[]).err().unwrap_or_default();
+    assert!(refused.contains("sealed under a passphrase"), "{refused}");
+}
+
+/// Hole 14, in part: a client-controlled name with a newline or an escape
+/// sequence cannot forge a line of the server's log: not a user name in a
+/// field, not a table name inside a logged message.
+#[test]
+fn a_user_name_cannot_forge_a_log_line() {
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create table \"t\n2026-01-01T00:00:00Z  INFO table\" (x int); create user kim with password 'Kim-pw-1'",
+    )
+    .expect_ok();
+    psql_pw(
+        &server.password_conn("kim"),
+        "Kim-pw-1",
+        "select * from \"t\n2026-01-01T00:00:00Z  INFO table\"",
+    )
+    .expect_err("42501");
+    let forged = "x\n2026-01-01T00:00:00Z  INFO sealdb_server::startup: session started user=\"admin\"\x1b[2J";
+    let out = Command::new(venv_python())
+        .arg(py_dir().join("wire_probe.py"))
+        .args(["scram", &server.port.to_string(), &server.ca(), forged])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = server.stderr();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "an escape sequence reached the log");
+    assert!(log.contains("x\\n2026-01-01"), "the user name, escaped: {log}");
+    assert!(log.contains("t\\x0a2026-01-01"), "the table name, escaped: {log}");
+}
