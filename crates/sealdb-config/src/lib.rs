@@ -345,6 +345,11 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unauthenticated_per_address: Option<u32>,
+    /// Failed logins from one address after the first within this time are
+    /// counted into one audit record, e.g. "60s" [default: 60s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_failed_login_interval: Option<String>,
     /// Time a client has to finish TLS and authentication [default: 5000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

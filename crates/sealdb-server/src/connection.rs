@@ -60,6 +60,13 @@ impl Handlers {
     }
 }
 
+impl Handlers {
+    /// See [`StartupHandler::write_counted_refusals`].
+    pub(crate) async fn write_counted_refusals(&self) {
+        self.startup.write_counted_refusals().await;
+    }
+}
+
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
         self.query.clone()

@@ -145,6 +145,7 @@ fn fixture() -> &'static Fixture {
             key_admin: None,
             key_rotation_period: None,
             ca_key_candidates: Vec::new(),
+            audit_failed_login_interval: Duration::from_secs(60),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -17,6 +17,7 @@ mod encode;
 mod error;
 mod fuzzing;
 mod query;
+mod refusals;
 mod startup;
 mod state;
 

@@ -25,6 +25,7 @@ use sealdb_sql::{ClientCertSummary, Engine, SessionInfo, SqlSession, TlsSessionI
 
 use crate::connection::ConnectionTls;
 use crate::error::fatal;
+use crate::refusals::{Refusal, RefusalLedger, truncated};
 use crate::state::ServerState;
 
 /// The authenticated session of a connection.
@@ -105,6 +106,7 @@ pub(crate) struct StartupHandler {
     state: Arc<ServerState>,
     engine: Arc<Engine>,
     driver: AuthDriver<ParameterProvider>,
+    refusals: RefusalLedger,
 }
 
 impl Debug for StartupHandler {
@@ -115,7 +117,44 @@ impl Debug for StartupHandler {
 
 impl StartupHandler {
     pub(crate) fn new(state: Arc<ServerState>, engine: Arc<Engine>, driver: AuthDriver<ParameterProvider>) -> Self {
-        Self { state, engine, driver }
+        let refusals = RefusalLedger::new(state.settings.audit_failed_login_interval);
+        Self {
+            state,
+            engine,
+            driver,
+            refusals,
+        }
+    }
+
+    /// Writes the failed logins counted in intervals that have ended, one
+    /// record per address; runs until the server stops.
+    pub(crate) async fn write_counted_refusals(&self) {
+        let Some(store) = self.engine.store() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.refusals.tick());
+        loop {
+            tick.tick().await;
+            for aggregate in self.refusals.ended() {
+                let from = aggregate
+                    .address
+                    .map_or_else(|| "addresses past the followed limit".to_owned(), |a| a.to_string());
+                let detail = format!(
+                    "{} more failed logins from {from} in {} s, for users {}; the last: {}",
+                    aggregate.count,
+                    self.refusals_interval().as_secs(),
+                    aggregate.users.join(", "),
+                    aggregate.last_reason
+                );
+                store
+                    .audit(sealdb_storage::AuditEvent::new("login failed (counted)", "", detail))
+                    .await;
+            }
+        }
+    }
+
+    fn refusals_interval(&self) -> std::time::Duration {
+        self.state.settings.audit_failed_login_interval
     }
 
     fn plaintext_refusal(&self) -> PgWireError {
@@ -162,7 +201,13 @@ impl StartupHandler {
         let Some(store) = self.engine.store() else {
             return;
         };
-        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        let full_user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        if let Some(why) = refused
+            && self.refusals.note(client.socket_addr().ip(), &full_user, why) == Refusal::Counted
+        {
+            return;
+        }
+        let user = truncated(&full_user);
         let tls = client.session_extensions().get::<ConnectionTls>();
         let mut detail = format!(
             "client {}, auth {auth_method}, {}",

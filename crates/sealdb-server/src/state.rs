@@ -55,6 +55,9 @@ pub struct ServerSettings {
     pub key_rotation_period: Option<(String, Duration)>,
     /// Where a CA private key could be that the server should not read.
     pub ca_key_candidates: Vec<std::path::PathBuf>,
+    /// Failed logins from one address after the first in this interval
+    /// are counted into one audit record.
+    pub audit_failed_login_interval: Duration,
 }
 
 /// Live state shared by every connection; also the `sys` tables' view of the server.
@@ -365,6 +368,10 @@ impl Server {
             self.state.clone(),
             self.engine.clone(),
         ));
+        tokio::spawn({
+            let handlers = handlers.clone();
+            async move { handlers.write_counted_refusals().await }
+        });
         loop {
             let (socket, peer) = match self.listener.accept().await {
                 Ok(pair) => pair,

@@ -1,11 +1,21 @@
 //! The audit log: logins, changes of users and grants, key operations.
 //!
 //! ```text
-//! audit/<seq>.audit   16 hex digits; a new file at every start and after ALTER SYSTEM REKEY
-//! header  magic "SEALAUD1" 8 | seq u64 | tag 16     (AES-256-GCM over nothing, key HKDF(system key, "audit header"), AAD: the 16 bytes before it)
+//! audit/<seq>.audit   16 hex digits; a new file at every start, after ALTER SYSTEM REKEY
+//!                     and once a file holds FILE_BYTES_TARGET
+//! header  magic "SEALAUD2" 8 | seq u64 | salt 16 | tag 16
+//!         (AES-256-GCM over nothing, key HKDF(system key, "audit header" salt), nonce seq,
+//!         AAD: the 32 bytes before it)
 //! record  len u32 | !len u32 | number u64 | ciphertext | tag 16
-//!         key HKDF(system key, "audit <seq>"), nonce: the number, AAD: seq and number
+//!         key HKDF(system key, "audit <seq> " salt), nonce: the number, AAD: seq and number
 //! ```
+//!
+//! The salt, 16 random bytes drawn when the file is begun, keeps a data
+//! directory restored from a copy (which numbers its files and records as
+//! the original went on to) from sealing different records under the same
+//! key and nonce. Files of format 1 (magic "SEALAUD1", no salt) are read,
+//! never written. Reading the log checks it one file at a time, keeping
+//! only the chain's end, so a long log is never held in memory.
 //!
 //! Each record's plaintext is JSON holding its number, its time, what
 //! happened, and `prev`, the SHA-256 of the plaintext of the record before
@@ -27,10 +37,45 @@ use crate::StorageError;
 
 /// The audit log's directory in the data directory.
 pub const AUDIT_DIR: &str = "audit";
-const MAGIC: &[u8; 8] = b"SEALAUD1";
-const HEADER_FIELDS_LEN: usize = 16;
+const MAGIC_V1: &[u8; 8] = b"SEALAUD1";
+const MAGIC: &[u8; 8] = b"SEALAUD2";
+const SALT_LEN: usize = 16;
+const HEADER_FIELDS_LEN_V1: usize = 16;
+const HEADER_FIELDS_LEN: usize = HEADER_FIELDS_LEN_V1 + SALT_LEN;
 const HEADER_LEN: usize = HEADER_FIELDS_LEN + 16;
 const RECORD_MAX: usize = 1 << 20;
+/// A file is closed and the next one begun past this size.
+const FILE_BYTES_TARGET: u64 = 16 << 20;
+
+/// What an audit file's keys are derived from besides the system key.
+#[derive(Debug, Clone, Copy)]
+struct FileId {
+    seq: u64,
+    /// `None` in a format-1 file.
+    salt: Option<[u8; SALT_LEN]>,
+}
+
+impl FileId {
+    fn new(seq: u64) -> Result<Self, StorageError> {
+        let mut salt = [0u8; SALT_LEN];
+        sealdb_crypto::random_bytes(&mut salt)?;
+        Ok(Self { seq, salt: Some(salt) })
+    }
+
+    fn info(&self, label: &str) -> Vec<u8> {
+        match &self.salt {
+            None => label.as_bytes().to_vec(),
+            Some(salt) => [label.as_bytes(), b" ", salt].concat(),
+        }
+    }
+
+    fn header_len(&self) -> usize {
+        match self.salt {
+            None => HEADER_FIELDS_LEN_V1 + 16,
+            Some(_) => HEADER_LEN,
+        }
+    }
+}
 
 /// What happened, as the caller tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,12 +126,15 @@ pub struct AuditLog {
     pub problems: Vec<String>,
 }
 
-fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
-    Ok(AeadKey::new(&derive_key(system, b"audit header")?))
+fn header_key(system: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, &file.info("audit header"))?))
 }
 
-fn record_key(system: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
-    Ok(AeadKey::new(&derive_key(system, format!("audit {seq}").as_bytes())?))
+fn record_key(system: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(
+        system,
+        &file.info(&format!("audit {}", file.seq)),
+    )?))
 }
 
 fn record_ad(seq: u64, number: u64) -> [u8; 16] {
@@ -130,8 +178,11 @@ pub(crate) struct AuditWriter {
     system: Key256,
     /// `None` until the file could be created (a disk full at start).
     file: Option<File>,
+    file_id: FileId,
     seq: u64,
     key: AeadKey,
+    /// Bytes in the current file.
+    written: u64,
     next_number: u64,
     last_hash: String,
 }
@@ -170,7 +221,7 @@ impl AuditWriter {
                     .map_err(StorageError::io("truncating", &path))?;
             }
         }
-        let existing = read(dir, keys)?;
+        let existing = check(dir, keys)?;
         if let Some(problem) = existing.problems.first() {
             return Err(StorageError::integrity(
                 AUDIT_DIR,
@@ -179,15 +230,16 @@ impl AuditWriter {
                 ),
             ));
         }
-        let (next_number, last_hash) = existing.chain_end();
+        let (next_number, last_hash) = (existing.next_number, existing.last_hash);
         let next_seq = list_files(dir)?.last().map(|(s, _)| s + 1).unwrap_or(1);
+        let file_id = FileId::new(next_seq)?;
         let system = keys
             .first()
             .cloned()
             .ok_or_else(|| StorageError::Internal("the audit log needs a key".into()))?;
         // A full disk must not keep the server from starting: the file is
         // begun by the first record once space returns.
-        let file = match begin_file(dir, &system, next_seq) {
+        let file = match begin_file(dir, &system, &file_id) {
             Ok(file) => Some(file),
             Err(e) if e.is_disk_full() => {
                 tracing::warn!("{e}; audit records fail until space returns");
@@ -195,13 +247,15 @@ impl AuditWriter {
             }
             Err(e) => return Err(e),
         };
-        let key = record_key(&system, next_seq)?;
+        let key = record_key(&system, &file_id)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             system,
             file,
+            file_id,
             seq: next_seq,
             key,
+            written: HEADER_LEN as u64,
             next_number,
             last_hash,
         })
@@ -221,10 +275,15 @@ impl AuditWriter {
             prev: self.last_hash.clone(),
         };
         let plain = serde_json::to_vec(&record).map_err(|e| StorageError::Internal(format!("audit record: {e}")))?;
+        if self.file.is_some() && self.written >= FILE_BYTES_TARGET {
+            // The chain goes on in the next file.
+            let system = self.system.clone();
+            self.switch_key(&system)?;
+        }
         let frame = seal_record(&self.key, self.seq, record.number, &plain)?;
         let path = self.dir.join(AUDIT_DIR).join(file_name(self.seq));
         if self.file.is_none() {
-            self.file = Some(begin_file(&self.dir, &self.system, self.seq)?);
+            self.file = Some(begin_file(&self.dir, &self.system, &self.file_id)?);
         }
         let written = match self.file.as_mut() {
             Some(file) => file.write_all(&frame).and_then(|()| file.sync_data()),
@@ -247,6 +306,7 @@ impl AuditWriter {
             }
             return Err(StorageError::io("writing", &path)(e));
         }
+        self.written += frame.len() as u64;
         self.next_number += 1;
         self.last_hash = hex(&sha256(&plain));
         Ok(record)
@@ -254,10 +314,13 @@ impl AuditWriter {
 
     /// Continues in a new file under `system` (after `ALTER SYSTEM REKEY`).
     pub(crate) fn switch_key(&mut self, system: &Key256) -> Result<(), StorageError> {
-        let file = begin_file(&self.dir, system, self.seq + 1)?;
+        let file_id = FileId::new(self.seq + 1)?;
+        let file = begin_file(&self.dir, system, &file_id)?;
         self.file = Some(file);
-        self.key = record_key(system, self.seq + 1)?;
+        self.key = record_key(system, &file_id)?;
+        self.file_id = file_id;
         self.seq += 1;
+        self.written = HEADER_LEN as u64;
         self.system = system.clone();
         Ok(())
     }
@@ -275,9 +338,9 @@ impl AuditWriter {
             if let Some(p) = problems.first() {
                 return Err(StorageError::integrity(&display, p.clone()));
             }
-            let header_key = header_key(&self.system)?;
-            let key = record_key(&self.system, seq)?;
-            let mut bytes = header(&header_key, seq)?;
+            let file_id = FileId::new(seq)?;
+            let key = record_key(&self.system, &file_id)?;
+            let mut bytes = header(&header_key(&self.system, &file_id)?, &file_id)?;
             for (number, plain) in plains {
                 bytes.extend_from_slice(&seal_record(&key, seq, number, &plain)?);
             }
@@ -288,24 +351,29 @@ impl AuditWriter {
     }
 }
 
-impl AuditLog {
-    /// The number the next record gets and the hash it must name.
-    fn chain_end(&self) -> (u64, String) {
-        match self.records.last() {
-            Some(r) => {
-                let plain = serde_json::to_vec(r).unwrap_or_default();
-                (r.number + 1, hex(&sha256(&plain)))
-            }
-            None => (1, String::new()),
-        }
-    }
+/// The end of the audit log's chain and what is wrong with it, from
+/// [`check`], which keeps no record.
+#[derive(Debug, Default)]
+pub struct ChainEnd {
+    /// The number the next record gets.
+    pub next_number: u64,
+    /// The hash the next record must name.
+    pub last_hash: String,
+    /// Records read.
+    pub records: u64,
+    /// Breaks of the chain and records that failed authentication.
+    pub problems: Vec<String>,
 }
 
-fn header(key: &AeadKey, seq: u64) -> Result<Vec<u8>, StorageError> {
+fn header(key: &AeadKey, file: &FileId) -> Result<Vec<u8>, StorageError> {
+    let salt = file
+        .salt
+        .ok_or_else(|| StorageError::Internal("an audit file is begun without a salt".into()))?;
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&seq.to_le_bytes());
-    let tag = key.seal_in_place(nonce_from_counter(seq), &out, &mut [0u8; 0])?;
+    out.extend_from_slice(&file.seq.to_le_bytes());
+    out.extend_from_slice(&salt);
+    let tag = key.seal_in_place(nonce_from_counter(file.seq), &out, &mut [0u8; 0])?;
     out.extend_from_slice(&tag);
     Ok(out)
 }
@@ -323,15 +391,15 @@ fn seal_record(key: &AeadKey, seq: u64, number: u64, plain: &[u8]) -> Result<Vec
     Ok(out)
 }
 
-fn begin_file(dir: &Path, system: &Key256, seq: u64) -> Result<File, StorageError> {
+fn begin_file(dir: &Path, system: &Key256, file_id: &FileId) -> Result<File, StorageError> {
     let audit = dir.join(AUDIT_DIR);
     std::fs::create_dir_all(&audit).map_err(StorageError::io("creating", &audit))?;
-    let path = audit.join(file_name(seq));
+    let path = audit.join(file_name(file_id.seq));
     let mut options = OpenOptions::new();
     options.append(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let bytes = header(&header_key(system)?, seq)?;
+    let bytes = header(&header_key(system, file_id)?, file_id)?;
     let file = match options.open(&path).and_then(|mut f| {
         f.write_all(&bytes)?;
         f.sync_all()?;
@@ -359,20 +427,31 @@ fn read_file(path: &Path, display: &str, seq: u64, keys: &[Key256], newest: bool
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(StorageError::io("reading", path))?;
     let mut problems = Vec::new();
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC || bytes[8..16] != seq.to_le_bytes() {
+    let file_id = match bytes.get(..8) {
+        Some(m) if m == MAGIC && bytes.len() >= HEADER_LEN => {
+            let mut salt = [0u8; SALT_LEN];
+            salt.copy_from_slice(&bytes[HEADER_FIELDS_LEN_V1..HEADER_FIELDS_LEN]);
+            Some(FileId { seq, salt: Some(salt) })
+        }
+        Some(m) if m == MAGIC_V1 && bytes.len() >= HEADER_FIELDS_LEN_V1 + 16 => Some(FileId { seq, salt: None }),
+        _ => None,
+    };
+    let Some(file_id) = file_id.filter(|_| bytes[8..16] == seq.to_le_bytes()) else {
         problems.push(format!(
             "{display}: not an audit file of this sequence (bad magic, number or length)"
         ));
         return Ok((Vec::new(), problems));
-    }
+    };
+    let header_len = file_id.header_len();
+    let fields_len = header_len - 16;
     let mut chosen = None;
     for system in keys {
-        let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
-        if header_key(system)?
-            .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
+        let mut tag = bytes[fields_len..header_len].to_vec();
+        if header_key(system, &file_id)?
+            .open_in_place(nonce_from_counter(seq), &bytes[..fields_len], &mut tag)
             .is_ok()
         {
-            chosen = Some(record_key(system, seq)?);
+            chosen = Some(record_key(system, &file_id)?);
             break;
         }
     }
@@ -383,7 +462,7 @@ fn read_file(path: &Path, display: &str, seq: u64, keys: &[Key256], newest: bool
         return Ok((Vec::new(), problems));
     };
     let mut out = Vec::new();
-    let mut at = HEADER_LEN;
+    let mut at = header_len;
     // Only the newest file may end in a partial record (a crash while
     // appending it); older files were complete when the next one began.
     let torn = |at: usize| format!("{display}: cut short at byte {at} (records removed)");
@@ -428,15 +507,56 @@ fn whole_len(path: &Path, display: &str, seq: u64, keys: &[Key256]) -> Result<Op
     if !problems.is_empty() {
         return Ok(None);
     }
+    let mut head = [0u8; 8];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(StorageError::io("reading", path))?;
+    let header_len = if &head == MAGIC_V1 {
+        HEADER_FIELDS_LEN_V1 + 16
+    } else {
+        HEADER_LEN
+    };
     Ok(Some(
-        HEADER_LEN as u64 + records.iter().map(|(_, p)| 16 + p.len() as u64 + 16).sum::<u64>(),
+        header_len as u64 + records.iter().map(|(_, p)| 16 + p.len() as u64 + 16).sum::<u64>(),
     ))
+}
+
+/// Checks the whole audit log of `dir` with `keys` as [`read`] does, one
+/// file at a time, keeping only where the chain ends.
+pub fn check(dir: &Path, keys: &[Key256]) -> Result<ChainEnd, StorageError> {
+    let mut end = ChainEnd {
+        next_number: 1,
+        ..ChainEnd::default()
+    };
+    walk(dir, keys, &mut end.problems, |_, number, plain| {
+        end.next_number = number + 1;
+        end.last_hash = hex(&sha256(plain));
+        end.records += 1;
+    })?;
+    Ok(end)
 }
 
 /// Reads and checks the whole audit log of `dir` with `keys` (each file
 /// opens with one of them).
 pub fn read(dir: &Path, keys: &[Key256]) -> Result<AuditLog, StorageError> {
     let mut log = AuditLog::default();
+    let mut records = Vec::new();
+    walk(dir, keys, &mut log.problems, |record, _, _| records.push(record))?;
+    log.records = records;
+    Ok(log)
+}
+
+/// Reads the audit log file by file, checking every record's
+/// authentication, number and link to the one before, and hands each
+/// record, its number and its plaintext to `each`; problems go to
+/// `problems`.
+fn walk(
+    dir: &Path,
+    keys: &[Key256],
+    problems: &mut Vec<String>,
+    mut each: impl FnMut(AuditRecord, u64, &[u8]),
+) -> Result<(), StorageError> {
+    let log_problems = problems;
     let mut expected_number = None;
     let mut prev_hash = String::new();
     let files = list_files(dir)?;
@@ -444,18 +564,17 @@ pub fn read(dir: &Path, keys: &[Key256]) -> Result<AuditLog, StorageError> {
     for (seq, path) in files {
         let display = format!("{AUDIT_DIR}/{}", file_name(seq));
         let (records, problems) = read_file(&path, &display, seq, keys, Some(seq) == last)?;
-        log.problems.extend(problems);
+        log_problems.extend(problems);
         for (number, plain) in records {
             let record: AuditRecord = match serde_json::from_slice(&plain) {
                 Ok(r) => r,
                 Err(e) => {
-                    log.problems
-                        .push(format!("{display}: record {number} is not a record: {e}"));
+                    log_problems.push(format!("{display}: record {number} is not a record: {e}"));
                     continue;
                 }
             };
             if record.number != number {
-                log.problems.push(format!(
+                log_problems.push(format!(
                     "{display}: record {number} says it is number {} (altered)",
                     record.number
                 ));
@@ -463,21 +582,21 @@ pub fn read(dir: &Path, keys: &[Key256]) -> Result<AuditLog, StorageError> {
             if let Some(expected) = expected_number
                 && number != expected
             {
-                log.problems.push(format!(
+                log_problems.push(format!(
                     "{display}: records {expected} to {} are missing (removed); the hash chain breaks before record {number}",
                     number.saturating_sub(1)
                 ));
             } else if expected_number.is_some() && record.prev != prev_hash {
-                log.problems.push(format!(
+                log_problems.push(format!(
                     "{display}: record {number} does not follow the record before it (hash chain broken: a record was edited or replaced)"
                 ));
             }
             expected_number = Some(number + 1);
             prev_hash = hex(&sha256(&plain));
-            log.records.push(record);
+            each(record, number, &plain);
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 /// Rewrites the audit log of `dir` with `edit` applied to its records,
@@ -493,8 +612,9 @@ pub(crate) fn rewrite_for_test(
     for (_, path) in list_files(dir)? {
         std::fs::remove_file(&path).map_err(StorageError::io("removing", &path))?;
     }
-    let key = record_key(system, 1)?;
-    let mut bytes = header(&header_key(system)?, 1)?;
+    let file_id = FileId::new(1)?;
+    let key = record_key(system, &file_id)?;
+    let mut bytes = header(&header_key(system, &file_id)?, &file_id)?;
     for r in &records {
         let plain = serde_json::to_vec(r).map_err(|e| StorageError::Internal(e.to_string()))?;
         bytes.extend_from_slice(&seal_record(&key, 1, r.number, &plain)?);

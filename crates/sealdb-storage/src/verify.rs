@@ -145,18 +145,18 @@ pub fn verify_with(
             return report;
         }
     };
-    match crate::audit::read(dir, &systems) {
-        Ok(log) => {
-            for p in log.problems {
+    match crate::audit::check(dir, &systems) {
+        Ok(chain) => {
+            for p in chain.problems {
                 report
                     .problems
                     .push(StorageError::integrity(crate::audit::AUDIT_DIR, p));
             }
-            if !log.records.is_empty() {
+            if chain.records > 0 {
                 report.checked.push(format!(
                     "{} ({} records, hash chain intact)",
                     crate::audit::AUDIT_DIR,
-                    log.records.len()
+                    chain.records
                 ));
             }
         }

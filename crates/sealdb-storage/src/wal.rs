@@ -3,12 +3,21 @@
 //! A log file is `log/<seq, 16 hex digits>.wal`:
 //!
 //! ```text
-//! header  magic "SEALWAL1" 8 | format u32 | seq u64 | first_lsn u64 | catalog generation u64 | tag 16
-//!         (tag: AES-256-GCM over nothing, key HKDF(system key, "log header"), associated data: the 36 bytes before it)
+//! header  magic "SEALWAL1" 8 | format u32 (2) | seq u64 | first_lsn u64 | catalog generation u64 | salt 16 | tag 16
+//!         (tag: AES-256-GCM over nothing, key HKDF(system key, "log header" salt), nonce seq,
+//!         associated data: the 52 bytes before it)
 //! frame   len u32 | !len u32 | lsn u64 | flags u8 | kind u8 | table u64 | key version u32 | ciphertext len | tag 16
-//!         key: HKDF(table key version, "log <seq>") or HKDF(system key, "log <seq>") for table 0
+//!         key: HKDF(table key version, "log <seq> " salt) or HKDF(system key, "log <seq> " salt) for table 0
 //!         nonce: lsn; associated data: seq and the 22 bytes from lsn to key version
 //! ```
+//!
+//! The salt is 16 random bytes drawn when the file is begun. Sequence
+//! numbers and lsns are recomputed from the files at every start, so a
+//! data directory restored from a copy numbers its new files and frames
+//! as the original went on to number its own: without the salt, the same
+//! keys and nonces would seal different bytes, which with AES-GCM gives up
+//! the keystream and the authentication key. Format 1 (no salt, keys
+//! derived from the sequence number alone) is still read, never written.
 //!
 //! `len` is the ciphertext length and is stored twice, inverted the second
 //! time, so a damaged length is reported instead of being read as the torn
@@ -34,9 +43,48 @@ use crate::StorageError;
 pub const LOG_DIR: &str = "log";
 const MAGIC: &[u8; 8] = b"SEALWAL1";
 /// The log format this build writes and the newest it reads.
-pub const LOG_FORMAT: u32 = 1;
-const HEADER_FIELDS_LEN: usize = 8 + 4 + 8 + 8 + 8;
+pub const LOG_FORMAT: u32 = 2;
+/// Header fields of format 1, without a salt.
+const HEADER_FIELDS_LEN_V1: usize = 8 + 4 + 8 + 8 + 8;
+/// The random salt of a format-2 file.
+const SALT_LEN: usize = 16;
+const HEADER_FIELDS_LEN: usize = HEADER_FIELDS_LEN_V1 + SALT_LEN;
 const HEADER_LEN: usize = HEADER_FIELDS_LEN + TAG_LEN;
+
+/// What a log file's keys are derived from besides the base key: its
+/// sequence number, and its salt (none in a format-1 file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    seq: u64,
+    salt: Option<[u8; SALT_LEN]>,
+}
+
+impl FileId {
+    /// A new file `seq` with a fresh random salt.
+    fn new(seq: u64) -> Result<Self, StorageError> {
+        let mut salt = [0u8; SALT_LEN];
+        sealdb_crypto::random_bytes(&mut salt)?;
+        Ok(Self { seq, salt: Some(salt) })
+    }
+
+    /// File `seq` with a fixed salt, for benchmarks of sealing.
+    pub(crate) fn for_benchmarks(seq: u64) -> Self {
+        Self {
+            seq,
+            salt: Some([0x5a; SALT_LEN]),
+        }
+    }
+
+    /// `label`, then the sequence number, then the salt: the HKDF info.
+    fn info(&self, label: &str) -> Vec<u8> {
+        let mut info = format!("{label} {}", self.seq).into_bytes();
+        if let Some(salt) = &self.salt {
+            info.push(b' ');
+            info.extend_from_slice(salt);
+        }
+        info
+    }
+}
 const FRAME_PREFIX_LEN: usize = 8;
 const FRAME_AD_LEN: usize = 8 + 1 + 1 + 8 + 4;
 /// Largest frame payload (256 MiB): a length above it is damage.
@@ -161,7 +209,7 @@ impl LogWriter {
         let mut state = WriterState {
             dir: dir.join(LOG_DIR),
             system: system.clone(),
-            header_key: header_key(system)?,
+            file_id: FileId::new(seq)?,
             seq,
             next_lsn,
             catalog_generation,
@@ -226,7 +274,8 @@ impl LogWriter {
 struct WriterState {
     dir: PathBuf,
     system: Key256,
-    header_key: AeadKey,
+    /// The current file's sequence number and salt.
+    file_id: FileId,
     seq: u64,
     next_lsn: u64,
     catalog_generation: u64,
@@ -388,7 +437,7 @@ impl WriterState {
     }
 
     fn encode_frame(&mut self, buf: &mut Vec<u8>, lsn: u64, frame: &FrameSpec, end: bool) -> Result<(), StorageError> {
-        seal_frame(&mut self.keys, &self.system, self.seq, buf, lsn, frame, end)
+        seal_frame(&mut self.keys, &self.system, self.file_id, buf, lsn, frame, end)
     }
 
     /// The number of the next file to start: the current one's successor,
@@ -409,21 +458,14 @@ impl WriterState {
     /// Begins file `seq`, under `system` when given (the old file's link
     /// frame stays under the old key).
     fn open_file_under(&mut self, seq: u64, system: Option<Key256>) -> Result<(), StorageError> {
-        let new_header_key = match &system {
-            Some(k) => Some(header_key(k)?),
-            None => None,
-        };
+        let file_id = FileId::new(seq)?;
+        let header_key = header_key(system.as_ref().unwrap_or(&self.system), &file_id)?;
         std::fs::create_dir_all(&self.dir).map_err(StorageError::io("creating", &self.dir))?;
         let path = self.path(seq);
         // With an old file, its last frame (lsn `next_lsn`) links it to this one.
         let linking = self.file.is_some();
         let first_lsn = if linking { self.next_lsn + 1 } else { self.next_lsn };
-        let header = encode_header(
-            new_header_key.as_ref().unwrap_or(&self.header_key),
-            seq,
-            first_lsn,
-            self.catalog_generation,
-        )?;
+        let header = encode_header(&header_key, file_id, first_lsn, self.catalog_generation)?;
         let mut options = OpenOptions::new();
         // Append mode: after a failed write is cut back with set_len, the next
         // write lands at the new end, not at the old cursor.
@@ -444,7 +486,7 @@ impl WriterState {
         };
         sealdb_kms::fsync_dir(&self.dir).map_err(StorageError::io("syncing", &self.dir))?;
         if linking {
-            let frame = link_frame(&self.system, self.seq, self.next_lsn, seq)?;
+            let frame = link_frame(&self.system, self.file_id, self.next_lsn, seq)?;
             let old_path = self.path(self.seq);
             let written = self.written;
             let linked = match self.file.as_mut() {
@@ -461,10 +503,10 @@ impl WriterState {
             }
         }
         self.file = Some(file);
-        if let (Some(system), Some(key)) = (system, new_header_key) {
+        if let Some(system) = system {
             self.system = system;
-            self.header_key = key;
         }
+        self.file_id = file_id;
         self.seq = seq;
         self.next_lsn = first_lsn;
         self.written = HEADER_LEN as u64;
@@ -476,12 +518,24 @@ impl WriterState {
     /// Continues an existing file (the newest one recovery read), so that
     /// the next file begun is linked from it.
     fn adopt(&mut self, seq: u64, path: &Path) -> Result<(), StorageError> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .open(path)
             .map_err(StorageError::io("opening", path))?;
+        let mut head = vec![0u8; HEADER_LEN];
+        let read = file.read(&mut head).map_err(StorageError::io("reading", path))?;
+        let display = path.display().to_string();
+        let (_, file_id, _) = header_fields(&head[..read], &display)?;
+        if file_id.seq != seq {
+            return Err(StorageError::integrity(
+                &display,
+                format!("holds sequence {}, not {seq}", file_id.seq),
+            ));
+        }
         self.written = file.metadata().map_err(StorageError::io("reading", path))?.len();
         self.file = Some(file);
+        self.file_id = file_id;
         self.seq = seq;
         Ok(())
     }
@@ -489,7 +543,7 @@ impl WriterState {
 
 /// The link frame: the last of a file, naming the next file. Sealed under a
 /// key used for this one frame only.
-fn link_frame(system: &Key256, seq: u64, lsn: u64, next_seq: u64) -> Result<Vec<u8>, StorageError> {
+fn link_frame(system: &Key256, file: FileId, lsn: u64, next_seq: u64) -> Result<Vec<u8>, StorageError> {
     let mut buf = Vec::with_capacity(FRAME_PREFIX_LEN + FRAME_AD_LEN + 8 + TAG_LEN);
     let header = FrameHeader {
         lsn,
@@ -498,7 +552,13 @@ fn link_frame(system: &Key256, seq: u64, lsn: u64, next_seq: u64) -> Result<Vec<
         table_id: 0,
         version: 0,
     };
-    append_frame(&mut buf, &link_key(system, seq)?, seq, &header, &next_seq.to_le_bytes())?;
+    append_frame(
+        &mut buf,
+        &link_key(system, &file)?,
+        file.seq,
+        &header,
+        &next_seq.to_le_bytes(),
+    )?;
     Ok(buf)
 }
 
@@ -555,12 +615,12 @@ fn frame_ad(seq: u64, fields: &[u8]) -> [u8; 8 + FRAME_AD_LEN] {
     ad
 }
 
-fn link_key(system: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
-    Ok(AeadKey::new(&derive_key(system, format!("log link {seq}").as_bytes())?))
+fn link_key(system: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(system, &file.info("log link"))?))
 }
 
-fn log_key(base: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
-    Ok(AeadKey::new(&derive_key(base, format!("log {seq}").as_bytes())?))
+fn log_key(base: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
+    Ok(AeadKey::new(&derive_key(base, &file.info("log"))?))
 }
 
 /// Appends one sealed frame of log file `seq` to `buf`. `keys` caches the
@@ -568,7 +628,7 @@ fn log_key(base: &Key256, seq: u64) -> Result<AeadKey, StorageError> {
 pub(crate) fn seal_frame(
     keys: &mut HashMap<(u64, u32), AeadKey>,
     system: &Key256,
-    seq: u64,
+    file: FileId,
     buf: &mut Vec<u8>,
     lsn: u64,
     frame: &FrameSpec,
@@ -592,7 +652,7 @@ pub(crate) fn seal_frame(
                 FrameKey::System => system,
                 FrameKey::Table { key, .. } => key,
             },
-            seq,
+            &file,
         )?),
     };
     let header = FrameHeader {
@@ -602,20 +662,57 @@ pub(crate) fn seal_frame(
         table_id: frame.table_id,
         version,
     };
-    append_frame(buf, key, seq, &header, &frame.payload)
+    append_frame(buf, key, file.seq, &header, &frame.payload)
 }
 
-/// The header of log file `seq`, authenticated under `key` (the header key).
-fn encode_header(key: &AeadKey, seq: u64, first_lsn: u64, catalog_generation: u64) -> Result<Vec<u8>, StorageError> {
+/// The header of log file `file`, authenticated under `key` (its header key).
+fn encode_header(
+    key: &AeadKey,
+    file: FileId,
+    first_lsn: u64,
+    catalog_generation: u64,
+) -> Result<Vec<u8>, StorageError> {
+    let salt = file
+        .salt
+        .ok_or_else(|| StorageError::Internal("a log file is begun without a salt".into()))?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&LOG_FORMAT.to_le_bytes());
-    header.extend_from_slice(&seq.to_le_bytes());
+    header.extend_from_slice(&file.seq.to_le_bytes());
     header.extend_from_slice(&first_lsn.to_le_bytes());
     header.extend_from_slice(&catalog_generation.to_le_bytes());
-    let tag = key.seal_in_place(nonce_from_counter(seq), &header, &mut [0u8; 0])?;
+    header.extend_from_slice(&salt);
+    let tag = key.seal_in_place(nonce_from_counter(file.seq), &header, &mut [0u8; 0])?;
     header.extend_from_slice(&tag);
     Ok(header)
+}
+
+/// The format, the file id and the length of the authenticated fields of
+/// a log file's header (its tag follows them), not yet authenticated.
+fn header_fields(bytes: &[u8], display: &str) -> Result<(u32, FileId, usize), StorageError> {
+    let bad = |d: &str| StorageError::integrity(display, d);
+    if bytes.len() < HEADER_FIELDS_LEN_V1 + TAG_LEN || &bytes[..8] != MAGIC {
+        return Err(bad("not a sealdb log file (bad magic or truncated header)"));
+    }
+    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let seq = le_u64(&bytes[12..20]);
+    match format {
+        1 => Ok((format, FileId { seq, salt: None }, HEADER_FIELDS_LEN_V1)),
+        LOG_FORMAT => {
+            if bytes.len() < HEADER_LEN {
+                return Err(bad("truncated header"));
+            }
+            let mut salt = [0u8; SALT_LEN];
+            salt.copy_from_slice(&bytes[HEADER_FIELDS_LEN_V1..HEADER_FIELDS_LEN]);
+            Ok((format, FileId { seq, salt: Some(salt) }, HEADER_FIELDS_LEN))
+        }
+        newer if newer > LOG_FORMAT => Err(StorageError::NewerFormat {
+            file: display.into(),
+            found: newer,
+            supported: LOG_FORMAT,
+        }),
+        other => Err(bad(&format!("unknown log format {other}"))),
+    }
 }
 
 /// A whole log file `seq` in memory, as the writer would leave it with
@@ -626,17 +723,23 @@ pub(crate) fn file_bytes(
     first_lsn: u64,
     frames: &[FrameSpec],
 ) -> Result<Vec<u8>, StorageError> {
-    let mut out = encode_header(&header_key(system)?, seq, first_lsn, 1)?;
+    // A fixed salt: these bytes are compared across runs (fuzz seeds).
+    let file = FileId::for_benchmarks(seq);
+    let mut out = encode_header(&header_key(system, &file)?, file, first_lsn, 1)?;
     let mut keys = HashMap::new();
     for (i, frame) in frames.iter().enumerate() {
         let end = i + 1 == frames.len();
-        seal_frame(&mut keys, system, seq, &mut out, first_lsn + i as u64, frame, end)?;
+        seal_frame(&mut keys, system, file, &mut out, first_lsn + i as u64, frame, end)?;
     }
     Ok(out)
 }
 
-fn header_key(system: &Key256) -> Result<AeadKey, StorageError> {
-    Ok(AeadKey::new(&derive_key(system, b"log header")?))
+fn header_key(system: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
+    let info = match &file.salt {
+        None => b"log header".to_vec(),
+        Some(salt) => [&b"log header "[..], salt].concat(),
+    };
+    Ok(AeadKey::new(&derive_key(system, &info)?))
 }
 
 /// `0000000000000007.wal`.
@@ -721,18 +824,8 @@ pub(crate) fn parse_log_file(
     table_key: &dyn Fn(u64, u32) -> Option<Arc<Key256>>,
 ) -> Result<LogFileContents, StorageError> {
     let bad = |d: String| StorageError::integrity(display, d);
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(bad("not a sealdb log file (bad magic or truncated header)".into()));
-    }
-    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if format > LOG_FORMAT {
-        return Err(StorageError::NewerFormat {
-            file: display.into(),
-            found: format,
-            supported: LOG_FORMAT,
-        });
-    }
-    let seq = le_u64(&bytes[12..20]);
+    let (_, file, fields_len) = header_fields(bytes, display)?;
+    let seq = file.seq;
     let header = LogHeader {
         seq,
         first_lsn: le_u64(&bytes[20..28]),
@@ -742,9 +835,9 @@ pub(crate) fn parse_log_file(
     // progress still keeps: the one that authenticates the header.
     let mut system = None;
     for candidate in systems {
-        let mut tag = bytes[HEADER_FIELDS_LEN..HEADER_LEN].to_vec();
-        if header_key(candidate)?
-            .open_in_place(nonce_from_counter(seq), &bytes[..HEADER_FIELDS_LEN], &mut tag)
+        let mut tag = bytes[fields_len..fields_len + TAG_LEN].to_vec();
+        if header_key(candidate, &file)?
+            .open_in_place(nonce_from_counter(seq), &bytes[..fields_len], &mut tag)
             .is_ok()
         {
             system = Some(candidate);
@@ -754,7 +847,7 @@ pub(crate) fn parse_log_file(
     let system = system
         .ok_or_else(|| bad("the header failed authentication (altered, or from another data directory)".into()))?;
     let mut keys: HashMap<(u64, u32), AeadKey> = HashMap::new();
-    let mut at = HEADER_LEN;
+    let mut at = fields_len + TAG_LEN;
     let mut next_lsn = header.first_lsn;
     let mut commits = Vec::new();
     let mut open: Vec<Frame> = Vec::new();
@@ -796,7 +889,7 @@ pub(crate) fn parse_log_file(
         let fields = &bytes[ad_at..body];
         let sealed = &bytes[body..body + len + TAG_LEN];
         if kind == FrameKind::Next as u8 && table_id == 0 && version == 0 {
-            let payload = open_frame(&link_key(system, seq)?, seq, lsn, fields, sealed)
+            let payload = open_frame(&link_key(system, &file)?, seq, lsn, fields, sealed)
                 .filter(|p| p.len() == 8 && flags & FLAG_END != 0)
                 .ok_or_else(|| bad(format!("the link frame lsn {lsn} at byte {at} failed authentication")))?;
             continues = Some(le_u64(&payload));
@@ -820,7 +913,7 @@ pub(crate) fn parse_log_file(
                     table_key(table_id, version)
                 };
                 match base {
-                    Some(base) => Some(&*e.insert(log_key(&base, seq)?)),
+                    Some(base) => Some(&*e.insert(log_key(&base, &file)?)),
                     None => None,
                 }
             }

@@ -203,6 +203,10 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             None => None,
         },
         ca_key_candidates: ca_key_candidates(&data, &settings),
+        audit_failed_login_interval: match &settings.audit_failed_login_interval {
+            Some(text) => sealdb_config::parse_duration("audit-failed-login-interval", text)?,
+            None => Duration::from_secs(60),
+        },
     };
     // The key provider and the encrypted store: a wrong passphrase, a
     // damaged catalog or a newer format stops start-up here, changing nothing.

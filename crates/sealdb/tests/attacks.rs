@@ -446,3 +446,107 @@ fn a_user_name_cannot_forge_a_log_line() {
     assert!(log.contains("x\\n2026-01-01"), "the user name, escaped: {log}");
     assert!(log.contains("t\\x0a2026-01-01"), "the table name, escaped: {log}");
 }
+
+/// Hole 5: every refused startup was an fsynced audit record with a user
+/// name of up to 10 KB. Now the first refusal from an address in an
+/// interval is written, the others are counted into one record when the
+/// interval ends, and names are cut.
+#[test]
+fn refused_startups_cannot_grow_the_audit_log_without_bound() {
+    let server = TestServer::start(&["--audit-failed-login-interval", "1s"]);
+    let count_failed = || {
+        psql(
+            &server.admin(),
+            "select count(*) from sys.audit_log where event = 'login failed'",
+        )
+        .expect_ok()
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    let before = count_failed();
+    let long = "n".repeat(9_000);
+    for i in 0..300 {
+        let fields = plaintext_startup_error(server.port, &format!("{long}{i}"));
+        assert_eq!(fields.get(&b'C').map(String::as_str), Some("28000"));
+    }
+    assert!(count_failed() - before <= 2, "every refusal became a record");
+    // The interval ends: one record counts the others.
+    let counted = (0..50).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let text = psql(
+            &server.admin(),
+            "select detail from sys.audit_log where event = 'login failed (counted)'",
+        )
+        .expect_ok();
+        (!text.trim().is_empty()).then_some(text)
+    });
+    let counted = counted.expect("no record of the counted refusals");
+    assert!(counted.contains("299 more failed logins from 127.0.0.1"), "{counted}");
+    let longest = psql(&server.admin(), "select max(length(user_name)) from sys.audit_log")
+        .expect_ok()
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    assert!(longest < 100, "a name of {longest} characters was kept");
+}
+
+/// Hole 6: log and audit keys came from sequence numbers and nonces from
+/// record numbers, both recomputed from the files at start, so a restored
+/// backup sealed new records under the (key, nonce) pairs the original
+/// had used: the same-named files XORed to `A xor B`. Every file now has
+/// a random salt in its authenticated header that enters its keys.
+#[test]
+fn a_restored_backup_never_reuses_a_keystream() {
+    let original = TestServer::start(&[]);
+    psql(
+        &original.admin(),
+        "create table t (note text); insert into t values ('start')",
+    )
+    .expect_ok();
+    let dir = original.stop();
+    let backup = tempfile::tempdir().unwrap();
+    copy_tree(&dir.path().join("data"), &backup.path().join("data"));
+
+    let original = TestServer::start_in(dir, &[]);
+    psql(
+        &original.admin(),
+        &format!("insert into t values ('{}')", "A".repeat(200)),
+    )
+    .expect_ok();
+    let original_dir = original.stop();
+    let restored = TestServer::start_in(backup, &[]);
+    psql(
+        &restored.admin(),
+        &format!("insert into t values ('{}')", "B".repeat(200)),
+    )
+    .expect_ok();
+    let restored_dir = restored.stop();
+
+    let mut compared = 0;
+    for sub in ["log", "audit"] {
+        let theirs = restored_dir.path().join("data").join(sub);
+        for entry in std::fs::read_dir(original_dir.path().join("data").join(sub)).unwrap() {
+            let ours = entry.unwrap().path();
+            let Ok(other) = std::fs::read(theirs.join(ours.file_name().unwrap())) else {
+                continue;
+            };
+            let mine = std::fs::read(&ours).unwrap();
+            // A keystream used twice shows as a run of equal bytes in the
+            // XOR of the two ciphertexts (0x03 for A against B).
+            let xor: Vec<u8> = mine.iter().zip(&other).map(|(a, b)| a ^ b).collect();
+            let longest_run = xor
+                .chunk_by(|a, b| a == b && *a != 0)
+                .map(|run| if run[0] == 0 { 0 } else { run.len() })
+                .max()
+                .unwrap_or(0);
+            assert!(
+                longest_run < 16,
+                "{} and its restored twin XOR to a run of {longest_run} equal bytes: a keystream was reused",
+                ours.display()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2, "no same-named log and audit files to compare");
+}
