@@ -272,6 +272,11 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssl_crl: Vec<PathBuf>,
+    /// When a CRL is past its next update: allow (default: certificates are
+    /// accepted, with a warning and a finding) or refuse.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_crl_expired: Option<String>,
     /// required (default), allowed (TLS optional) or disabled (needs --insecure).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +350,11 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unauthenticated_per_address: Option<u32>,
+    /// The longest message an authenticated client may send, e.g. "64MB"
+    /// (before authentication: 16 KB) [default: 64MB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<String>,
     /// Failed logins from one address after the first within this time are
     /// counted into one audit record, e.g. "60s" [default: 60s].
     #[arg(long)]

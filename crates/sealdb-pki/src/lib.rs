@@ -33,7 +33,7 @@ pub use identity::{CertUserMap, ClientCertificate, UserMapRule};
 pub use inspect::{CertInfo, cert_info, cert_info_pem_file, format_time};
 pub use load::check_private_key_permissions;
 pub use tls::{
-    LoadedCertificate, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
+    LoadedCertificate, LoadedCrl, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
     client_config, install_crypto_provider, supported_cipher_suite_names,
 };
 

@@ -1,8 +1,10 @@
 //! rustls server configuration from files, client certificate checks, and
 //! atomic reload.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
+use time::OffsetDateTime;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -118,10 +120,33 @@ pub struct TlsFiles {
     pub trust: Option<TrustSource>,
     /// CRL files.
     pub crls: Vec<PathBuf>,
+    /// Refuse client certificates while a CRL is past its next update
+    /// (`ssl-crl-expired = refuse`); by default they are accepted, with a
+    /// warning and a finding.
+    pub refuse_expired_crls: bool,
     /// Lowest TLS version.
     pub min_version: MinTlsVersion,
     /// Allowed cipher suites by name; empty means the safe defaults.
     pub cipher_suites: Vec<String>,
+}
+
+/// One CRL the server has loaded.
+#[derive(Debug, Clone)]
+pub struct LoadedCrl {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its issuer, as shown.
+    pub issuer: String,
+    /// When its issuer promised the next one (`None`: not said).
+    pub next_update: Option<OffsetDateTime>,
+}
+
+impl LoadedCrl {
+    /// Whether it is past its next update at `now`: stale, so a
+    /// certificate revoked since may be missing from it.
+    pub fn expired(&self, now: OffsetDateTime) -> bool {
+        self.next_update.is_some_and(|t| t < now)
+    }
 }
 
 /// One certificate the server has loaded, for `sys.certificates`.
@@ -143,6 +168,7 @@ pub struct TlsMaterial {
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     certificates: Vec<LoadedCertificate>,
     crl_count: usize,
+    crls: Vec<LoadedCrl>,
 }
 
 impl TlsMaterial {
@@ -177,6 +203,7 @@ impl TlsMaterial {
             });
         }
 
+        let mut loaded_crls = Vec::new();
         let (client_verifier, crl_count) = match &files.trust {
             None => (None, 0),
             Some(trust) => {
@@ -198,14 +225,35 @@ impl TlsMaterial {
                 }
                 let mut crls = Vec::new();
                 for crl_path in &files.crls {
-                    crls.extend(pem_crls(crl_path)?);
+                    for der in pem_crls(crl_path)? {
+                        let loaded = inspect_crl(crl_path, &der)?;
+                        if loaded.expired(OffsetDateTime::now_utc()) {
+                            tracing::warn!(
+                                crl = %crl_path.display(),
+                                issuer = %loaded.issuer,
+                                "the CRL is past its next update: a certificate revoked since may be missing from it; \
+                                 install a current CRL{}",
+                                if files.refuse_expired_crls { " (client certificates of its issuer are refused until then)" } else { " (or set ssl-crl-expired = refuse)" }
+                            );
+                        }
+                        loaded_crls.push(loaded);
+                        crls.push(der);
+                    }
                 }
                 let crl_count = crls.len();
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                // With CRLs, every certificate of the chain is checked, and
+                // one whose issuer has no CRL among them is refused: its
+                // status is unknown. Without CRLs, none is checked.
+                let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
                     .with_crls(crls)
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status()
-                    .allow_unauthenticated()
+                    .allow_unauthenticated();
+                if crl_count == 0 {
+                    builder = builder.allow_unknown_revocation_status();
+                }
+                if files.refuse_expired_crls {
+                    builder = builder.enforce_revocation_expiration();
+                }
+                let verifier = builder
                     .build()
                     .map_err(|e| PkiError::Tls(format!("client verifier from {}: {e}", path.display())))?;
                 (Some(verifier), crl_count)
@@ -264,7 +312,13 @@ impl TlsMaterial {
             client_verifier,
             certificates,
             crl_count,
+            crls: loaded_crls,
         })
+    }
+
+    /// The CRLs in force.
+    pub fn crls(&self) -> &[LoadedCrl] {
+        &self.crls
     }
 
     /// The rustls configuration for new connections.
@@ -327,9 +381,16 @@ fn describe_refusal(info: &CertInfo, error: &rustls::Error) -> String {
             "{who} is not valid before {}; check the clocks of client and server, or use a certificate that is valid now",
             format_time(info.not_before)
         ),
-        CertificateError::Revoked => {
-            format!("{who} has been revoked: it is listed in a CRL from ssl-crl; ask for a new certificate")
-        }
+        CertificateError::Revoked => format!(
+            "{who} or a CA certificate of its chain has been revoked: it is listed in a CRL from ssl-crl; ask for a new certificate"
+        ),
+        CertificateError::UnknownRevocationStatus => format!(
+            "the revocation status of {who} is unknown: ssl-crl holds no CRL from its issuer \"{}\" (or from a CA of its chain); add the issuer's CRL to ssl-crl",
+            info.issuer
+        ),
+        CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. } => format!(
+            "{who} cannot be checked: the CRL of its issuer is past its next update and ssl-crl-expired = refuse; install a current CRL"
+        ),
         CertificateError::UnknownIssuer => format!(
             "{who} is signed by \"{}\", which this server does not trust; use a certificate signed by a CA in ssl-trust-ca",
             info.issuer
@@ -343,6 +404,18 @@ fn describe_refusal(info: &CertInfo, error: &rustls::Error) -> String {
         }
         other => format!("{who} was refused: {other:?}"),
     }
+}
+
+/// What a CRL says of itself, read from its DER.
+fn inspect_crl(path: &Path, der: &rustls_pki_types::CertificateRevocationListDer<'_>) -> Result<LoadedCrl, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+        .map_err(|e| PkiError::bad(path, format!("not a readable CRL: {e}")))?;
+    Ok(LoadedCrl {
+        path: path.to_path_buf(),
+        issuer: crl.issuer().to_string(),
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+    })
 }
 
 /// Asks for a client certificate during the handshake and checks that the

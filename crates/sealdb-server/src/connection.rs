@@ -124,6 +124,18 @@ impl ErrorHandler for EscalateStartupErrors {
     }
 }
 
+/// The longest message a client may send before it has authenticated:
+/// startup, SSL and SCRAM messages are far shorter.
+const MAX_MESSAGE_BYTES_BEFORE_LOGIN: usize = 16 << 10;
+
+/// The length a message announces, once its header is in `buffer`: a type
+/// byte then a length (`typed`), or the length alone (the startup message).
+fn declared_length(buffer: &[u8], typed: bool) -> Option<usize> {
+    let at = usize::from(typed);
+    let field = buffer.get(at..at + 4)?;
+    Some(u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize)
+}
+
 /// Serves one TCP connection until the client leaves, fails or times out.
 pub(crate) async fn serve(
     socket: TcpStream,
@@ -210,24 +222,58 @@ pub(crate) async fn serve(
                 socket.state(),
                 PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
             );
+            // A message may be no longer than the limit of the moment,
+            // checked on its length field as soon as that has arrived,
+            // before its body is buffered.
+            let limit = if in_startup {
+                MAX_MESSAGE_BYTES_BEFORE_LOGIN
+            } else {
+                state.settings.max_message_bytes
+            };
+            let typed = !matches!(socket.state(), PgWireConnectionState::AwaitingStartup);
+            let next = futures::future::poll_fn(|cx| match socket.poll_next_unpin(cx) {
+                std::task::Poll::Pending => match declared_length(socket.read_buffer(), typed) {
+                    Some(length) if length > limit => std::task::Poll::Ready(Err(length)),
+                    _ => std::task::Poll::Pending,
+                },
+                ready => std::task::Poll::Ready(Ok(ready)),
+            });
             let message = if in_startup {
                 tokio::select! {
                     _ = &mut deadline => {
                         tracing::info!(%peer, "connection closed: authentication did not finish within handshake-timeout-ms");
-                        None
+                        Ok(std::task::Poll::Ready(None))
                     }
-                    m = socket.next() => m,
+                    m = next => m,
                 }
             } else {
-                socket.next().await
+                next.await
             };
             let message = match message {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
+                Ok(std::task::Poll::Ready(Some(Ok(m)))) => m,
+                Ok(std::task::Poll::Ready(Some(Err(e)))) => {
                     tracing::info!(%peer, "connection closed: malformed protocol message: {e}");
+                    let refusal = fatal("08P01", format!("malformed protocol message: {e}; the connection is closed"));
+                    let _ = process_error(&mut socket, refusal, false).await;
                     break;
                 }
-                None => break,
+                Ok(_) => break,
+                Err(length) => {
+                    let (code, why) = if in_startup {
+                        (
+                            "08P01",
+                            format!("a message of {length} bytes before authentication (at most {limit}); the connection is closed"),
+                        )
+                    } else {
+                        (
+                            "54000",
+                            format!("a message of {length} bytes is over max-message-bytes = {limit}; send less at once (COPY ... FROM STDIN streams rows in pieces)"),
+                        )
+                    };
+                    tracing::info!(%peer, "connection closed: {why}");
+                    let _ = process_error(&mut socket, fatal(code, why), false).await;
+                    break;
+                }
             };
             if matches!(message, PgWireFrontendMessage::Terminate(_)) {
                 break;

@@ -22,7 +22,7 @@ mod startup;
 mod state;
 
 pub use error::ServerError;
-pub use state::{Server, ServerSettings, readable};
+pub use state::{Server, ServerSettings, readable, stale_crls};
 
 /// Entry points of the `wire` fuzz target (`fuzz/wire/`), which the test
 /// suite also replays over the committed corpus; not a stable API.

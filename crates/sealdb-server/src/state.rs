@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub max_unauthenticated_connections: usize,
     /// Of those, the most from one client address.
     pub max_unauthenticated_per_address: usize,
+    /// The longest message an authenticated client may send.
+    pub max_message_bytes: usize,
     /// Time to finish TLS and authentication.
     pub handshake_timeout: Duration,
     /// Query memory before spilling to encrypted files (`memory-limit`).
@@ -163,6 +165,24 @@ impl ServerState {
     }
 }
 
+/// The CRLs of `material` past their next update, as `FILE (issuer ...)`.
+pub fn stale_crls(material: &TlsMaterial) -> Vec<String> {
+    let now = time::OffsetDateTime::now_utc();
+    material
+        .crls()
+        .iter()
+        .filter(|c| c.expired(now))
+        .map(|c| {
+            format!(
+                "{} (issuer \"{}\", next update was {})",
+                c.path.display(),
+                c.issuer,
+                c.next_update.map(sealdb_pki::format_time).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 /// Those of `paths` this process can open for reading.
 pub fn readable(paths: &[std::path::PathBuf]) -> Vec<String> {
     paths
@@ -236,6 +256,13 @@ impl ServerHooks for ServerState {
 
     fn readable_ca_keys(&self) -> Vec<String> {
         readable(&self.settings.ca_key_candidates)
+    }
+
+    fn stale_crls(&self) -> Vec<String> {
+        let Some(material) = self.tls_material() else {
+            return Vec::new();
+        };
+        stale_crls(&material)
     }
 
     fn reload_tls(&self) -> Result<(), String> {

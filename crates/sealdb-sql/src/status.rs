@@ -77,6 +77,8 @@ pub struct StatusInputs {
     pub audit: AuditState,
     /// CA private keys the server's user can read.
     pub readable_ca_keys: Vec<String>,
+    /// CRLs past their next update.
+    pub stale_crls: Vec<String>,
 }
 
 fn finding(severity: &'static str, finding: &'static str, detail: String, fix: impl Into<String>) -> Finding {
@@ -105,6 +107,17 @@ pub fn findings(i: &StatusInputs) -> Vec<Finding> {
             "master key unprotected on local disk",
             "DATA/keystore/master.keys holds the master key unsealed (mode 0600)".to_owned(),
             "set keystore-password-file or SEALDB_KEYSTORE_PASSWORD (or use a KMIP key provider) and restart",
+        ));
+    }
+    if !i.stale_crls.is_empty() {
+        out.push(finding(
+            "high",
+            "CRL past its next update",
+            format!(
+                "{}: a certificate revoked since it was issued may be missing from it and still be accepted",
+                i.stale_crls.join("; ")
+            ),
+            "install the current CRL from its CA and run ALTER SYSTEM RELOAD TLS; set ssl-crl-expired = refuse to refuse certificates until then",
         ));
     }
     if !i.readable_ca_keys.is_empty() {

@@ -55,6 +55,10 @@ pub trait ServerHooks: Send + Sync + Debug {
     fn readable_ca_keys(&self) -> Vec<String> {
         Vec::new()
     }
+    /// CRLs past their next update: file and issuer.
+    fn stale_crls(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Opens key providers for `ALTER SYSTEM SET key_provider` and records the
@@ -615,6 +619,7 @@ fn status_inputs(c: &SysContext) -> crate::status::StatusInputs {
         key_rotation_period: period,
         kmip_hosts: kmip_hosts(c),
         readable_ca_keys: c.hooks.readable_ca_keys(),
+        stale_crls: c.hooks.stale_crls(),
         audit: match c.store {
             Some(store) => crate::status::AuditState {
                 off: !store.audit_enabled(),

@@ -23,6 +23,7 @@ const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_SUPERUSER_RESERVED_CONNECTIONS: u32 = 3;
 const DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS: u32 = 256;
 const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: u32 = 64;
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How often the server looks whether unflushed rows call for a checkpoint.
 const CHECKPOINT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -181,6 +182,11 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
         max_unauthenticated_per_address: settings
             .max_unauthenticated_per_address
             .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS) as usize,
+        max_message_bytes: match &settings.max_message_bytes {
+            Some(text) => usize::try_from(sealdb_config::parse_byte_size("max-message-bytes", text)?)
+                .context("max-message-bytes does not fit this machine's address space")?,
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+        },
         handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS)),
         memory_limit: match &settings.memory_limit {
             Some(text) => Some(
@@ -646,6 +652,13 @@ pub(crate) fn tls_files(settings: &Settings, certs: &CertsDir) -> Result<TlsFile
         identity,
         trust,
         crls: settings.ssl_crl.clone(),
+        refuse_expired_crls: match settings.ssl_crl_expired.as_deref() {
+            None | Some("allow") => false,
+            Some("refuse") => true,
+            Some(other) => bail!(
+                "ssl-crl-expired = \"{other}\": use allow (the default: accepted, with a warning and a finding) or refuse"
+            ),
+        },
         min_version,
         cipher_suites: settings.ssl_cipher_suites.clone(),
     })

@@ -34,12 +34,14 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
         None => sealdb_auth::AccessControl::with_bootstrap_admin(crate::start::ADMIN),
     };
     let ssl_mode = settings.ssl_mode.unwrap_or_default();
+    let mut stale_crls = Vec::new();
     let certificates = if ssl_mode == SslMode::Disabled {
         Vec::new()
     } else {
         let certs = CertsDir::new(data.join("certs"), false);
         let files = crate::start::tls_files(&settings, &certs)?;
         let material = sealdb_pki::TlsMaterial::load(&files).context("loading the TLS certificates")?;
+        stale_crls = sealdb_server::stale_crls(&material);
         let now = time::OffsetDateTime::now_utc();
         material
             .certificates()
@@ -96,6 +98,7 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
         due_for_rotation,
         kmip_hosts: provider.hosts(),
         readable_ca_keys: sealdb_server::readable(&crate::start::ca_key_candidates(&data, &settings)),
+        stale_crls,
         audit: AuditState {
             off: settings.audit_log.unwrap_or_default() == sealdb_config::OnOff::Off,
             failures: 0,

@@ -550,3 +550,93 @@ fn a_restored_backup_never_reuses_a_keystream() {
     }
     assert!(compared >= 2, "no same-named log and audit files to compare");
 }
+
+/// Hole 9: CRLs checked only the leaf, allowed an unknown status and were
+/// used silently past their next update. Now every certificate of the
+/// chain is checked (a revoked intermediate CA refuses its leaves); with
+/// CRLs configured, a certificate whose issuer has none is refused; and a
+/// stale CRL is a warning and a finding, or, with `ssl-crl-expired =
+/// refuse`, a refusal.
+#[test]
+fn crls_cover_the_whole_chain_and_a_stale_crl_is_a_finding_or_a_refusal() {
+    use time::Duration as D;
+    let bootstrap = TestServer::start(&[]);
+    let root = bootstrap.ca_dir();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let inter = intermediate_ca(&root, w, "inter", 7001);
+    let (leaf, leaf_key) = client_cert_with(&inter, w, "leaf", "admin", D::hours(-1), D::days(3), 7002);
+    let chain = w.join("chain.crt");
+    let chain_pem = [
+        std::fs::read_to_string(&leaf).unwrap(),
+        std::fs::read_to_string(inter.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&chain, chain_pem).unwrap();
+    let (direct, direct_key) = client_cert_with(&root, w, "direct", "admin", D::hours(-1), D::days(3), 7003);
+    let (root_none, root_revokes, root_stale, inter_none) = (
+        w.join("root-none.crl"),
+        w.join("root-revokes.crl"),
+        w.join("root-stale.crl"),
+        w.join("inter-none.crl"),
+    );
+    write_crl(&root, &root_none, &[]);
+    write_crl(&root, &root_revokes, &[7001]);
+    write_crl_until(&root, &root_stale, &[], D::days(-1));
+    write_crl(&inter, &inter_none, &[]);
+    let data = bootstrap.stop();
+    let start = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&data.path().join("data"), &dir.path().join("data"));
+        TestServer::start_in(dir, args)
+    };
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    // The intermediate is revoked by the root: its leaf is refused.
+    let server = start(&["--ssl-crl", &path(&root_revokes), "--ssl-crl", &path(&inter_none)]);
+    psql(&conn_with_cert(&server, "admin", &chain, &leaf_key), "select 1").expect_err("has been revoked");
+    drop(server);
+    // Nothing revoked: the chain is accepted.
+    let server = start(&["--ssl-crl", &path(&root_none), "--ssl-crl", &path(&inter_none)]);
+    psql(&conn_with_cert(&server, "admin", &chain, &leaf_key), "select 1").expect_ok();
+    drop(server);
+    // No CRL from the intermediate: its leaf's status is unknown, refused.
+    let server = start(&["--ssl-crl", &path(&root_none)]);
+    psql(&conn_with_cert(&server, "admin", &chain, &leaf_key), "select 1").expect_err("revocation status");
+    drop(server);
+    // A stale CRL: accepted by default, with a warning and a finding.
+    let server = start(&["--ssl-crl", &path(&root_stale)]);
+    psql(&conn_with_cert(&server, "admin", &direct, &direct_key), "select 1").expect_ok();
+    assert!(server.stderr().contains("past its next update"), "{}", server.stderr());
+    let findings = psql(&server.admin(), "select finding from sys.security_status").expect_ok();
+    assert!(findings.contains("CRL past its next update"), "{findings}");
+    drop(server);
+    // ... and refused when the operator says so.
+    let server = start(&["--ssl-crl", &path(&root_stale), "--ssl-crl-expired", "refuse"]);
+    psql(&conn_with_cert(&server, "admin", &direct, &direct_key), "select 1").expect_err("past its next update");
+}
+
+/// Hole 13, in part: messages of up to 1 GiB were buffered, before
+/// authentication too. A message is now refused as soon as its length
+/// field arrives: over 16 KB before login (08P01), over
+/// `max-message-bytes` after it (54000), and the server's memory stays
+/// small.
+#[test]
+fn oversized_messages_are_refused_on_their_length_before_they_are_buffered() {
+    let server = TestServer::start(&["--max-message-bytes", "64MB"]);
+    let certs = server.certs();
+    let (port, ca) = (server.port.to_string(), server.ca());
+    let (cert, key) = (
+        certs.join("client.admin.crt").display().to_string(),
+        certs.join("client.admin.key").display().to_string(),
+    );
+    let printed = wire_probe(&["big", &port, &ca, &cert, &key]);
+    assert!(printed.contains("before-login: 08P01"), "{printed}");
+    assert!(
+        printed.contains("after-login: 54000 a message of 209715200 bytes is over max-message-bytes"),
+        "{printed}"
+    );
+    let resident = proc_status_kib(server.child.id(), "VmHWM").unwrap_or(0);
+    assert!(resident < 150 * 1024, "the server grew to {resident} KiB");
+    assert_eq!(psql(&server.admin(), "select 1").expect_ok().trim(), "1");
+}

@@ -10,6 +10,10 @@ usage:
       sends its cancel request in plaintext, then over TLS. Prints what
       each step saw: `plaintext-cancel: ...`, `tls-cancel: ...`,
       `query: SQLSTATE MESSAGE` or `query: finished`.
+  wire_probe.py big PORT CA CERT KEY
+      Announces a 50 MB message before authenticating, then, logged in as
+      admin, a 200 MB query; sends a little of each. Prints
+      `before-login: SQLSTATE MESSAGE` and `after-login: SQLSTATE MESSAGE`.
 """
 import base64
 import os
@@ -130,9 +134,42 @@ def cancel(port, ca, cert, key):
             break
 
 
+def announce(sock, kind, length, sent):
+    try:
+        sock.sendall(kind + struct.pack("!i", length) + b"\0" * sent)
+    except (ssl.SSLError, OSError):
+        pass
+    while True:
+        try:
+            kind, body = read_message(sock)
+        except (ssl.SSLError, OSError):
+            return "closed -"
+        if kind is None:
+            return "closed -"
+        if kind == b"E":
+            return " ".join(error_fields(body))
+
+
+def big(port, ca, cert, key):
+    sock = tls_connect(port, ca)
+    startup(sock, "nobody")
+    kind, _ = read_message(sock)
+    assert kind == b"R", kind
+    print("before-login:", announce(sock, b"p", 50_000_000, 65536))
+    sock = tls_connect(port, ca, cert, key)
+    startup(sock, "admin")
+    while True:
+        kind, _ = read_message(sock)
+        if kind in (b"Z", None):
+            break
+    print("after-login:", announce(sock, b"Q", 200 << 20, 1 << 20))
+
+
 if __name__ == "__main__":
     mode, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if mode == "scram":
         scram(port, ca, sys.argv[4:])
     elif mode == "cancel":
         cancel(port, ca, sys.argv[4], sys.argv[5])
+    elif mode == "big":
+        big(port, ca, sys.argv[4], sys.argv[5])

@@ -529,14 +529,51 @@ pub fn client_cert_with_names(
 
 /// Writes a CRL revoking `serials`, signed by the CA in `ca_dir`.
 pub fn write_crl(ca_dir: &Path, path: &Path, serials: &[u64]) {
+    write_crl_until(ca_dir, path, serials, time::Duration::days(7));
+}
+
+/// An intermediate CA signed by the CA in `root_dir`, in a directory of
+/// its own under `out_dir` (`ca.crt`, `ca.key`, as `client_cert_with`
+/// reads them), with certificate serial `serial`.
+pub fn intermediate_ca(root_dir: &Path, out_dir: &Path, name: &str, serial: u64) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber};
+    let ca_pem = std::fs::read_to_string(root_dir.join("ca.crt")).expect("ca.crt");
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(root_dir.join("ca.key")).expect("ca.key")).expect("ca key");
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::OrganizationName, "sealdb");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(30);
+    params.serial_number = Some(SerialNumber::from(serial));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let dir = out_dir.join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    write_pair(&dir, "ca", &cert.pem(), &key.serialize_pem());
+    dir
+}
+
+/// [`write_crl`] whose next update is `next_update` from now (negative:
+/// already past).
+pub fn write_crl_until(ca_dir: &Path, path: &Path, serials: &[u64], next_update: time::Duration) {
     use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber};
     let ca_pem = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca.crt");
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key")).expect("ca key");
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
     let now = time::OffsetDateTime::now_utc();
     let params = CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(7),
+        this_update: now - time::Duration::days(10),
+        next_update: now + next_update,
         crl_number: SerialNumber::from(1u64),
         issuing_distribution_point: None,
         revoked_certs: serials
