@@ -8,7 +8,7 @@
 //! back down afterwards.
 //!
 //! `SEALDB_LOAD_SESSIONS`, `SEALDB_LOAD_SECONDS` and `SEALDB_LOAD_FLOOD`
-//! size it (200, 15 and 1,000 in the test suite);
+//! size it (200, 30 and 1,000 in the test suite);
 //! `scripts/reliability.sh load` runs a longer one.
 
 mod support;
@@ -80,7 +80,7 @@ fn closed_by_server(mut s: &TcpStream, limit: Duration) -> bool {
 #[test]
 fn two_hundred_sessions_agree_with_the_model_through_a_flood_of_half_open_handshakes() {
     let sessions = setting("SEALDB_LOAD_SESSIONS", 200);
-    let seconds = setting("SEALDB_LOAD_SECONDS", 15);
+    let seconds = setting("SEALDB_LOAD_SECONDS", 30);
     let flood = setting("SEALDB_LOAD_FLOOD", 1000) as usize;
     let seed = setting("SEALDB_LOAD_SEED", unix_now() as u64 % 100_000);
     eprintln!("load seed {seed} (SEALDB_LOAD_SEED replays it)");
