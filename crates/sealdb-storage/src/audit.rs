@@ -34,12 +34,12 @@ use sealdb_crypto::{AeadKey, Key256, derive_key, nonce_from_counter, sha256};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
+use crate::salt::{FileSalt, SALT_LEN, salted_info};
 
 /// The audit log's directory in the data directory.
 pub const AUDIT_DIR: &str = "audit";
 const MAGIC_V1: &[u8; 8] = b"SEALAUD1";
 const MAGIC: &[u8; 8] = b"SEALAUD2";
-const SALT_LEN: usize = 16;
 const HEADER_FIELDS_LEN_V1: usize = 16;
 const HEADER_FIELDS_LEN: usize = HEADER_FIELDS_LEN_V1 + SALT_LEN;
 const HEADER_LEN: usize = HEADER_FIELDS_LEN + 16;
@@ -52,21 +52,19 @@ const FILE_BYTES_TARGET: u64 = 16 << 20;
 struct FileId {
     seq: u64,
     /// `None` in a format-1 file.
-    salt: Option<[u8; SALT_LEN]>,
+    salt: Option<FileSalt>,
 }
 
 impl FileId {
     fn new(seq: u64) -> Result<Self, StorageError> {
-        let mut salt = [0u8; SALT_LEN];
-        sealdb_crypto::random_bytes(&mut salt)?;
-        Ok(Self { seq, salt: Some(salt) })
+        Ok(Self {
+            seq,
+            salt: Some(FileSalt::random()?),
+        })
     }
 
     fn info(&self, label: &str) -> Vec<u8> {
-        match &self.salt {
-            None => label.as_bytes().to_vec(),
-            Some(salt) => [label.as_bytes(), b" ", salt].concat(),
-        }
+        salted_info(label, self.salt.as_ref())
     }
 
     fn header_len(&self) -> usize {
@@ -372,7 +370,7 @@ fn header(key: &AeadKey, file: &FileId) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&file.seq.to_le_bytes());
-    out.extend_from_slice(&salt);
+    out.extend_from_slice(&salt.0);
     let tag = key.seal_in_place(nonce_from_counter(file.seq), &out, &mut [0u8; 0])?;
     out.extend_from_slice(&tag);
     Ok(out)
@@ -428,11 +426,10 @@ fn read_file(path: &Path, display: &str, seq: u64, keys: &[Key256], newest: bool
         .map_err(StorageError::io("reading", path))?;
     let mut problems = Vec::new();
     let file_id = match bytes.get(..8) {
-        Some(m) if m == MAGIC && bytes.len() >= HEADER_LEN => {
-            let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(&bytes[HEADER_FIELDS_LEN_V1..HEADER_FIELDS_LEN]);
-            Some(FileId { seq, salt: Some(salt) })
-        }
+        Some(m) if m == MAGIC && bytes.len() >= HEADER_LEN => Some(FileId {
+            seq,
+            salt: FileSalt::read(&bytes[HEADER_FIELDS_LEN_V1..]),
+        }),
         Some(m) if m == MAGIC_V1 && bytes.len() >= HEADER_FIELDS_LEN_V1 + 16 => Some(FileId { seq, salt: None }),
         _ => None,
     };

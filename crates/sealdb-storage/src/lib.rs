@@ -26,6 +26,7 @@ mod error;
 mod fuzzing;
 mod inventory;
 mod keygate;
+mod salt;
 mod segment;
 mod store;
 mod table;

@@ -38,6 +38,7 @@ use sealdb_crypto::{AeadKey, Key256, TAG_LEN, derive_key, nonce_from_counter};
 use tokio::sync::oneshot;
 
 use crate::StorageError;
+use crate::salt::{FileSalt, SALT_LEN, salted_info};
 
 /// The log directory inside the data directory.
 pub const LOG_DIR: &str = "log";
@@ -46,8 +47,6 @@ const MAGIC: &[u8; 8] = b"SEALWAL1";
 pub const LOG_FORMAT: u32 = 2;
 /// Header fields of format 1, without a salt.
 const HEADER_FIELDS_LEN_V1: usize = 8 + 4 + 8 + 8 + 8;
-/// The random salt of a format-2 file.
-const SALT_LEN: usize = 16;
 const HEADER_FIELDS_LEN: usize = HEADER_FIELDS_LEN_V1 + SALT_LEN;
 const HEADER_LEN: usize = HEADER_FIELDS_LEN + TAG_LEN;
 
@@ -56,33 +55,29 @@ const HEADER_LEN: usize = HEADER_FIELDS_LEN + TAG_LEN;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileId {
     seq: u64,
-    salt: Option<[u8; SALT_LEN]>,
+    salt: Option<FileSalt>,
 }
 
 impl FileId {
     /// A new file `seq` with a fresh random salt.
     fn new(seq: u64) -> Result<Self, StorageError> {
-        let mut salt = [0u8; SALT_LEN];
-        sealdb_crypto::random_bytes(&mut salt)?;
-        Ok(Self { seq, salt: Some(salt) })
+        Ok(Self {
+            seq,
+            salt: Some(FileSalt::random()?),
+        })
     }
 
     /// File `seq` with a fixed salt, for benchmarks of sealing.
     pub(crate) fn for_benchmarks(seq: u64) -> Self {
         Self {
             seq,
-            salt: Some([0x5a; SALT_LEN]),
+            salt: Some(FileSalt([0x5a; SALT_LEN])),
         }
     }
 
     /// `label`, then the sequence number, then the salt: the HKDF info.
     fn info(&self, label: &str) -> Vec<u8> {
-        let mut info = format!("{label} {}", self.seq).into_bytes();
-        if let Some(salt) = &self.salt {
-            info.push(b' ');
-            info.extend_from_slice(salt);
-        }
-        info
+        salted_info(&format!("{label} {}", self.seq), self.salt.as_ref())
     }
 }
 const FRAME_PREFIX_LEN: usize = 8;
@@ -681,7 +676,7 @@ fn encode_header(
     header.extend_from_slice(&file.seq.to_le_bytes());
     header.extend_from_slice(&first_lsn.to_le_bytes());
     header.extend_from_slice(&catalog_generation.to_le_bytes());
-    header.extend_from_slice(&salt);
+    header.extend_from_slice(&salt.0);
     let tag = key.seal_in_place(nonce_from_counter(file.seq), &header, &mut [0u8; 0])?;
     header.extend_from_slice(&tag);
     Ok(header)
@@ -702,8 +697,7 @@ fn header_fields(bytes: &[u8], display: &str) -> Result<(u32, FileId, usize), St
             if bytes.len() < HEADER_LEN {
                 return Err(bad("truncated header"));
             }
-            let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(&bytes[HEADER_FIELDS_LEN_V1..HEADER_FIELDS_LEN]);
+            let salt = FileSalt::read(&bytes[HEADER_FIELDS_LEN_V1..]).ok_or_else(|| bad("truncated header"))?;
             Ok((format, FileId { seq, salt: Some(salt) }, HEADER_FIELDS_LEN))
         }
         newer if newer > LOG_FORMAT => Err(StorageError::NewerFormat {
@@ -735,11 +729,10 @@ pub(crate) fn file_bytes(
 }
 
 fn header_key(system: &Key256, file: &FileId) -> Result<AeadKey, StorageError> {
-    let info = match &file.salt {
-        None => b"log header".to_vec(),
-        Some(salt) => [&b"log header "[..], salt].concat(),
-    };
-    Ok(AeadKey::new(&derive_key(system, &info)?))
+    Ok(AeadKey::new(&derive_key(
+        system,
+        &salted_info("log header", file.salt.as_ref()),
+    )?))
 }
 
 /// `0000000000000007.wal`.
