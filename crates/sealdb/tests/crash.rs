@@ -222,8 +222,9 @@ fn acknowledged_rows_survive_repeated_kill_9_of_a_mixed_workload_and_nothing_els
         expect.present.len(),
         started.elapsed().as_secs_f64()
     );
+    // Progress between kills (a few operations each, more on an idle machine).
     assert!(
-        total_acked as u64 > 10 * kills,
+        total_acked as u64 > 5 * kills,
         "the workload acknowledged only {total_acked} operations"
     );
     for statement in [
