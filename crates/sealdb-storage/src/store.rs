@@ -17,7 +17,8 @@ use tracing::{info, warn};
 use crate::StorageError;
 use crate::audit::{AuditEvent, AuditLog, AuditWriter};
 use crate::catalog::{
-    self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, KeyToDestroy, TableKeyMeta, TableKeyProvider, TableMeta,
+    self, CATALOG_FILE, CatalogBody, CatalogHeader, Encryption, KeyToDestroy, RetiredKey, TableKeyMeta,
+    TableKeyProvider, TableMeta,
 };
 use crate::inventory::{self, KeyRecord, Published, TableSummary};
 use crate::keygate::{KeyGate, RefreshOutcome};
@@ -85,6 +86,17 @@ struct Ring {
     key: AeadKey,
     /// Kept to re-wrap under a new master-key version (zeroized on drop).
     raw: Key256,
+}
+
+/// What `DROP TABLE` writes when it replaces the key ring.
+struct RingRotation {
+    ring: Key256,
+    master: MasterKeyId,
+    wrapped_ring: Vec<u8>,
+    wrapped_system: Vec<u8>,
+    tables: Vec<TableMeta>,
+    retired: Vec<RetiredKey>,
+    old_master: KeyToDestroy,
 }
 
 struct Inner {
@@ -1192,13 +1204,60 @@ impl Store {
             .filter(|t| t.id == table.id)
             .flat_map(TableMeta::keks_to_destroy)
             .collect();
-        let queued = !keks.is_empty();
-        self.persist(&mut state, |body| {
-            body.tables.retain(|t| t.id != table.id);
-            body.keys_to_destroy.extend(keks);
-            Ok(())
-        })
-        .await?;
+        // A table under the key ring: the ring is replaced and the master
+        // key with it, and the old master key is queued for destruction, so
+        // that no copy of an older catalog (which holds the table's keys
+        // under the old ring) opens with the keys that remain.
+        let ring_wrapped = state
+            .body
+            .tables
+            .iter()
+            .filter(|t| t.id == table.id)
+            .any(|t| t.keys.iter().any(|k| k.kek.is_none()));
+        let rotated = if ring_wrapped {
+            Some(self.ring_without(&state, table.id, name).await?)
+        } else {
+            None
+        };
+        let has_keks = !keks.is_empty();
+        let queued = has_keks || rotated.is_some();
+        match &rotated {
+            Some(rotated) => {
+                let (master_id, wrapped_ring, wrapped_system) = (
+                    rotated.master.0.clone(),
+                    rotated.wrapped_ring.clone(),
+                    rotated.wrapped_system.clone(),
+                );
+                self.persist_with_header(
+                    &mut state,
+                    |header| {
+                        header.master_id = master_id;
+                        header.wrapped_ring = wrapped_ring;
+                        header.wrapped_system = wrapped_system;
+                    },
+                    |body| {
+                        body.tables = rotated.tables.clone();
+                        body.retired_system_keys = rotated.retired.clone();
+                        body.keys_to_destroy.extend(keks);
+                        body.keys_to_destroy.push(rotated.old_master.clone());
+                        Ok(())
+                    },
+                )
+                .await?;
+                *lock(&self.inner.ring) = Ring {
+                    key: AeadKey::new(&rotated.ring),
+                    raw: rotated.ring.clone(),
+                };
+            }
+            None => {
+                self.persist(&mut state, |body| {
+                    body.tables.retain(|t| t.id != table.id);
+                    body.keys_to_destroy.extend(keks);
+                    Ok(())
+                })
+                .await?;
+            }
+        }
         drop(state);
         table.dropped.store(true, Ordering::Release);
         self.inner
@@ -1210,8 +1269,15 @@ impl Store {
         self.audit_key(
             "table keys destroyed",
             format!(
-                "table {name} dropped: its table keys left the catalog{}",
-                if queued {
+                "table {name} dropped: its table keys left the catalog{}{}",
+                match &rotated {
+                    Some(r) => format!(
+                        "; the key ring is replaced under master key {} and master key {} is queued for destruction",
+                        r.master, r.old_master.id
+                    ),
+                    None => String::new(),
+                },
+                if has_keks {
                     "; its keys on the key server are queued for destruction"
                 } else {
                     ""
@@ -1231,10 +1297,71 @@ impl Store {
         // Files still read by running queries go when those queries end.
         let _ = std::fs::remove_dir(&table_dir);
         if queued {
-            let store = self.clone();
-            tokio::spawn(async move { store.destroy_pending_keys().await });
+            // Before the drop is acknowledged; what fails stays queued for
+            // the next key check.
+            self.destroy_pending_keys().await;
         }
         Ok(())
+    }
+
+    /// A new key ring, and a new master key wrapping it, for the catalog
+    /// without table `dropped`: every other table's ring-wrapped keys, the
+    /// system key and the retired system keys re-wrapped under the new
+    /// ring. The old master key is returned for the destruction queue.
+    async fn ring_without(&self, state: &CatalogState, dropped: u64, name: &str) -> Result<RingRotation, StorageError> {
+        let ring = Key256::random()?;
+        let new_ring = AeadKey::new(&ring);
+        let old_ring = AeadKey::new(&lock(&self.inner.ring).raw);
+        let rewrap = |wrapped: &[u8], aad: &[u8], what: &str| -> Result<Vec<u8>, StorageError> {
+            let key = unwrap_key(&old_ring, wrapped, aad)
+                .map_err(|_| StorageError::integrity(CATALOG_FILE, format!("{what} failed authentication")))?;
+            Ok(wrap_key(&new_ring, &key, aad)?)
+        };
+        let mut tables: Vec<TableMeta> = state.body.tables.iter().filter(|t| t.id != dropped).cloned().collect();
+        for meta in &mut tables {
+            for k in meta.keys.iter_mut().filter(|k| k.kek.is_none()) {
+                let what = format!("the key of table {} version {}", meta.name, k.version);
+                k.wrapped = rewrap(&k.wrapped, &table_key_aad(meta.id, k.version), &what)?;
+            }
+        }
+        let retired = state
+            .body
+            .retired_system_keys
+            .iter()
+            .map(|r| {
+                Ok(RetiredKey {
+                    wrapped: rewrap(&r.wrapped, RETIRED_SYSTEM_AAD, "a retired system key")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let system = self
+            .system_keys()
+            .into_iter()
+            .next()
+            .ok_or_else(|| StorageError::Internal("no system key in memory".into()))?;
+        let wrapped_system = wrap_key(&new_ring, &system, SYSTEM_AAD)?;
+        let provider = self.provider();
+        let raw = ring.clone();
+        let (master, wrapped_ring) = tokio::task::spawn_blocking(move || {
+            let master = provider.create_master_key()?;
+            let wrapped = provider.wrap(&master, &raw, RING_AAD)?;
+            Ok::<_, StorageError>((master, wrapped))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("the key ring's rotation for DROP TABLE: {e}")))??;
+        Ok(RingRotation {
+            ring,
+            master,
+            wrapped_ring,
+            wrapped_system,
+            tables,
+            retired,
+            old_master: KeyToDestroy {
+                provider: state.header.provider.clone(),
+                id: state.header.master_id.clone(),
+                table: format!("{name} (the master key of the key ring before it was dropped)"),
+            },
+        })
     }
 
     /// Destroys the keys queued in the catalog (a dropped table's, on its

@@ -640,3 +640,60 @@ fn oversized_messages_are_refused_on_their_length_before_they_are_buffered() {
     assert!(resident < 150 * 1024, "the server grew to {resident} KiB");
     assert_eq!(psql(&server.admin(), "select 1").expect_ok().trim(), "1");
 }
+
+/// Hole 15: with the local master key, DROP TABLE did not shred: a copy of
+/// the catalog from before the drop, with the `master.keys` the server
+/// keeps using, still opened the dropped table. DROP now replaces the key
+/// ring and the master key and destroys the old master key: that copy no
+/// longer opens at all, while the data that remains reads as before.
+#[test]
+fn a_catalog_from_before_drop_table_cannot_be_opened_with_the_keys_that_remain() {
+    let server = TestServer::start(&[]);
+    psql(
+        &server.admin(),
+        "create table secret (note text); insert into secret values ('shred-marker'); checkpoint; \
+         create table kept (x int); insert into kept values (42); checkpoint",
+    )
+    .expect_ok();
+    let dir = server.stop();
+    let before = tempfile::tempdir().unwrap();
+    copy_tree(&dir.path().join("data"), &before.path().join("data"));
+
+    let server = TestServer::start_in(dir, &["--audit-failed-login-interval", "1s"]);
+    psql(&server.admin(), "drop table secret").expect_ok();
+    // The old master key goes in the background, right after the drop.
+    let destroyed = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        psql(
+            &server.admin(),
+            "select count(*) from sys.audit_log where event = 'key destroyed'",
+        )
+        .expect_ok()
+        .trim()
+            != "0"
+    });
+    assert!(destroyed, "the old master key was not destroyed");
+    let dir = server.stop();
+    // What remains reads as before, after a restart.
+    let server = TestServer::start_in(dir, &[]);
+    assert_eq!(psql(&server.admin(), "select x from kept").expect_ok().trim(), "42");
+    let dir = server.stop();
+    assert!(sealdb_verify(&dir.path().join("data"), &[]).0);
+
+    // The attacker's copy: the catalog (and files) from before the drop,
+    // with the keystore as the server keeps it now.
+    let keystore = dir.path().join("data").join("keystore");
+    for entry in std::fs::read_dir(&keystore).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            before.path().join("data").join("keystore").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let (ok, said) = sealdb_verify(&before.path().join("data"), &[]);
+    assert!(!ok, "the old catalog still opens:\n{said}");
+    assert!(said.contains("master key"), "{said}");
+    let refused = TestServer::try_start_in(before, &[]).err().unwrap_or_default();
+    assert!(refused.contains("master key"), "{refused}");
+}
