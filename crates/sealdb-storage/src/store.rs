@@ -536,22 +536,10 @@ impl Store {
         self.refuse_if_shredded()?;
         let mut state = self.inner.catalog.lock().await;
         let old = MasterKeyId(state.header.master_id.clone());
-        let provider = self.provider();
-        if provider.name() != state.header.provider {
-            return Err(StorageError::Internal(format!(
-                "the catalog's master key is in {} but this process holds {}; nothing was changed",
-                state.header.provider,
-                provider.name()
-            )));
-        }
         let ring = lock(&self.inner.ring).raw.clone();
-        let (new, wrapped) = tokio::task::spawn_blocking(move || {
-            let new = provider.create_master_key()?;
-            let wrapped = provider.wrap(&new, &ring, RING_AAD)?;
-            Ok::<_, StorageError>((new, wrapped))
-        })
-        .await
-        .map_err(|e| StorageError::Internal(format!("master-key rotation: {e}")))??;
+        let (new, wrapped) = self
+            .new_master_key_for(&state.header, ring, "master-key rotation")
+            .await?;
         let new_id = new.0.clone();
         crate::crash_point("master-key-rotation:before-catalog");
         self.persist_with_header(
@@ -1304,6 +1292,32 @@ impl Store {
         Ok(())
     }
 
+    /// A new master-key version from the provider of the catalog `header`
+    /// names, and `ring` wrapped under it (two provider calls). `what`
+    /// names the operation in errors.
+    async fn new_master_key_for(
+        &self,
+        header: &CatalogHeader,
+        ring: Key256,
+        what: &'static str,
+    ) -> Result<(MasterKeyId, Vec<u8>), StorageError> {
+        let provider = self.provider();
+        if provider.name() != header.provider {
+            return Err(StorageError::Internal(format!(
+                "the catalog's master key is in {} but this process holds {}; nothing was changed",
+                header.provider,
+                provider.name()
+            )));
+        }
+        tokio::task::spawn_blocking(move || {
+            let new = provider.create_master_key()?;
+            let wrapped = provider.wrap(&new, &ring, RING_AAD)?;
+            Ok::<_, StorageError>((new, wrapped))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("{what}: {e}")))?
+    }
+
     /// A new key ring, and a new master key wrapping it, for the catalog
     /// without table `dropped`: every other table's ring-wrapped keys, the
     /// system key and the retired system keys re-wrapped under the new
@@ -1340,15 +1354,9 @@ impl Store {
             .next()
             .ok_or_else(|| StorageError::Internal("no system key in memory".into()))?;
         let wrapped_system = wrap_key(&new_ring, &system, SYSTEM_AAD)?;
-        let provider = self.provider();
-        let raw = ring.clone();
-        let (master, wrapped_ring) = tokio::task::spawn_blocking(move || {
-            let master = provider.create_master_key()?;
-            let wrapped = provider.wrap(&master, &raw, RING_AAD)?;
-            Ok::<_, StorageError>((master, wrapped))
-        })
-        .await
-        .map_err(|e| StorageError::Internal(format!("the key ring's rotation for DROP TABLE: {e}")))??;
+        let (master, wrapped_ring) = self
+            .new_master_key_for(&state.header, ring.clone(), "the key ring's rotation for DROP TABLE")
+            .await?;
         Ok(RingRotation {
             ring,
             master,
