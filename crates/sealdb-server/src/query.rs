@@ -93,12 +93,21 @@ impl SimpleQueryHandler for QueryHandler {
     {
         let slot = session_of(client)?;
         let mut session = slot.session.lock().await;
-        let outputs = self
-            .engine
-            .execute(&mut session, query)
-            .await
-            .map_err(|e| log_error(&session, e))?;
-        outputs.into_iter().map(|o| response(o, &Format::UnifiedText)).collect()
+        let executed = self.engine.execute(&mut session, query).await;
+        let mut responses = executed
+            .outputs
+            .into_iter()
+            .map(|o| response(o, &Format::UnifiedText))
+            .collect::<PgWireResult<Vec<_>>>()?;
+        if let Some(error) = executed.error {
+            // The statements before the failed one were answered; the
+            // error ends the string, as in PostgreSQL.
+            match log_error(&session, error) {
+                PgWireError::UserError(info) if !responses.is_empty() => responses.push(Response::Error(info)),
+                other => return Err(other),
+            }
+        }
+        Ok(responses)
     }
 }
 

@@ -50,10 +50,12 @@ fn main() {
         engine
             .execute(&mut session, "create table t (id int, v text)")
             .await
+            .into_result()
             .expect("create");
         engine
             .execute(&mut session, "insert into t values (1, 'a'), (2, 'b'), (3, 'c')")
             .await
+            .into_result()
             .expect("insert");
     });
     let mut results = Vec::new();
@@ -72,7 +74,9 @@ fn main() {
         let run = start.elapsed() / ITERATIONS;
         let start = Instant::now();
         for _ in 0..ITERATIONS {
-            rt.block_on(engine.execute(&mut session, sql)).expect("execute");
+            rt.block_on(engine.execute(&mut session, sql))
+                .into_result()
+                .expect("execute");
         }
         let whole = start.elapsed() / ITERATIONS;
         results.push((sql, plan, run, whole));

@@ -32,7 +32,8 @@ mod storage_table;
 mod sys;
 
 pub use engine::{
-    ACCESS_SECTION, ClientCertSummary, Engine, Output, Prepared, QueryMemory, SessionInfo, SqlSession, TlsSessionInfo,
+    ACCESS_SECTION, ClientCertSummary, Engine, Executed, Output, Prepared, QueryMemory, SessionInfo, SqlSession,
+    TlsSessionInfo,
 };
 pub use error::SqlError;
 pub use parse::MAX_EXPRESSION_DEPTH;

@@ -149,6 +149,60 @@ fn transactions_are_accepted_and_queries_work_in_them() {
     );
 }
 
+/// A query string of several statements is one implicit transaction, as
+/// in PostgreSQL: the client hears the result of each statement that ran,
+/// and when one fails the writes of those before it are rolled back, so
+/// nothing the client was told failed is kept.
+#[test]
+fn a_query_string_is_one_implicit_transaction() {
+    let server = setup();
+    let admin = server.admin();
+    let failed = psql(
+        &admin,
+        "insert into audit values (1); insert into audit values (2); select 1/0",
+    );
+    assert!(!failed.ok, "{}", failed.stdout);
+    assert_eq!(
+        failed.stdout, "INSERT 0 1\nINSERT 0 1\n",
+        "each statement that ran is answered"
+    );
+    assert!(failed.stderr.contains("Divide by zero"), "{}", failed.stderr);
+    assert_eq!(
+        psql(&admin, "select count(*) from audit").expect_ok(),
+        "0\n",
+        "rolled back"
+    );
+
+    // Later statements see the earlier ones' writes; all of them commit.
+    let out = psql(
+        &admin,
+        "insert into audit values (3); insert into audit values (4); select count(*) from audit",
+    )
+    .expect_ok();
+    assert_eq!(out, "INSERT 0 1\nINSERT 0 1\n2\n");
+    // DDL commits the writes before it; the rest rolls back on a failure.
+    psql(
+        &admin,
+        "insert into audit values (5); create table later (id int); insert into audit values (6); select 1/0",
+    )
+    .expect_err("Divide by zero");
+    assert_eq!(
+        psql(&admin, "select id from audit order by id").expect_ok(),
+        "3\n4\n5\n"
+    );
+    // BEGIN in the string takes the statements before it into its block.
+    psql(
+        &admin,
+        "insert into audit values (7); begin; insert into audit values (8); rollback",
+    )
+    .expect_ok();
+    assert_eq!(psql(&admin, "select count(*) from audit").expect_ok(), "3\n");
+    // A new connection after a failed string is in no transaction.
+    psql(&admin, "insert into audit values (9); select no_such_column from audit").expect_err("no_such_column");
+    psql(&admin, "insert into audit values (10); vacuum audit").expect_err("cannot run inside a transaction block");
+    assert_eq!(psql(&admin, "select count(*) from audit").expect_ok(), "3\n");
+}
+
 #[test]
 fn server_files_are_off_limits_even_to_administrators() {
     let server = setup();

@@ -165,7 +165,9 @@ impl Engine {
                     }),
             },
         };
-        self.end_statement(session, result).await
+        let output = self.end_statement(session, result).await?;
+        self.end_implicit(session).await?;
+        Ok(output)
     }
 
     /// The client abandoned the copy: nothing of it is kept.

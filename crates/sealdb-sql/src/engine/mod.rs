@@ -137,11 +137,22 @@ struct CopyIn {
 enum Block {
     /// Autocommit: each statement commits.
     None,
+    /// The statements of one simple-protocol query string: as in
+    /// PostgreSQL they form one implicit transaction, committed when the
+    /// string ends and rolled back entirely when one of them fails.
+    Implicit,
     /// In a `BEGIN` block.
     Open,
     /// In a `BEGIN` block where a statement failed: only `COMMIT` (which
     /// rolls back) and `ROLLBACK` are accepted.
     Aborted,
+}
+
+impl Block {
+    /// In a block the client opened with `BEGIN`.
+    fn explicit(self) -> bool {
+        matches!(self, Block::Open | Block::Aborted)
+    }
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -162,6 +173,28 @@ impl SqlSession {
     /// Who this is.
     pub fn info(&self) -> &Arc<SessionInfo> {
         &self.info
+    }
+}
+
+/// What a query string produced: the output of each statement that ran,
+/// and the error that stopped it, if one did.
+#[derive(Debug)]
+pub struct Executed {
+    pub outputs: Vec<Output>,
+    pub error: Option<SqlError>,
+}
+
+impl Executed {
+    fn ok(outputs: Vec<Output>) -> Self {
+        Self { outputs, error: None }
+    }
+
+    /// The outputs if every statement succeeded, else the error.
+    pub fn into_result(self) -> Result<Vec<Output>, SqlError> {
+        match self.error {
+            None => Ok(self.outputs),
+            Some(e) => Err(e),
+        }
     }
 }
 
@@ -405,15 +438,26 @@ impl Engine {
     }
 
     /// Runs a simple-protocol query string: zero or more statements.
-    pub async fn execute(&self, session: &mut SqlSession, sql: &str) -> Result<Vec<Output>, SqlError> {
+    ///
+    /// Outside a `BEGIN` block the statements of the string are one
+    /// implicit transaction, as in PostgreSQL: their writes are committed
+    /// together when the string ends, and the first statement that fails
+    /// stops the string and rolls back the writes of those before it
+    /// (whose results were already produced and are returned with the
+    /// error, so the client hears of each). A table DDL statement commits
+    /// the writes before it first, since DDL is not transactional here.
+    pub async fn execute(&self, session: &mut SqlSession, sql: &str) -> Executed {
         let pieces = split_statements(sql);
         if pieces.is_empty() {
-            return Ok(vec![Output::Empty]);
+            return Executed::ok(vec![Output::Empty]);
         }
         let last = pieces.len() - 1;
-        let mut out = Vec::with_capacity(pieces.len());
+        let mut outputs = Vec::with_capacity(pieces.len());
         for (i, piece) in pieces.into_iter().enumerate() {
             self.begin_statement(session).await;
+            if i == 0 && last > 0 && session.block == Block::None {
+                session.block = Block::Implicit;
+            }
             let mut result = self.execute_one(session, piece).await;
             if i < last && matches!(result, Ok(Output::CopyIn { .. })) {
                 session.copy_in = None;
@@ -423,9 +467,46 @@ impl Engine {
             }
             let ended = self.end_statement(session, result).await;
             session.running = false;
-            out.push(ended?);
+            match ended {
+                Ok(output) => outputs.push(output),
+                Err(error) => {
+                    return Executed {
+                        outputs,
+                        error: Some(error),
+                    };
+                }
+            }
         }
-        Ok(out)
+        if matches!(outputs.last(), Some(Output::CopyIn { .. })) {
+            // The implicit transaction ends with the copy (`copy_done`).
+            return Executed::ok(outputs);
+        }
+        match self.end_implicit(session).await {
+            Ok(()) => Executed::ok(outputs),
+            Err(error) => Executed {
+                outputs,
+                error: Some(error),
+            },
+        }
+    }
+
+    /// Ends the implicit transaction of a query string, if one is open:
+    /// its writes are committed (durably, before the client hears of it).
+    async fn end_implicit(&self, session: &mut SqlSession) -> Result<(), SqlError> {
+        if session.block != Block::Implicit {
+            return Ok(());
+        }
+        session.block = Block::None;
+        self.commit_pending(session).await
+    }
+
+    /// Commits the session's pending writes, if any.
+    async fn commit_pending(&self, session: &mut SqlSession) -> Result<(), SqlError> {
+        let tx = session.tx.0.lock().await.take();
+        if let (Some(tx), Some(durable)) = (tx, &self.durable) {
+            durable.store.commit(tx).await?;
+        }
+        Ok(())
     }
 
     /// Starts a statement. A statement that never reached its end was
@@ -436,7 +517,8 @@ impl Engine {
         if std::mem::replace(&mut session.running, true) {
             session.copy_in = None;
             match session.block {
-                Block::None => {
+                Block::None | Block::Implicit => {
+                    session.block = Block::None;
                     session.tx.0.lock().await.take();
                 }
                 Block::Open => session.block = Block::Aborted,
@@ -470,6 +552,13 @@ impl Engine {
                     }
                     (result, _, _) => result,
                 }
+            }
+            Block::Implicit => {
+                if result.is_err() {
+                    session.block = Block::None;
+                    session.tx.0.lock().await.take();
+                }
+                result
             }
             Block::Open => {
                 if result.is_err() {
@@ -741,7 +830,12 @@ impl Engine {
         // statement was prepared.
         privileges::check(&self.access, &session.info.user, &plan)?;
         if let LogicalPlan::Ddl(ddl) = &plan {
-            if session.block != Block::None {
+            if session.block == Block::Implicit {
+                // DDL is not transactional: the writes before it in the
+                // query string are committed first.
+                self.commit_pending(session).await?;
+            }
+            if session.block.explicit() {
                 let what = match OutputKind::of(&plan) {
                     OutputKind::Command(tag) => tag,
                     _ => "this statement",

@@ -293,6 +293,7 @@ impl Engine {
             SecurityStatement::Vacuum { tables } => {
                 admin_only("run VACUUM")?;
                 if session.block != Block::None {
+                    // PostgreSQL refuses it in a multi-statement string too.
                     return Err(SqlError::ActiveTransaction(
                         "VACUUM cannot run inside a transaction block; COMMIT or ROLLBACK first".into(),
                     ));
@@ -337,7 +338,9 @@ impl Engine {
             }
             // The wire layer tracks the transaction status from these outputs.
             SecurityStatement::Begin => {
-                if session.block == Block::None {
+                if matches!(session.block, Block::None | Block::Implicit) {
+                    // Within a query string, the statements before BEGIN
+                    // join the block, as in PostgreSQL.
                     session.block = Block::Open;
                 }
                 Output::Begin
