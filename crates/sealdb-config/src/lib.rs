@@ -355,6 +355,11 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<String>,
+    /// Rows a transaction (or a COPY) holds in memory per table before it
+    /// writes them to an encrypted segment file, e.g. "16MB" [default: 16MB].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_spill_bytes: Option<String>,
     /// Failed logins from one address after the first within this time are
     /// counted into one audit record, e.g. "60s" [default: 60s].
     #[arg(long)]

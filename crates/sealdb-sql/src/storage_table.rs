@@ -80,7 +80,7 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use roaring::RoaringTreemap;
-use sealdb_storage::{KeyGate, Pending, ROWID_COLUMN, Segment, StorageError, Table, Transaction};
+use sealdb_storage::{KeyGate, Pending, ROWID_COLUMN, Segment, StorageError, Store, Table, Transaction};
 
 /// What can go wrong between DataFusion and the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +167,23 @@ impl TxSlot {
         let mut tx = self.0.lock().await;
         f(tx.get_or_insert_with(Transaction::new).write(table, timeout).await?)
     }
+
+    /// Adds rows to the transaction's writes to `table` (as [`Self::write`]);
+    /// past `transaction-spill-bytes` of them in memory, they go to an
+    /// encrypted segment file ([`Store::spill`]). Returns how many.
+    pub(crate) async fn insert(
+        &self,
+        store: &Store,
+        table: &Arc<Table>,
+        timeout: Duration,
+        batch: &RecordBatch,
+    ) -> std::result::Result<u64, StorageError> {
+        let mut tx = self.0.lock().await;
+        let pending = tx.get_or_insert_with(Transaction::new).write(table, timeout).await?;
+        let rows = pending.insert(batch)?;
+        store.spill(pending).await?;
+        Ok(rows)
+    }
 }
 
 fn tx_slot(config: &datafusion::prelude::SessionConfig) -> Result<Arc<TxSlot>> {
@@ -179,6 +196,8 @@ fn tx_slot(config: &datafusion::prelude::SessionConfig) -> Result<Arc<TxSlot>> {
 #[derive(Debug, Default)]
 struct PendingView {
     inserts: Vec<RecordBatch>,
+    /// Inserted rows written out to segment files ([`Store::spill`]).
+    staged: Vec<Arc<Segment>>,
     deleted: RoaringTreemap,
     truncated_below: u64,
 }
@@ -191,6 +210,7 @@ async fn pending_view(config: &datafusion::prelude::SessionConfig, table: &Table
     match guard.as_ref().and_then(|tx| tx.pending(table.id())) {
         Some(p) => PendingView {
             inserts: p.inserted().to_vec(),
+            staged: p.staged().to_vec(),
             deleted: p.deleted().clone(),
             truncated_below: p.truncated_below().unwrap_or(0),
         },
@@ -528,22 +548,25 @@ pub struct SealTable {
     /// Closed when the master key is destroyed or unconfirmed too long.
     gate: Arc<KeyGate>,
     lock_timeout: Duration,
+    /// Where transactions spill the rows they write.
+    store: Store,
     /// Whether the schema ends with the row-id column (DELETE/UPDATE planning).
     expose_rowid: bool,
     schema: SchemaRef,
 }
 
 impl SealTable {
-    /// The provider of `table`; `lock_timeout` is how long a writer waits for
-    /// the table's write lock (`store.options().lock_timeout`); every scan
-    /// passes `gate` (`store.key_gate()`).
-    pub fn new(table: Arc<Table>, keys: Arc<SegmentKeys>, gate: Arc<KeyGate>, lock_timeout: Duration) -> Self {
+    /// The provider of `table` of `store`: a writer waits for the table's
+    /// write lock at most `store.options().lock_timeout`; every scan passes
+    /// `store.key_gate()`.
+    pub fn new(table: Arc<Table>, keys: Arc<SegmentKeys>, store: &Store) -> Self {
         let schema = table.schema().clone();
         Self {
             table,
             keys,
-            gate,
-            lock_timeout,
+            gate: store.key_gate().clone(),
+            lock_timeout: store.options().lock_timeout,
+            store: store.clone(),
             expose_rowid: false,
             schema,
         }
@@ -691,7 +714,7 @@ impl TableProvider for SealTable {
         // Segments, oldest rows first. Those without deleted rows are read
         // without the row-id column (unless asked for) and with the limit.
         let (mut clean, mut dirty) = (Vec::new(), Vec::new());
-        for segment in &data.segments {
+        for segment in data.segments.iter().chain(pending.staged.iter()) {
             let meta = &segment.meta;
             if meta.rows == 0 || meta.max_rowid < deletions.below {
                 continue;
@@ -768,6 +791,7 @@ impl TableProvider for SealTable {
         }
         let sink = SealSink {
             table: self.table.clone(),
+            store: self.store.clone(),
             lock_timeout: self.lock_timeout,
             schema: self.table.schema().clone(),
         };
@@ -960,6 +984,7 @@ fn name_damaged_segment(error: DataFusionError, segments: &[Arc<Segment>]) -> Da
 #[derive(Debug)]
 struct SealSink {
     table: Arc<Table>,
+    store: Store,
     lock_timeout: Duration,
     schema: SchemaRef,
 }
@@ -982,21 +1007,21 @@ impl DataSink for SealSink {
         slot.write(&self.table, self.lock_timeout, |_| Ok(()))
             .await
             .map_err(storage)?;
-        // Checked in full before any row is added, so a failing statement
-        // adds nothing to the transaction.
-        let mut rows = Vec::new();
+        // Added as they come (spilling past `transaction-spill-bytes`): a
+        // statement that fails part-way never commits, since the failure
+        // rolls back its transaction (autocommit) or aborts its block. The
+        // input's scans took their view of this transaction when planned.
+        let mut count = 0;
         while let Some(batch) = data.next().await {
             let batch = conform(&self.table, &batch?)?;
             if batch.num_rows() > 0 {
-                rows.push(batch);
+                count += slot
+                    .insert(&self.store, &self.table, self.lock_timeout, &batch)
+                    .await
+                    .map_err(storage)?;
             }
         }
-        slot.write(&self.table, self.lock_timeout, |pending| {
-            rows.iter()
-                .try_fold(0, |count, batch| Ok(count + pending.insert(batch)?))
-        })
-        .await
-        .map_err(storage)
+        Ok(count)
     }
 }
 
@@ -1052,8 +1077,8 @@ fn conform(table: &Table, batch: &RecordBatch) -> Result<RecordBatch> {
 /// run with the target table read with its row ids: `DELETE` deletes the
 /// ids its input yields; `UPDATE` deletes them and inserts the new values
 /// (a row matched more than once, through `UPDATE ... FROM`, is updated
-/// once). Nothing is added to the transaction unless the whole statement
-/// succeeds.
+/// once). A statement that fails part-way never commits: its failure rolls
+/// back the transaction (autocommit) or aborts the block.
 pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Result<u64> {
     let LogicalPlan::Dml(dml) = plan else {
         return Err(StorageTableError::Internal(format!("not a DML plan: {}", plan.display())).into());
@@ -1088,7 +1113,6 @@ pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Resul
     let mut stream = execute_stream(physical, state.task_ctx())?;
     let width = table.schema().fields().len();
     let mut ids = RoaringTreemap::new();
-    let mut rows = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let rowids = batch
@@ -1102,7 +1126,11 @@ pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Resul
             let values = filter_record_batch(&batch.project(&(0..width).collect::<Vec<_>>())?, &first)?;
             let values = conform(&table, &values)?;
             if values.num_rows() > 0 {
-                rows.push(values);
+                // The new values as they come (see `SealSink::write_all`);
+                // the scan above took its view of the transaction when planned.
+                slot.insert(&target.store, &table, target.lock_timeout, &values)
+                    .await
+                    .map_err(storage)?;
             }
         } else {
             ids.extend(rowids.values().iter().copied());
@@ -1111,12 +1139,7 @@ pub async fn delete_or_update(state: &SessionState, plan: &LogicalPlan) -> Resul
     drop(stream);
 
     let deleted = slot
-        .write(&table, target.lock_timeout, |pending| {
-            for batch in &rows {
-                pending.insert(batch)?;
-            }
-            Ok(pending.delete(&ids))
-        })
+        .write(&table, target.lock_timeout, |pending| Ok(pending.delete(&ids)))
         .await
         .map_err(storage)?;
     Ok(if update { ids.len() } else { deleted })

@@ -40,7 +40,9 @@ pub use error::StorageError;
 pub use inventory::{KeyRecord, TableSummary};
 pub use keygate::{Closed, KeyGate, RefreshOutcome};
 pub use segment::{Segment, TABLES_DIR};
-pub use store::{MasterKeyMove, RecoveryReport, RekeyOptions, Store, StoreOptions, move_master_key};
+pub use store::{
+    DEFAULT_SPILL_BYTES, MasterKeyMove, RecoveryReport, RekeyOptions, Store, StoreOptions, move_master_key,
+};
 pub use table::{MemChunk, Table, TableData, rowids, stored_schema, without_deleted};
 pub use txn::{Pending, Transaction};
 pub use verify::{VerifyReport, verify, verify_with};

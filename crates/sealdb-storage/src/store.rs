@@ -24,7 +24,7 @@ use crate::inventory::{self, KeyRecord, Published, TableSummary};
 use crate::keygate::{KeyGate, RefreshOutcome};
 use crate::segment::{self, Segment, TABLES_DIR};
 use crate::table::{MemChunk, Table, lock, without_deleted};
-use crate::txn::Transaction;
+use crate::txn::{Pending, Transaction};
 use crate::wal::{self, FrameKey, FrameKind, FrameSpec, LOG_DIR, LogWriter};
 
 /// Tunables.
@@ -43,7 +43,14 @@ pub struct StoreOptions {
     pub rekey: RekeyOptions,
     /// Keep the audit log (`audit-log = on`, the default).
     pub audit: bool,
+    /// Rows (Arrow bytes) a transaction holds in memory per table; past
+    /// this they are written to an encrypted segment file of their own,
+    /// published when the transaction commits (`transaction-spill-bytes`).
+    pub spill_bytes: u64,
 }
+
+/// `transaction-spill-bytes` when not set: 16 MiB.
+pub const DEFAULT_SPILL_BYTES: u64 = 16 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -54,6 +61,18 @@ impl Default for StoreOptions {
             providers: None,
             rekey: RekeyOptions::default(),
             audit: true,
+            spill_bytes: DEFAULT_SPILL_BYTES,
+        }
+    }
+}
+
+/// Segment files of a commit not yet in the log: removed if it fails.
+struct StagedGuard(Vec<Arc<Segment>>);
+
+impl Drop for StagedGuard {
+    fn drop(&mut self) {
+        for segment in &self.0 {
+            segment.mark_obsolete();
         }
     }
 }
@@ -114,6 +133,11 @@ struct Inner {
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
     log: LogWriter,
     checkpoint: tokio::sync::Mutex<()>,
+    /// Held (shared) by a commit from its log write until its rows are in
+    /// memory, and (exclusively) by a checkpoint while it starts a new log
+    /// file: every commit the old files hold is then in memory, so the
+    /// checkpoint writes it into a segment before it removes those files.
+    commit_window: tokio::sync::RwLock<()>,
     options: StoreOptions,
     mem_bytes: AtomicU64,
     /// The catalog as last written, for `key_records`/`table_summaries`.
@@ -286,7 +310,14 @@ impl Store {
                 if commit.last().is_some_and(|f| f.lsn <= body.checkpoint_lsn) || commit.is_empty() {
                     continue;
                 }
-                apply_frames(&by_id, commit)?;
+                for (table_id, meta) in apply_frames(dir, &by_id, commit)? {
+                    // Published by a commit whose checkpoint did not finish:
+                    // listed now, so the orphan sweep below keeps the file.
+                    body.next_file_id = body.next_file_id.max(meta.id.saturating_add(1));
+                    if let Some(t) = body.tables.iter_mut().find(|t| t.id == table_id) {
+                        t.segments.push(meta);
+                    }
+                }
                 report.replayed_commits += 1;
             }
         }
@@ -341,6 +372,7 @@ impl Store {
                 tables: RwLock::new(tables),
                 log,
                 checkpoint: tokio::sync::Mutex::new(()),
+                commit_window: tokio::sync::RwLock::new(()),
                 options,
                 mem_bytes: AtomicU64::new(mem_bytes),
                 published: std::sync::Mutex::new(Arc::new(Published {
@@ -538,10 +570,14 @@ impl Store {
             .map_err(|e| StorageError::Internal(format!("commit task: {e}")))?
     }
 
-    async fn commit_now(&self, tx: Transaction) -> Result<(), StorageError> {
+    async fn commit_now(&self, mut tx: Transaction) -> Result<(), StorageError> {
         let mut frames = Vec::new();
         let mut applies = Vec::new();
-        for pending in tx.tables.values() {
+        // Segment files the transaction wrote (its rows past
+        // `transaction-spill-bytes`): marked obsolete, so removed, if the
+        // commit fails before they are published.
+        let mut staged = StagedGuard(Vec::new());
+        for pending in tx.tables.values_mut() {
             let table = &pending.table;
             self.inner.gate.check(&table.name)?;
             table.check_keys()?;
@@ -572,6 +608,18 @@ impl Store {
             if let Some(below) = pending.truncate_below {
                 deleted.insert_range(0..below);
             }
+            let segments = std::mem::take(&mut pending.staged);
+            if !segments.is_empty() {
+                let metas: Vec<&crate::catalog::SegmentMeta> = segments.iter().map(|s| &s.meta).collect();
+                frames.push(FrameSpec {
+                    table_id: table.id,
+                    kind: FrameKind::Segments,
+                    key: key.clone(),
+                    payload: serde_json::to_vec(&metas)
+                        .map_err(|e| StorageError::Internal(format!("encoding segment records: {e}")))?,
+                });
+                staged.0.extend(segments.iter().cloned());
+            }
             let inserts = pending.surviving_inserts()?;
             for group in split_by_bytes(&inserts, self.inner.options.frame_bytes_target) {
                 frames.push(FrameSpec {
@@ -581,25 +629,103 @@ impl Store {
                     payload: encode_ipc(table.stored_schema(), group)?,
                 });
             }
-            applies.push((table.clone(), inserts, deleted));
+            applies.push((table.clone(), inserts, deleted, segments));
         }
         if frames.is_empty() {
             return Ok(());
         }
-        let lsn = self.inner.log.commit(frames).await?;
-        let mut added = 0u64;
-        for (table, inserts, deleted) in applies {
-            let chunks: Vec<Arc<MemChunk>> = inserts
-                .into_iter()
-                .map(|batch| {
-                    added += batch.get_array_memory_size() as u64;
-                    Arc::new(MemChunk { batch, lsn })
-                })
-                .collect();
-            table.apply(chunks, Some(deleted));
+        // A commit that publishes segment files is followed by a
+        // checkpoint before it is acknowledged, all under the checkpoint
+        // lock: no compaction or rewrite can touch those segments while
+        // the log is their only record.
+        let checkpoint_guard = if staged.0.is_empty() {
+            None
+        } else {
+            Some(self.inner.checkpoint.lock().await)
+        };
+        {
+            let _window = self.inner.commit_window.read().await;
+            let lsn = self.inner.log.commit(frames).await?;
+            staged.0.clear();
+            let mut added = 0u64;
+            for (table, inserts, deleted, segments) in applies {
+                let chunks: Vec<Arc<MemChunk>> = inserts
+                    .into_iter()
+                    .map(|batch| {
+                        added += batch.get_array_memory_size() as u64;
+                        Arc::new(MemChunk { batch, lsn })
+                    })
+                    .collect();
+                table.apply(chunks, Some(deleted));
+                if !segments.is_empty() {
+                    table.install(&[], &[], segments, None);
+                }
+            }
+            self.inner.mem_bytes.fetch_add(added, Ordering::AcqRel);
         }
-        self.inner.mem_bytes.fetch_add(added, Ordering::AcqRel);
         drop(tx);
+        if checkpoint_guard.is_some() {
+            crate::crash_point("spill:after-commit");
+            self.checkpoint_locked().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows `pending` holds in memory to a segment file of its
+    /// own (encrypted under the table's current key, durable, unpublished)
+    /// once they reach `transaction-spill-bytes`, so that a transaction or
+    /// a `COPY` of any size holds a bounded amount in memory. The commit
+    /// publishes the file; a rollback removes it; a crash before the
+    /// commit leaves an orphan that the next start removes.
+    pub async fn spill(&self, pending: &mut Pending) -> Result<(), StorageError> {
+        if pending.buffered < self.inner.options.spill_bytes.max(1) {
+            return Ok(());
+        }
+        let batches = pending.surviving_inserts()?;
+        // The rows this transaction deleted of its own are left out of the
+        // file; their ids need no record any more.
+        for batch in &pending.inserts {
+            if let Some(ids) = crate::table::rowids(batch) {
+                for id in ids.values() {
+                    pending.deleted.remove(*id);
+                }
+            }
+        }
+        pending.inserts.clear();
+        pending.buffered = 0;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let table = pending.table.clone();
+        self.inner.gate.check(&table.name)?;
+        table.check_keys()?;
+        let id = {
+            let mut state = self.inner.catalog.lock().await;
+            let id = state.body.next_file_id;
+            state.body.next_file_id += 1;
+            id
+        };
+        let key = match table.encryption() {
+            Encryption::Aes256Gcm => Some(table.writing_key()?),
+            Encryption::None => None,
+        };
+        let dir = self.inner.dir.clone();
+        let table_id = table.id;
+        let meta = tokio::task::spawn_blocking(move || {
+            segment::write(
+                &dir,
+                table_id,
+                id,
+                &batches,
+                key.as_ref().map(|(v, k)| (*v, k.as_ref())),
+            )
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("segment writer: {e}")))??;
+        pending
+            .staged
+            .push(Arc::new(Segment::new(&self.inner.dir, table_id, meta)));
+        crate::crash_point("spill:after-write");
         Ok(())
     }
 
@@ -757,6 +883,8 @@ pub(crate) enum Payload {
     TruncatedBelow(u64),
     /// The link to the next file (read by the log reader itself).
     Link,
+    /// Segment files written before the commit.
+    Segments(Vec<crate::catalog::SegmentMeta>),
 }
 
 fn now_unix() -> u64 {

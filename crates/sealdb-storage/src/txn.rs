@@ -11,6 +11,7 @@ use roaring::RoaringTreemap;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::StorageError;
+use crate::segment::Segment;
 use crate::table::{Table, rowids};
 
 /// The writes of one transaction. Dropping it rolls it back.
@@ -25,8 +26,24 @@ pub struct Pending {
     pub(crate) table: Arc<Table>,
     _guard: OwnedMutexGuard<()>,
     pub(crate) inserts: Vec<RecordBatch>,
+    /// Arrow bytes of `inserts`.
+    pub(crate) buffered: u64,
+    /// Rows written out of memory to segment files of their own
+    /// ([`crate::Store::spill`]), published by the commit; removed when
+    /// the transaction rolls back.
+    pub(crate) staged: Vec<Arc<Segment>>,
     pub(crate) deleted: RoaringTreemap,
     pub(crate) truncate_below: Option<u64>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Not committed (the commit takes them): their files go once no
+        // scan of this transaction reads them any more.
+        for segment in &self.staged {
+            segment.mark_obsolete();
+        }
+    }
 }
 
 impl Transaction {
@@ -56,6 +73,8 @@ impl Transaction {
                     table: table.clone(),
                     _guard: guard,
                     inserts: Vec::new(),
+                    buffered: 0,
+                    staged: Vec::new(),
                     deleted: RoaringTreemap::new(),
                     truncate_below: None,
                 }))
@@ -116,6 +135,7 @@ impl Pending {
                 table: table.name.clone(),
                 detail: e.to_string(),
             })?;
+        self.buffered += stored.get_array_memory_size() as u64;
         self.inserts.push(stored);
         Ok(rows)
     }
@@ -132,7 +152,21 @@ impl Pending {
         let below = self.table.next_rowid.load(Ordering::Acquire);
         self.truncate_below = Some(below);
         self.inserts.clear();
+        self.buffered = 0;
+        for segment in self.staged.drain(..) {
+            segment.mark_obsolete();
+        }
         self.deleted.clear();
+    }
+
+    /// Segment files holding rows this transaction inserted.
+    pub fn staged(&self) -> &[Arc<Segment>] {
+        &self.staged
+    }
+
+    /// Arrow bytes of the inserted rows held in memory.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered
     }
 
     /// Rows inserted, with row ids, before deletions are applied.

@@ -118,23 +118,7 @@ pub fn verify_with(
             continue;
         }
         for meta in &table.segments {
-            let s = Segment::new(dir, table.id, meta.clone());
-            let data_key = match meta.key_version {
-                0 => Ok(None),
-                v => match keys.get(&(table.id, v)) {
-                    Some(tk) => segment::unwrap_data_key(table.id, meta, tk).map(Some),
-                    None => Err(StorageError::KeyDestroyed {
-                        key: format!("table key {} version {v}", table.name),
-                        detail: format!("{} cannot be read", s.display),
-                    }),
-                },
-            };
-            let outcome =
-                data_key.and_then(|k| segment::read_all(&s.path, &s.display, table.id, meta, k.as_ref()).map(|_| ()));
-            match outcome {
-                Ok(()) => report.checked.push(s.display.clone()),
-                Err(e) => report.problems.push(e),
-            }
+            check_segment(dir, table, meta, &keys, &mut report);
         }
     }
     let key_of = |table_id: u64, version: u32| keys.get(&(table_id, version)).cloned();
@@ -172,6 +156,25 @@ pub fn verify_with(
                     ));
                 }
                 report.checked.push(f.display.clone());
+                // Segment files a commit published whose checkpoint had not
+                // finished: the log is their only record.
+                for frame in f.contents.commits.iter().flatten() {
+                    if frame.kind != crate::wal::FrameKind::Segments || frame.lsn <= body.checkpoint_lsn {
+                        continue;
+                    }
+                    let Some(table) = body.tables.iter().find(|t| t.id == frame.table_id) else {
+                        continue;
+                    };
+                    match crate::store::decode_payload(frame) {
+                        Ok(crate::store::Payload::Segments(metas)) => {
+                            for meta in &metas {
+                                check_segment(dir, table, meta, &keys, &mut report);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => report.problems.push(e),
+                    }
+                }
             }
             for (seq, _) in &scan.obsolete {
                 report.notes.push(format!(
@@ -184,4 +187,30 @@ pub fn verify_with(
         Err(e) => report.problems.push(e),
     }
     report
+}
+
+/// Reads and authenticates one segment file of `table` into `report`.
+fn check_segment(
+    dir: &Path,
+    table: &crate::catalog::TableMeta,
+    meta: &crate::catalog::SegmentMeta,
+    keys: &BTreeMap<(u64, u32), Arc<Key256>>,
+    report: &mut VerifyReport,
+) {
+    let s = Segment::new(dir, table.id, meta.clone());
+    let data_key = match meta.key_version {
+        0 => Ok(None),
+        v => match keys.get(&(table.id, v)) {
+            Some(tk) => segment::unwrap_data_key(table.id, meta, tk).map(Some),
+            None => Err(StorageError::KeyDestroyed {
+                key: format!("table key {} version {v}", table.name),
+                detail: format!("{} cannot be read", s.display),
+            }),
+        },
+    };
+    let outcome = data_key.and_then(|k| segment::read_all(&s.path, &s.display, table.id, meta, k.as_ref()).map(|_| ()));
+    match outcome {
+        Ok(()) => report.checked.push(s.display.clone()),
+        Err(e) => report.problems.push(e),
+    }
 }

@@ -105,6 +105,9 @@ pub enum FrameKind {
     /// The log continues in file `seq` (u64): written last before a new
     /// file is begun, so that a deleted newer file is detected.
     Next = 4,
+    /// Segment files a transaction wrote before it committed (its rows
+    /// past `transaction-spill-bytes`): their catalog entries, as JSON.
+    Segments = 5,
 }
 
 impl FrameKind {
@@ -114,6 +117,7 @@ impl FrameKind {
             2 => Some(Self::Delete),
             3 => Some(Self::Truncate),
             4 => Some(Self::Next),
+            5 => Some(Self::Segments),
             _ => None,
         }
     }

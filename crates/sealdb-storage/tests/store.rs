@@ -857,3 +857,77 @@ async fn verify_finds_an_audit_record_removed_or_edited_even_by_someone_holding_
     });
     assert!(renumbered.contains("record 3 does not follow"), "{renumbered}");
 }
+
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    all_files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+/// A transaction past `spill_bytes` keeps its rows in encrypted segment
+/// files of its own, not in memory: its own scans see them, a deletion of
+/// them counts, a rollback removes the files, a commit publishes them (in
+/// the catalog before it returns) and they survive reopening and verify.
+#[tokio::test]
+async fn a_large_transaction_spills_into_encrypted_files_that_its_commit_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || StoreOptions {
+        spill_bytes: 4096,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), provider(dir.path()), options()).unwrap().0;
+    store.create_table("t", schema(), Encryption::Aes256Gcm).await.unwrap();
+    let t = store.table("t").unwrap();
+
+    // Rolled back: the files go with the transaction.
+    let mut tx = Transaction::new();
+    for round in 0..4 {
+        let pending = tx.write(&t, store.options().lock_timeout).await.unwrap();
+        pending
+            .insert(&rows(round * 100..round * 100 + 100, "spilled"))
+            .unwrap();
+        store.spill(pending).await.unwrap();
+    }
+    let pending = tx.pending(t.id()).unwrap();
+    let staged = pending.staged().len();
+    assert!(staged >= 2, "400 rows are many times 4 KiB: {staged} files");
+    assert!(pending.buffered_bytes() < 4096, "{}", pending.buffered_bytes());
+    assert_eq!(parquet_files(dir.path()).len(), staged);
+    for file in parquet_files(dir.path()) {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("spilled-1"),
+            "a spill file holds rows in the clear"
+        );
+    }
+    drop(tx);
+    assert!(
+        parquet_files(dir.path()).is_empty(),
+        "a rollback removes what it spilled"
+    );
+
+    // Committed: spilled rows, rows in memory, and a deletion of a spilled row.
+    let mut tx = Transaction::new();
+    let pending = tx.write(&t, store.options().lock_timeout).await.unwrap();
+    pending.insert(&rows(0..300, "spilled")).unwrap();
+    store.spill(pending).await.unwrap();
+    pending.insert(&rows(300..310, "kept")).unwrap();
+    // Row ids go on from those the rolled-back transaction took.
+    let first = pending.staged()[0].meta.min_rowid;
+    let spilled_id = RoaringTreemap::from_iter([first + 5]);
+    assert_eq!(pending.delete(&spilled_id), 1);
+    store.commit(tx).await.unwrap();
+    let expected: Vec<i64> = (0..310).filter(|i| *i != 5).collect();
+    assert_eq!(ids(&store, "t"), expected);
+    drop(store);
+    let report = sealdb_storage::verify(dir.path(), provider(dir.path()).as_ref());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let store = Store::open(dir.path(), provider(dir.path()), options()).unwrap().0;
+    assert_eq!(ids(&store, "t"), expected);
+    insert(&store, "t", rows(310..320, "after")).await;
+    store.checkpoint().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(ids(&store, "t").len(), expected.len() + 10);
+}

@@ -228,6 +228,10 @@ async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
             keep_old_keys: settings.keep_old_keys.unwrap_or(false),
         },
         audit: settings.audit_log.unwrap_or_default() == sealdb_config::OnOff::On,
+        spill_bytes: match &settings.transaction_spill_bytes {
+            Some(text) => sealdb_config::parse_byte_size("transaction-spill-bytes", text)?,
+            None => sealdb_storage::DEFAULT_SPILL_BYTES,
+        },
         ..sealdb_storage::StoreOptions::default()
     };
     let (store, recovery) =

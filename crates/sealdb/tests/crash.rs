@@ -242,6 +242,11 @@ fn acknowledged_rows_survive_repeated_kill_9_of_a_mixed_workload_and_nothing_els
 /// A server whose process ends at `point` (`SEALDB_CRASH_AT`, debug builds),
 /// as `kill -9` would end it there.
 fn start_crashing_at(point: &str) -> TestServer {
+    start_crashing_with(point, &[])
+}
+
+/// The same with more `sealdb start` arguments.
+fn start_crashing_with(point: &str, args: &[&str]) -> TestServer {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let wrapper = dir.path().join("sealdb-crashing");
@@ -254,7 +259,54 @@ fn start_crashing_at(point: &str) -> TestServer {
     )
     .expect("wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    TestServer::start_with_binary(dir, &wrapper, &[])
+    TestServer::start_with_binary(dir, &wrapper, args)
+}
+
+/// A crash after a transaction wrote rows to a spill file but before it
+/// committed leaves nothing (the file is removed at the next start); a
+/// crash after the commit reached the log but before the checkpoint that
+/// publishes its files in the catalog leaves the whole transaction, and
+/// later files never take the names of the ones the log published.
+#[test]
+fn a_crash_around_a_spilling_commit_keeps_it_whole_or_not_at_all() {
+    let args = ["--transaction-spill-bytes", "64KB"];
+    let insert = |from: u64| {
+        format!(
+            "INSERT INTO t SELECT value FROM generate_series({from}, {})",
+            from + 29_999
+        )
+    };
+    for (point, kept) in [("spill:after-write", 0u64), ("spill:after-commit", 30_000)] {
+        let server = start_crashing_with(point, &args);
+        let admin = server.admin();
+        psql(&admin, "CREATE TABLE t (n BIGINT NOT NULL)").expect_ok();
+        let out = psql(&admin, &insert(1));
+        assert!(!out.ok, "{point}: the server ended in the middle of the insert");
+        let dir = server
+            .exited()
+            .unwrap_or_else(|| panic!("{point}: the server is still running"));
+        let server = TestServer::start_in(dir, &args);
+        let admin = server.admin();
+        assert_eq!(
+            psql(&admin, "SELECT count(*), count(DISTINCT n) FROM t").expect_ok(),
+            format!("{kept}|{kept}\n"),
+            "{point}"
+        );
+        // More spilled commits, a checkpoint and a restart: nothing of the
+        // replayed files is overwritten or lost.
+        psql(&admin, &insert(100_001)).expect_ok();
+        psql(&admin, &insert(200_001)).expect_ok();
+        psql(&admin, "CHECKPOINT").expect_ok();
+        let dir = server.stop();
+        let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
+        assert!(ok, "{point}: {report}");
+        let server = TestServer::start_in(dir, &args);
+        assert_eq!(
+            psql(&server.admin(), "SELECT count(*), count(DISTINCT n) FROM t").expect_ok(),
+            format!("{0}|{0}\n", kept + 60_000),
+            "{point}"
+        );
+    }
 }
 
 /// A crash in the middle of `ALTER SYSTEM ROTATE MASTER KEY` or `ALTER

@@ -674,3 +674,94 @@ fn key_rotation_period_rotates_table_keys_by_itself() {
     let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
     assert!(ok, "{report}");
 }
+
+/// A transaction or a COPY that writes more than `transaction-spill-bytes`
+/// keeps the rest in encrypted segment files of its own, not in the
+/// server's memory (issue 17, item 13): its own statements see those rows,
+/// no file holds them in the clear, a ROLLBACK or a lost connection
+/// removes the files, and a commit publishes them for every session and
+/// every restart.
+#[test]
+fn large_writes_spill_into_encrypted_files_that_a_rollback_or_a_lost_connection_removes() {
+    const MARKER: &str = "SPILL-MARKER-51c2e9";
+    let args = ["--transaction-spill-bytes", "64KB"];
+    let server = TestServer::start(&args);
+    let admin = server.admin();
+    psql(&admin, "CREATE TABLE big (id BIGINT NOT NULL, note TEXT)").expect_ok();
+    let files = |data: &Path| match data.join("tables").exists() {
+        true => segments(data).len(),
+        false => 0,
+    };
+    let no_marker = |data: &Path| {
+        for file in files_under(data) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                "{} holds spilled rows in the clear",
+                file.display()
+            );
+        }
+    };
+    let wait_for_files = |data: &Path, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while files(data) != n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        files(data)
+    };
+    let insert = format!("INSERT INTO big SELECT value, '{MARKER}-' || value FROM generate_series(1, 30000)");
+
+    // Rolled back: seen inside the transaction, then gone with its files.
+    let mut session = LongSession::open(&admin);
+    assert_eq!(session.query("BEGIN; SELECT 'begun'"), "begun");
+    assert_eq!(session.query(&format!("{insert}; SELECT count(*) FROM big")), "30000");
+    let spilled = files(&server.data);
+    assert!(spilled >= 2, "30000 rows are many times 64 KB: {spilled} files");
+    no_marker(&server.data);
+    assert_eq!(
+        session.query("UPDATE big SET note = 'changed' WHERE id <= 10; SELECT count(*), count(DISTINCT id) FROM big WHERE note = 'changed'"),
+        "10|10"
+    );
+    assert_eq!(session.query("SELECT count(*) FROM big"), "30000");
+    assert_eq!(
+        psql(&admin, "SELECT count(*) FROM big").expect_ok(),
+        "0\n",
+        "other sessions see nothing before the commit"
+    );
+    assert_eq!(session.query("ROLLBACK; SELECT count(*) FROM big"), "0");
+    assert_eq!(wait_for_files(&server.data, 0), 0, "a rollback removes what it spilled");
+
+    // A lost connection is a rollback too.
+    let mut session = LongSession::open(&admin);
+    assert_eq!(session.query("BEGIN; SELECT 'begun'"), "begun");
+    assert_eq!(session.query(&format!("{insert}; SELECT count(*) FROM big")), "30000");
+    assert!(files(&server.data) >= 2);
+    drop(session);
+    assert_eq!(
+        wait_for_files(&server.data, 0),
+        0,
+        "a lost connection removes what it spilled"
+    );
+
+    // Committed, by COPY: every session sees it, no file holds it in the
+    // clear, and it survives a restart and verifies.
+    let lines: String = (1..=30000).map(|i| format!("{i}\t{MARKER}-copy-{i}\n")).collect();
+    assert_eq!(
+        psql_input(&admin, "COPY big FROM STDIN", &lines).expect_ok(),
+        "COPY 30000\n"
+    );
+    psql(&admin, &format!("{insert}; DELETE FROM big WHERE id <= 5")).expect_ok();
+    assert_eq!(
+        psql(&admin, "SELECT count(*), count(DISTINCT id) FROM big").expect_ok(),
+        "59990|29995\n"
+    );
+    no_marker(&server.data);
+    let dir = server.stop();
+    let (ok, report) = support::sealdb_verify(&dir.path().join("data"), &[]);
+    assert!(ok, "{report}");
+    let server = TestServer::start_in(dir, &args);
+    assert_eq!(
+        psql(&server.admin(), "SELECT count(*), min(id), max(id) FROM big").expect_ok(),
+        "59990|6|30000\n"
+    );
+}

@@ -141,9 +141,12 @@ impl Engine {
         let Some(batch) = copy.parser.take_batch(copy.table.schema())? else {
             return Ok(());
         };
+        let Some(durable) = &self.durable else {
+            return Err(SqlError::ServerState("COPY FROM STDIN needs the store".into()));
+        };
         copy.rows += session
             .tx
-            .write(&copy.table, copy.lock_timeout, |pending| pending.insert(&batch))
+            .insert(&durable.store, &copy.table, copy.lock_timeout, &batch)
             .await?;
         Ok(())
     }

@@ -124,12 +124,7 @@ impl Engine {
             .store
             .create_table_with_keys(&name, schema, encryption, options.key_provider, fill)
             .await?;
-        let provider = Arc::new(SealTable::new(
-            table,
-            durable.keys.clone(),
-            durable.store.key_gate().clone(),
-            durable.store.options().lock_timeout,
-        ));
+        let provider = Arc::new(SealTable::new(table, durable.keys.clone(), &durable.store));
         // `AS SELECT` fills the table before anyone else can see it: no other
         // session can write to it, and a failure drops it unseen.
         if fill {

@@ -391,12 +391,7 @@ impl Engine {
         let keys = SegmentKeys::new();
         for table in store.tables() {
             let name = table.name().to_owned();
-            let provider = SealTable::new(
-                table,
-                keys.clone(),
-                store.key_gate().clone(),
-                store.options().lock_timeout,
-            );
+            let provider = SealTable::new(table, keys.clone(), &store);
             self.base
                 .register_table(TableReference::partial(SCHEMA, name), Arc::new(provider))?;
         }

@@ -22,8 +22,17 @@ impl Store {
 
     pub(super) async fn checkpoint_now(&self) -> Result<(), StorageError> {
         let _one = self.inner.checkpoint.lock().await;
+        self.checkpoint_locked().await
+    }
+
+    /// [`Self::checkpoint_now`] with the checkpoint lock already held.
+    pub(super) async fn checkpoint_locked(&self) -> Result<(), StorageError> {
         let generation = self.inner.catalog.lock().await.body.generation;
-        let rotated = self.inner.log.rotate(generation).await?;
+        let rotated = {
+            // No commit between its log write and its rows in memory.
+            let _window = self.inner.commit_window.write().await;
+            self.inner.log.rotate(generation).await?
+        };
         let mut flushed = Vec::new();
         for table in self.tables() {
             let data = table.snapshot();
@@ -96,13 +105,16 @@ impl Store {
                 (table.id, segments, deleted, table.next_rowid.load(Ordering::Acquire))
             })
             .collect();
-        let untouched: Vec<(u64, RoaringTreemap, u64)> = self
+        // Their segments too: a commit may have published segment files a
+        // transaction wrote (`Store::spill`).
+        let untouched: Vec<(u64, Vec<crate::catalog::SegmentMeta>, RoaringTreemap, u64)> = self
             .tables()
             .iter()
             .filter(|t| !flushed.iter().any(|(f, ..)| f.id == t.id))
             .map(|t| {
                 (
                     t.id,
+                    t.segment_metas(),
                     (*t.snapshot().deleted).clone(),
                     t.next_rowid.load(Ordering::Acquire),
                 )
@@ -116,7 +128,8 @@ impl Store {
                     meta.segments = segments.clone();
                     meta.deleted = serialize_bitmap(deleted)?;
                     meta.next_rowid = *next;
-                } else if let Some((_, deleted, next)) = untouched.iter().find(|u| u.0 == meta.id) {
+                } else if let Some((_, segments, deleted, next)) = untouched.iter().find(|u| u.0 == meta.id) {
+                    meta.segments = segments.clone();
                     meta.deleted = serialize_bitmap(deleted)?;
                     meta.next_rowid = *next;
                 }

@@ -231,8 +231,16 @@ pub(crate) fn deleted_rows(meta: &TableMeta) -> Result<RoaringTreemap, StorageEr
     })
 }
 
-pub(super) fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::Frame>) -> Result<(), StorageError> {
+/// Applies one commit's frames to the tables in memory; returns the segment
+/// files it published (`FrameKind::Segments`) that the tables did not list
+/// yet, by table id.
+pub(super) fn apply_frames(
+    dir: &Path,
+    tables: &BTreeMap<u64, Arc<Table>>,
+    frames: Vec<wal::Frame>,
+) -> Result<Vec<(u64, crate::catalog::SegmentMeta)>, StorageError> {
     let mut per_table: BTreeMap<u64, (Vec<Arc<MemChunk>>, RoaringTreemap)> = BTreeMap::new();
+    let mut published = Vec::new();
     for frame in frames {
         let Some(table) = tables.get(&frame.table_id) else {
             continue;
@@ -256,6 +264,22 @@ pub(super) fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::
                 }
             }
             Payload::Deleted(set) => entry.1 |= set,
+            Payload::Segments(metas) => {
+                let listed: HashSet<u64> = table.snapshot().segments.iter().map(|s| s.meta.id).collect();
+                let mut added = Vec::new();
+                for meta in metas.into_iter().filter(|m| !listed.contains(&m.id)) {
+                    let segment = Arc::new(Segment::new(dir, table.id, meta.clone()));
+                    if !segment.path.exists() {
+                        return Err(segment::missing(&segment.display));
+                    }
+                    table
+                        .next_rowid
+                        .fetch_max(meta.max_rowid.saturating_add(1), Ordering::AcqRel);
+                    published.push((table.id, meta));
+                    added.push(segment);
+                }
+                table.install(&[], &[], added, None);
+            }
             Payload::Link => {}
             Payload::TruncatedBelow(below) => {
                 entry.1.insert_range(0..below);
@@ -268,7 +292,7 @@ pub(super) fn apply_frames(tables: &BTreeMap<u64, Arc<Table>>, frames: Vec<wal::
             table.apply(chunks, Some(deleted));
         }
     }
-    Ok(())
+    Ok(published)
 }
 
 /// Removes segment files and table directories the catalog does not list
@@ -328,6 +352,17 @@ pub(crate) fn decode_payload(frame: &wal::Frame) -> Result<Payload, StorageError
             Payload::TruncatedBelow(below)
         }
         FrameKind::Next => Payload::Link,
+        FrameKind::Segments => {
+            let metas: Vec<crate::catalog::SegmentMeta> =
+                serde_json::from_slice(&frame.payload).map_err(|e| bad(format!("bad segment record: {e}")))?;
+            if let Some(m) = metas
+                .iter()
+                .find(|m| m.max_rowid > ROWID_LIMIT || m.min_rowid > m.max_rowid)
+            {
+                return Err(bad(format!("segment record {} has row ids out of range", m.id)));
+            }
+            Payload::Segments(metas)
+        }
     })
 }
 
