@@ -183,6 +183,8 @@ pub(crate) struct AuditWriter {
     written: u64,
     next_number: u64,
     last_hash: String,
+    /// A file is closed and the next one begun past this size.
+    file_bytes_target: u64,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -256,6 +258,7 @@ impl AuditWriter {
             written: HEADER_LEN as u64,
             next_number,
             last_hash,
+            file_bytes_target: FILE_BYTES_TARGET,
         })
     }
 
@@ -273,7 +276,7 @@ impl AuditWriter {
             prev: self.last_hash.clone(),
         };
         let plain = serde_json::to_vec(&record).map_err(|e| StorageError::Internal(format!("audit record: {e}")))?;
-        if self.file.is_some() && self.written >= FILE_BYTES_TARGET {
+        if self.file.is_some() && self.written >= self.file_bytes_target {
             // The chain goes on in the next file.
             let system = self.system.clone();
             self.switch_key(&system)?;
@@ -618,4 +621,52 @@ pub(crate) fn rewrite_for_test(
     }
     let path = dir.join(AUDIT_DIR).join(file_name(1));
     sealdb_kms::replace_file_durably(&path, &bytes).map_err(StorageError::io("writing", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use super::*;
+
+    /// Past its size target the log goes on in a new file that continues
+    /// the hash chain; `check` reads the files one by one (never the whole
+    /// log at once) and finds a file taken out of the middle; a writer
+    /// opened again continues the chain.
+    #[test]
+    fn the_audit_log_rotates_into_chained_files_checked_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = vec![Key256::random().unwrap()];
+        let mut writer = AuditWriter::open(dir.path(), &keys).unwrap();
+        writer.file_bytes_target = 2048;
+        for i in 0..60 {
+            writer
+                .append(&AuditEvent::new("login failed", format!("user{i}"), "x".repeat(100)))
+                .unwrap();
+        }
+        let files = list_files(dir.path()).unwrap();
+        assert!(files.len() >= 3, "{} files", files.len());
+        for (_, path) in &files {
+            let len = std::fs::metadata(path).unwrap().len();
+            assert!(len < 2048 + 1024, "{} is {len} bytes", path.display());
+        }
+        let end = check(dir.path(), &keys).unwrap();
+        assert_eq!((end.records, end.next_number), (60, 61));
+        assert!(end.problems.is_empty(), "{:?}", end.problems);
+        drop(writer);
+
+        let mut writer = AuditWriter::open(dir.path(), &keys).unwrap();
+        writer.append(&AuditEvent::new("login", "admin", "")).unwrap();
+        drop(writer);
+        let end = check(dir.path(), &keys).unwrap();
+        assert_eq!(end.records, 61);
+        assert!(end.problems.is_empty(), "{:?}", end.problems);
+
+        std::fs::remove_file(&files[1].1).unwrap();
+        let end = check(dir.path(), &keys).unwrap();
+        assert!(
+            !end.problems.is_empty(),
+            "a file taken out of the middle goes unnoticed"
+        );
+    }
 }
