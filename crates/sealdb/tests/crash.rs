@@ -94,20 +94,25 @@ const MAINTENANCE: [&str; 6] = [
     "ALTER SYSTEM REKEY",
 ];
 
+static NEXT_MAINTENANCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Whether psql's failure is the server going away (the kill), not an
 /// error the server sent.
 fn connection_lost(out: &support::Psql) -> bool {
     !out.stderr.contains("ERROR:")
 }
 
-/// Runs maintenance statements at random until `stop`; returns how many of
+/// Runs maintenance statements in turn, at random moments, until `stop`; returns how many of
 /// each the server acknowledged. A statement the server answers with an
 /// error fails the soak.
 fn operator(conninfo: String, stop: Arc<AtomicBool>) -> BTreeMap<&'static str, u64> {
     let mut acked = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(30 + jitter(150)));
-        let statement = MAINTENANCE[jitter(MAINTENANCE.len() as u64) as usize];
+        // In turn across the rounds, so each one runs however few the
+        // rounds leave time for on a loaded machine.
+        let turn = NEXT_MAINTENANCE.fetch_add(1, Ordering::Relaxed);
+        let statement = MAINTENANCE[turn % MAINTENANCE.len()];
         let out = psql(&conninfo, statement);
         if out.ok {
             *acked.entry(statement).or_insert(0) += 1;
