@@ -34,7 +34,7 @@ pub use inspect::{CertInfo, cert_info, cert_info_pem_file, format_time};
 pub use load::check_private_key_permissions;
 pub use tls::{
     LoadedCertificate, LoadedCrl, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
-    client_config, install_crypto_provider, supported_cipher_suite_names,
+    client_config, crypto_provider, install_crypto_provider, supported_cipher_suite_names,
 };
 
 /// Entry points of the fuzz targets (`fuzz/fuzz_targets/`), which the test

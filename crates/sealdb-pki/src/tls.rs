@@ -26,7 +26,7 @@ use crate::{CertInfo, ClientCertificate, PkiError, cert_info};
 /// `ring` and `aws-lc-rs` may be linked into the binary, and rustls refuses
 /// to guess; call this once at start. Calling it again does nothing.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = crypto_provider().install_default();
 }
 
 /// Where the server's own certificate and key come from.
@@ -564,7 +564,7 @@ pub fn client_config(
             .add(der)
             .map_err(|e| PkiError::bad(&trust_path, format!("not a usable CA certificate: {e}")))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| PkiError::Config(format!("TLS client: {e}")))?
         .with_root_certificates(store)
@@ -578,8 +578,25 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The crypto provider of every TLS endpoint and client of sealdb:
+/// aws-lc-rs, preferring the hybrid post-quantum key exchange
+/// X25519MLKEM768 (so traffic recorded today stays safe from a future
+/// quantum computer), then X25519, P-256 and P-384 for peers without it.
+pub fn crypto_provider() -> CryptoProvider {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    CryptoProvider {
+        kx_groups: vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+            kx_group::SECP384R1,
+        ],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
+}
+
 fn provider_with_suites(names: &[String]) -> Result<CryptoProvider, PkiError> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut provider = crypto_provider();
     if names.is_empty() {
         return Ok(provider);
     }

@@ -31,6 +31,8 @@ pub(crate) struct ConnectionTls {
     pub(crate) version: String,
     /// Cipher suite name.
     pub(crate) cipher: String,
+    /// Key exchange group (`X25519MLKEM768`, ...).
+    pub(crate) key_exchange: String,
     /// SCRAM bound to the server certificate this handshake used.
     pub(crate) scram: Arc<pgwire::api::auth::sasl::scram::ScramAuth>,
 }
@@ -198,11 +200,16 @@ pub(crate) async fn serve(
             .negotiated_cipher_suite()
             .map(|s| s.suite().as_str().unwrap_or("unknown").to_owned())
             .unwrap_or_default();
+        let key_exchange = conn
+            .negotiated_key_exchange_group()
+            .map(|g| g.name().as_str().unwrap_or("unknown").to_owned())
+            .unwrap_or_default();
         let scram = state.scram_for_connection(&material);
         socket.session_extensions().insert(ConnectionTls {
             material,
             version,
             cipher,
+            key_exchange,
             scram,
         });
     }

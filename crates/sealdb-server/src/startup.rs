@@ -245,6 +245,7 @@ impl StartupHandler {
             .map(|t| TlsSessionInfo {
                 version: t.version.clone(),
                 cipher: t.cipher.clone(),
+                key_exchange: t.key_exchange.clone(),
                 client_cert: cert.map(|c| ClientCertSummary {
                     subject: c.info.subject.clone(),
                     issuer: c.info.issuer.clone(),

@@ -261,3 +261,61 @@ fn a_message_that_makes_the_protocol_decoder_panic_ends_only_its_connection() {
     );
     still_serves(&server);
 }
+
+/// The client port offers the hybrid post-quantum key exchange
+/// X25519MLKEM768 (issue 18, item 5): a client offering only that group,
+/// or that group first, gets it; one without it (psql on OpenSSL 3.0)
+/// still connects with X25519, and `sys.sessions` says which group a
+/// session uses.
+#[test]
+fn the_client_port_negotiates_the_hybrid_post_quantum_key_exchange() {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let server = TestServer::start(&[]);
+    let handshake = |groups: Vec<&'static dyn SupportedKxGroup>| -> String {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(server.ca()).expect("CA file") {
+            roots.add(cert.expect("CA certificate")).expect("usable CA");
+        }
+        let provider = CryptoProvider {
+            kx_groups: groups,
+            ..default_provider()
+        };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        // SSLRequest (code 80877103), then the server's 'S'.
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .expect("SSLRequest");
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).expect("answer");
+        assert_eq!(answer[0], b'S');
+        let name = "localhost".try_into().expect("server name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("handshake");
+        }
+        conn.negotiated_key_exchange_group()
+            .and_then(|g| g.name().as_str())
+            .unwrap_or("none")
+            .to_owned()
+    };
+    assert_eq!(handshake(vec![kx_group::X25519MLKEM768]), "X25519MLKEM768");
+    assert_eq!(
+        handshake(vec![kx_group::X25519MLKEM768, kx_group::X25519]),
+        "X25519MLKEM768"
+    );
+    assert_eq!(handshake(vec![kx_group::X25519]), "X25519");
+    // psql's own session, the only one.
+    let out = psql(&server.admin(), "SELECT tls_key_exchange FROM sys.sessions").expect_ok();
+    assert!(out.trim() == "X25519" || out.trim() == "X25519MLKEM768", "{out}");
+}

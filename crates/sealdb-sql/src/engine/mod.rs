@@ -58,6 +58,8 @@ pub struct TlsSessionInfo {
     pub version: String,
     /// Negotiated cipher suite.
     pub cipher: String,
+    /// Negotiated key exchange group (`X25519MLKEM768` preferred).
+    pub key_exchange: String,
     /// The verified client certificate, if one was presented.
     pub client_cert: Option<ClientCertSummary>,
 }
