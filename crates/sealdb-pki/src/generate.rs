@@ -160,8 +160,17 @@ impl CertsDir {
 
     /// Makes a node (server) certificate for `hosts` (DNS names or IP
     /// addresses), signed by the CA in this directory: `node.crt` (leaf then
-    /// CA) and `node.key`.
-    pub fn create_node(&self, hosts: &[String], key_type: KeyType, days: u32) -> Result<Written, PkiError> {
+    /// CA) and `node.key`. With `member`, it also names the node and its
+    /// cluster (a `sealdb://cluster/ID/node/NAME` URI name; the common name
+    /// is the node's name), so that it opens the node channel of that
+    /// cluster ([`crate::NodeName`]).
+    pub fn create_node(
+        &self,
+        hosts: &[String],
+        member: Option<&crate::NodeName>,
+        key_type: KeyType,
+        days: u32,
+    ) -> Result<Written, PkiError> {
         let first = hosts
             .first()
             .ok_or_else(|| PkiError::Config("create-node needs at least one host name or address".into()))?;
@@ -171,7 +180,20 @@ impl CertsDir {
         let mut params = CertificateParams::new(hosts.to_vec())
             .map_err(|e| PkiError::Config(format!("bad host name in {hosts:?}: {e}")))?;
         apply_validity(&mut params, days)?;
-        params.distinguished_name = dn(&[(DnType::OrganizationName, "sealdb"), (DnType::CommonName, first)]);
+        params.distinguished_name = match member {
+            None => dn(&[(DnType::OrganizationName, "sealdb"), (DnType::CommonName, first)]),
+            Some(node) => {
+                let uri = rcgen::string::Ia5String::try_from(node.uri())
+                    .map_err(|e| PkiError::Config(format!("bad cluster or node name in {}: {e}", node.uri())))?;
+                params.subject_alt_names.push(rcgen::SanType::URI(uri));
+                let unit = format!("sealdb cluster {}", node.cluster);
+                dn(&[
+                    (DnType::OrganizationName, "sealdb"),
+                    (DnType::OrganizationalUnitName, unit.as_str()),
+                    (DnType::CommonName, node.name.as_str()),
+                ])
+            }
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;

@@ -25,6 +25,7 @@ pub mod generate;
 mod identity;
 mod inspect;
 mod load;
+mod node;
 mod tls;
 
 pub use error::PkiError;
@@ -32,6 +33,7 @@ pub use generate::{CertsDir, KeyType};
 pub use identity::{CertUserMap, ClientCertificate, UserMapRule};
 pub use inspect::{CertInfo, cert_info, cert_info_pem_file, format_time};
 pub use load::check_private_key_permissions;
+pub use node::{NodeName, NodeTls, NodeTlsFiles};
 pub use tls::{
     LoadedCertificate, LoadedCrl, MinTlsVersion, ServerIdentitySource, TlsFiles, TlsMaterial, TlsReloader, TrustSource,
     client_config, crypto_provider, install_crypto_provider, supported_cipher_suite_names,

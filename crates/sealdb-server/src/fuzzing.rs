@@ -92,6 +92,7 @@ fn fixture() -> &'static Fixture {
         certs
             .create_node(
                 &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                None,
                 KeyType::EcdsaP256,
                 30,
             )

@@ -22,6 +22,13 @@ pub(crate) enum CertCommand {
         /// Host names and IP addresses the certificate is valid for.
         #[arg(required = true)]
         hosts: Vec<String>,
+        /// The cluster the node belongs to: the certificate then also opens
+        /// the node channel of that cluster (with --name).
+        #[arg(long, requires = "name")]
+        cluster: Option<String>,
+        /// The node's name in its cluster (with --cluster).
+        #[arg(long, requires = "cluster")]
+        name: Option<String>,
         #[command(flatten)]
         common: CertCommon,
         /// Days of validity.
@@ -85,8 +92,20 @@ impl CertCommon {
 pub(crate) fn run(command: CertCommand) -> Result<()> {
     let written = match command {
         CertCommand::CreateCa { common, days } => common.dir().create_ca(common.key_type()?, days)?,
-        CertCommand::CreateNode { hosts, common, days } => {
-            common.dir().create_node(&hosts, common.key_type()?, days)?
+        CertCommand::CreateNode {
+            hosts,
+            cluster,
+            name,
+            common,
+            days,
+        } => {
+            let member = match (cluster, name) {
+                (Some(cluster), Some(name)) => Some(sealdb_pki::NodeName::new(&cluster, &name)?),
+                _ => None,
+            };
+            common
+                .dir()
+                .create_node(&hosts, member.as_ref(), common.key_type()?, days)?
         }
         CertCommand::CreateClient {
             user,

@@ -552,7 +552,7 @@ fn bootstrap_certificates(certs: &CertsDir, authority: &Path) -> Result<()> {
         {
             hosts.push(h);
         }
-        certs.create_node(&hosts, KeyType::EcdsaP256, 365)?;
+        certs.create_node(&hosts, None, KeyType::EcdsaP256, 365)?;
         eprintln!(
             "created node certificate {} for {}",
             certs.node_cert().display(),

@@ -372,3 +372,67 @@ fn private_key_readable_by_others_is_refused_with_the_chmod_fix() {
     .expect("must refuse");
     assert!(err.contains("chmod 600") && err.contains("node.key"), "{err}");
 }
+
+/// `sealdb cert create-node HOST... --cluster ID --name NAME` makes a node
+/// certificate that names the node and its cluster (issue 18, item 5):
+/// openssl shows the `sealdb://cluster/ID/node/NAME` name and verifies it
+/// for both TLS server and client use; a bad name is refused.
+#[test]
+fn create_node_with_a_cluster_names_the_node_and_its_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    sealdb(&["cert", "create-ca", "--certs-dir", d]);
+    sealdb(&[
+        "cert",
+        "create-node",
+        "leaf1.example",
+        "10.0.0.5",
+        "--cluster",
+        "prod-1",
+        "--name",
+        "leaf1",
+        "--certs-dir",
+        d,
+    ]);
+    let crt = dir.path().join("node.crt");
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&crt),
+    );
+    assert!(text.contains("URI:sealdb://cluster/prod-1/node/leaf1"), "{text}");
+    assert!(
+        text.contains("DNS:leaf1.example") && text.contains("IP Address:10.0.0.5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OU = sealdb cluster prod-1") && text.contains("CN = leaf1"),
+        "{text}"
+    );
+    for purpose in ["sslserver", "sslclient"] {
+        let out = run_ok(
+            Command::new("openssl")
+                .args(["verify", "-purpose", purpose, "-CAfile"])
+                .arg(dir.path().join("ca.crt"))
+                .arg(&crt),
+        );
+        assert!(out.contains(": OK"), "{purpose}: {out}");
+    }
+    let out = Command::new(sealdb_bin())
+        .args([
+            "cert",
+            "create-node",
+            "h",
+            "--cluster",
+            "a/b",
+            "--name",
+            "n",
+            "--certs-dir",
+            d,
+            "--overwrite",
+        ])
+        .output()
+        .expect("sealdb");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster id \"a/b\" is not usable"));
+}
