@@ -148,6 +148,21 @@ pub enum SslMode {
     Disabled,
 }
 
+/// A node's part in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// One process serving clients with its own data (the default).
+    #[default]
+    Single,
+    /// Serves clients and owns the catalog, log, keys and writes; plans
+    /// queries over its leaves.
+    Aggregator,
+    /// Stateless compute for an aggregator, on the node port only: no
+    /// catalog, no master key, no log.
+    Leaf,
+}
+
 /// Encryption of new tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -360,6 +375,31 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_spill_bytes: Option<String>,
+    /// single (default), aggregator or leaf.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Port of the node channel, between the nodes of a cluster [default: 5434].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// This node's certificate for the node channel, PEM, leaf first (made
+    /// with `sealdb cert create-node HOST... --cluster ID --name NAME`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_cert: Option<PathBuf>,
+    /// Its private key, PEM, mode 0600.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<PathBuf>,
+    /// CA bundle of node certificates (two CAs during a rollover).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_ca: Option<PathBuf>,
+    /// CRL files of node certificates. Repeatable.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_crl: Vec<PathBuf>,
     /// Failed logins from one address after the first within this time are
     /// counted into one audit record, e.g. "60s" [default: 60s].
     #[arg(long)]

@@ -91,8 +91,9 @@ pub struct NodeTlsFiles {
     pub cluster_ca: TrustSource,
     /// `cluster-crl` files.
     pub crls: Vec<PathBuf>,
-    /// The id every peer's certificate must name.
-    pub cluster: String,
+    /// The id every peer's certificate must name; `None`: the cluster this
+    /// node's own certificate names.
+    pub cluster: Option<String>,
 }
 
 /// Loaded node-channel TLS: the server and client configurations of one
@@ -130,16 +131,17 @@ impl NodeTls {
                 format!(
                     "{subject} is not a node certificate (it names no cluster); make one with \
                      sealdb cert create-node HOST... --cluster {} --name NAME",
-                    files.cluster
+                    files.cluster.as_deref().unwrap_or("ID")
                 ),
             )
         })?;
-        if me.cluster != files.cluster {
+        let cluster = files.cluster.clone().unwrap_or_else(|| me.cluster.clone());
+        if me.cluster != cluster {
             return Err(PkiError::bad(
                 &chain_path,
                 format!(
-                    "the node certificate is for cluster {:?}, this node is configured for cluster {:?}",
-                    me.cluster, files.cluster
+                    "the node certificate is for cluster {:?}, this node is configured for cluster {cluster:?}",
+                    me.cluster
                 ),
             ));
         }
@@ -183,7 +185,7 @@ impl NodeTls {
             .map_err(|e| PkiError::Tls(format!("node channel: {e}")))?
             .with_client_cert_verifier(Arc::new(ClusterClientVerifier {
                 inner: client_verifier,
-                cluster: files.cluster.clone(),
+                cluster: cluster.clone(),
             }))
             .with_cert_resolver(Arc::new(OneNodeCertificate(certified.clone())));
         let client = ClientConfig::builder_with_provider(provider)
@@ -192,7 +194,7 @@ impl NodeTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier {
                 inner: server_verifier,
-                cluster: files.cluster.clone(),
+                cluster,
             }))
             .with_client_cert_resolver(Arc::new(OneNodeCertificate(certified)));
         Ok(Self {

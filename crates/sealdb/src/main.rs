@@ -9,6 +9,7 @@ mod cert;
 mod harden;
 mod keys;
 mod kms;
+mod leaf;
 mod log;
 mod start;
 mod status;

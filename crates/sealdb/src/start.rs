@@ -133,6 +133,14 @@ fn check_writable(data: &Path) -> Result<()> {
 async fn start(args: StartArgs, queries: QueryExecutor) -> Result<()> {
     let (settings, data) = resolve(&args)?;
     let data = absolute(&data)?;
+    match settings.role.unwrap_or_default() {
+        sealdb_config::Role::Single => {}
+        // A leaf opens nothing in its data directory.
+        sealdb_config::Role::Leaf => return crate::leaf::run(&settings, &data).await,
+        sealdb_config::Role::Aggregator => bail!(
+            "role = aggregator is not available yet: the node channel and leaves exist, distributed planning does not (see docs/cluster.md); start with role = single"
+        ),
+    }
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
     check_writable(&data)?;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
