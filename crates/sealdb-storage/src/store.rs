@@ -699,32 +699,8 @@ impl Store {
         let table = pending.table.clone();
         self.inner.gate.check(&table.name)?;
         table.check_keys()?;
-        let id = {
-            let mut state = self.inner.catalog.lock().await;
-            let id = state.body.next_file_id;
-            state.body.next_file_id += 1;
-            id
-        };
-        let key = match table.encryption() {
-            Encryption::Aes256Gcm => Some(table.writing_key()?),
-            Encryption::None => None,
-        };
-        let dir = self.inner.dir.clone();
-        let table_id = table.id;
-        let meta = tokio::task::spawn_blocking(move || {
-            segment::write(
-                &dir,
-                table_id,
-                id,
-                &batches,
-                key.as_ref().map(|(v, k)| (*v, k.as_ref())),
-            )
-        })
-        .await
-        .map_err(|e| StorageError::Internal(format!("segment writer: {e}")))??;
-        pending
-            .staged
-            .push(Arc::new(Segment::new(&self.inner.dir, table_id, meta)));
+        let segment = self.write_segment(&table, batches).await?;
+        pending.staged.push(segment);
         crate::crash_point("spill:after-write");
         Ok(())
     }

@@ -65,30 +65,7 @@ impl Store {
             let segment = if batches.is_empty() {
                 None
             } else {
-                let id = {
-                    let mut state = self.inner.catalog.lock().await;
-                    let id = state.body.next_file_id;
-                    state.body.next_file_id += 1;
-                    id
-                };
-                let key = match table.encryption() {
-                    Encryption::Aes256Gcm => Some(table.writing_key()?),
-                    Encryption::None => None,
-                };
-                let dir = self.inner.dir.clone();
-                let table_id = table.id;
-                let meta = tokio::task::spawn_blocking(move || {
-                    segment::write(
-                        &dir,
-                        table_id,
-                        id,
-                        &batches,
-                        key.as_ref().map(|(v, k)| (*v, k.as_ref())),
-                    )
-                })
-                .await
-                .map_err(|e| StorageError::Internal(format!("segment writer: {e}")))??;
-                Some(Arc::new(Segment::new(&self.inner.dir, table.id, meta)))
+                Some(self.write_segment(&table, batches).await?)
             };
             flushed.push((table, chunks, segment, dropped));
         }
@@ -156,6 +133,43 @@ impl Store {
         }
         sealdb_kms::fsync_dir(&log_dir).map_err(StorageError::io("syncing", log_dir))?;
         Ok(())
+    }
+
+    /// A new, never used file id (from the catalog's counter).
+    pub(super) async fn next_file_id(&self) -> u64 {
+        let mut state = self.inner.catalog.lock().await;
+        let id = state.body.next_file_id;
+        state.body.next_file_id += 1;
+        id
+    }
+
+    /// Writes `batches` (with row ids) as a new segment file of `table`,
+    /// durably, under the table's current key when it is encrypted; the
+    /// file id comes from the catalog's counter. Not published.
+    pub(super) async fn write_segment(
+        &self,
+        table: &Arc<Table>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Arc<Segment>, StorageError> {
+        let id = self.next_file_id().await;
+        let key = match table.encryption() {
+            Encryption::Aes256Gcm => Some(table.writing_key()?),
+            Encryption::None => None,
+        };
+        let dir = self.inner.dir.clone();
+        let table_id = table.id;
+        let meta = tokio::task::spawn_blocking(move || {
+            segment::write(
+                &dir,
+                table_id,
+                id,
+                &batches,
+                key.as_ref().map(|(v, k)| (*v, k.as_ref())),
+            )
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("segment writer: {e}")))??;
+        Ok(Arc::new(Segment::new(&self.inner.dir, table_id, meta)))
     }
 
     /// Whether some table has small segments to merge or a segment mostly
@@ -228,12 +242,7 @@ impl Store {
             };
             sources.push((s.clone(), data_key));
         }
-        let id = {
-            let mut state = self.inner.catalog.lock().await;
-            let id = state.body.next_file_id;
-            state.body.next_file_id += 1;
-            id
-        };
+        let id = self.next_file_id().await;
         let deleted = data.deleted.clone();
         let dir = self.inner.dir.clone();
         let table_id = table.id;
